@@ -1,0 +1,33 @@
+# Two entry points a new user needs: `make demo` and `make test`.
+# Both create .venv (Python 3.10+ with pip is all a fresh machine needs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.unetsl-installed
+
+.PHONY: demo test test-fast test-slow lint install clean
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh
+
+test: test-fast test-slow lint
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) demo build src/*.egg-info

@@ -1,0 +1,39 @@
+"""Installs the unetsl package and its console scripts."""
+
+from setuptools import find_packages, setup
+
+SCRIPTS = {
+    "create_model": "unetsl.cli.create_model:main",
+    "predict_image": "unetsl.cli.predict_image:main",
+}
+
+setup(
+    name="unetsl",
+    version="0.2.0",
+    description="U-Nets as pixel-wise classifiers for 2D, 2D+time and 3D microscopy images",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-image>=0.22",
+        "tifffile>=2023.7.10",
+        "imagecodecs>=2023.1.23",
+        "click>=8.1",
+        "urwid>=2.4",
+        "matplotlib>=3.7",
+        "h5py>=3.9",
+        "tqdm>=4.65",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+    },
+    entry_points={"console_scripts": [f"{k}={v}" for k, v in SCRIPTS.items()]},
+)

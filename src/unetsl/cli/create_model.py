@@ -1,0 +1,62 @@
+"""create_model: write the JSON config and the untrained model beside it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
+from unetsl.config import Config
+
+
+def _validate_edit(path: Path):
+    def validate(values: dict) -> None:
+        Config(values, path=path).validate()
+
+    return validate
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config-file", "config_file", type=click.Path(dir_okay=False),
+              prompt="Config file", help="Model config NAME.json; the model is written as NAME.h5.")
+@define_option
+@batch_option
+@one_line_errors
+def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
+    """Create (or update) NAME.json and build the untrained U-Net NAME.h5.
+
+    Starts from the defaults, or from NAME.json when it exists (backed up first as
+    NAME-json.bak). -D values are applied before the editor opens and are saved.
+    """
+    path = Path(config_file)
+    config = Config.load(path, must_exist=False)
+    config.apply_overrides(overrides)
+    if interactive(batch):
+        from unetsl.cli.tui import edit_values
+
+        edited = edit_values(config.as_dict(), title=f"Update config: {path}",
+                             validate=_validate_edit(path))
+        if edited is None:
+            click.echo("cancelling...")
+            return
+        config = Config(edited, path=path)
+    config.validate()
+
+    from unetsl.model import build_model_from_config, describe_model, save_model
+
+    model = build_model_from_config(config)
+    if path.exists():
+        backup = path.with_name(path.name[:-5] + "-json.bak" if path.name.endswith(".json")
+                                else path.name + ".bak")
+        shutil.copyfile(path, backup)
+    config.save(path)
+    save_model(model, config.model_path)
+    click.echo(f"config: {path}")
+    click.echo(f"model:  {config.model_path}")
+    click.echo(describe_model(model))
+
+
+if __name__ == "__main__":
+    main()

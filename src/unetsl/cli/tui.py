@@ -1,0 +1,122 @@
+"""Full-screen urwid editors, as in the original: one row per key, values as JSON.
+
+``ConfigEditor`` is a plain urwid widget tree so tests can drive it with keypresses;
+``edit_values`` runs it on the terminal and returns the edited values, or None on cancel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urwid
+
+PALETTE = [
+    ("header", "black", "light gray"),
+    ("key", "light cyan", ""),
+    ("error", "light red", ""),
+    ("focus", "black", "light cyan"),
+    ("button", "", ""),
+]
+
+Validator = Callable[[dict[str, Any]], None]
+
+
+class ConfigEditor:
+    """Rows of ``key : JSON value`` with cancel / finish buttons and a status line.
+
+    Finish parses every value as JSON and runs ``validate`` on the result; any error
+    is shown in the status line and the offending row gets the focus, so a typo never
+    crashes the program or loses the other edits.
+    """
+
+    def __init__(self, values: Mapping[str, Any], title: str = "update settings",
+                 finish_label: str = "finished", validate: Validator | None = None):
+        self.validate = validate
+        self.result: dict[str, Any] | None = None
+        self.done = False
+        self.edits: dict[str, urwid.Edit] = {}
+        rows: list[urwid.Widget] = []
+        for key, value in values.items():
+            edit = urwid.Edit(multiline=True, edit_text=json.dumps(value, indent=2))
+            self.edits[key] = edit
+            rows.append(urwid.Columns([
+                ("weight", 1, urwid.Text(("key", key))),
+                ("weight", 2, urwid.AttrMap(edit, None, "focus")),
+            ], dividechars=1))
+        self.cancel_button = urwid.Button("cancel", on_press=lambda _b: self.cancel())
+        self.finish_button = urwid.Button(finish_label, on_press=lambda _b: self.finish())
+        buttons = urwid.Columns([
+            ("weight", 1, urwid.AttrMap(self.cancel_button, "button", "focus")),
+            ("weight", 1, urwid.AttrMap(self.finish_button, "button", "focus")),
+        ], dividechars=4)
+        self.buttons = buttons
+        self.status = urwid.Text("tab: go to buttons   enter in a value: new line   esc: cancel")
+        self.walker = urwid.SimpleFocusListWalker([*rows, urwid.Divider(), buttons])
+        self.listbox = urwid.ListBox(self.walker)
+        header = urwid.AttrMap(urwid.Text(title), "header")
+        self.frame = urwid.Frame(self.listbox, header=header, footer=self.status)
+        self.widget = urwid.AttrMap(self.frame, None)
+
+    # actions ---------------------------------------------------------------------
+    def cancel(self) -> None:
+        self.result = None
+        self.done = True
+        raise urwid.ExitMainLoop()
+
+    def finish(self) -> None:
+        values: dict[str, Any] = {}
+        for index, (key, edit) in enumerate(self.edits.items()):
+            try:
+                values[key] = json.loads(edit.edit_text)
+            except json.JSONDecodeError as err:
+                self._show_error(index, f'"{key}": invalid JSON ({err.msg}); fix it or cancel')
+                return
+        if self.validate is not None:
+            try:
+                self.validate(values)
+            except ValueError as err:
+                bad = next((i for i, k in enumerate(self.edits) if f'"{k}"' in str(err)), None)
+                self._show_error(bad, str(err))
+                return
+        self.result = values
+        self.done = True
+        raise urwid.ExitMainLoop()
+
+    def _show_error(self, row: int | None, message: str) -> None:
+        self.status.set_text(("error", message))
+        if row is not None:
+            self.walker.set_focus(row)
+
+    def keypress(self, size: tuple[int, int], key: str) -> str | None:
+        """Global keys: tab jumps to the finish button, esc cancels."""
+        if key == "tab":
+            self.walker.set_focus(len(self.walker) - 1)
+            self.buttons.focus_position = 1
+            return None
+        if key == "esc":
+            self.cancel()
+        return self.widget.keypress(size, key)
+
+
+class _Root(urwid.WidgetWrap):
+    def __init__(self, editor: ConfigEditor):
+        super().__init__(editor.widget)
+        self.editor = editor
+
+    def keypress(self, size, key):  # noqa: D401 - urwid signature
+        return self.editor.keypress(size, key)
+
+
+def edit_values(values: Mapping[str, Any], title: str = "update settings",
+                finish_label: str = "finished", validate: Validator | None = None
+                ) -> dict[str, Any] | None:
+    """Open the editor full screen; the edited values, or None when cancelled."""
+    editor = ConfigEditor(values, title=title, finish_label=finish_label, validate=validate)
+    loop = urwid.MainLoop(_Root(editor), PALETTE, handle_mouse=False)
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        return None
+    return editor.result

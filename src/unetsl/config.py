@@ -1,0 +1,375 @@
+"""The one model/training config: every key, its default, type and meaning.
+
+Keys keep the original ActiveUnetSegmentation spelling ("input shape", "n labels", ...)
+so that its users' JSON files load unchanged. ``FIELDS`` is the single source of truth:
+defaults, validation, the editor rows and the README's key table all come from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unetsl.atomic import atomic_write_text
+from unetsl.errors import UnetslError
+
+log = logging.getLogger("unetsl")
+
+Check = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: the JSON name, its default, a type check and what it means."""
+
+    key: str
+    default: Any
+    kind: str  # human-readable type, used in error messages and the README
+    check: Check
+    doc: str
+    original_default: Any = None  # set when unetsl changed the original's default
+    new: bool = False  # key introduced by unetsl (absent from the original)
+
+
+def _ints(n: int, minimum: int) -> Check:
+    def check(v: Any) -> bool:
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) == n
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in v)
+        )
+
+    return check
+
+
+def _int(minimum: int) -> Check:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _number(lo: float, hi: float) -> Check:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _dict_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, dict) for s in v)
+
+
+def _optional_int(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("input shape", [1, 3, 64, 64], "4 integers (c, z, y, x)", _ints(4, 1),
+          "Patch the network sees: channels, slices, height, width. For a 2D time series "
+          "z counts consecutive frames (3 by default)."),
+    Field("kernel shape", [3, 3, 3], "3 integers (z, y, x)", _ints(3, 1),
+          "Kernel of every hidden convolution."),
+    Field("pooling", [1, 2, 2], "3 integers (z, y, x)", _ints(3, 1),
+          "Max-pooling / upsampling factor between levels. Use 1 in z for thin stacks."),
+    Field("n labels", 1, "integer >= 1", _int(1),
+          "Output channels (alias: \"nlabels\")."),
+    Field("depth", 3, "integer >= 1", _int(1),
+          "Resolution levels of the U-Net (depth - 1 poolings). Each patch size must be "
+          "divisible by pooling^(depth-1)."),
+    Field("n filters", 32, "integer >= 1", _int(1),
+          "Filters of the first convolution, doubled at every level."),
+    Field("activation", "sigmoid", "activation name", _is_str,
+          "Output activation: sigmoid (multiclass labels), softmax (categorical labels), "
+          "relu or linear (linear labels), or any Keras activation."),
+    Field("spatial dropout rate", 0.0625, "number in [0, 1)", _number(0.0, 0.999),
+          "Spatial dropout after every contracting convolution; 0 disables it."),
+    Field("batch normalization", False, "true/false", _is_bool,
+          "Batch normalisation after every hidden convolution.", new=True),
+    Field("cascade stages", 0, "integer >= 0", _int(0),
+          "0 builds one U-Net; N >= 1 chains N U-Nets, stage k seeing the input and the "
+          "output of stage k-1, with outputs cascade_0 .. cascade_{N-1}.", new=True),
+    Field("initial learning rate", 1e-3, "number > 0", _number(1e-12, 10.0),
+          "Learning rate of the optimizer.", original_default=1e-06),
+    Field("optimizer", "keras.optimizers.Adam", "optimizer name", _is_str,
+          "keras.optimizers.Adam or keras.optimizers.SGD."),
+    Field("loss function", "unetsl.model.sorensenDiceCoefLoss", "loss name", _is_str,
+          "Training loss, by the original's names (unetsl.model.sorensenDiceCoefLoss, "
+          "unetsl.model.weightedDiceLoss, unetsl.model.jaccardIndexLoss, "
+          "unetsl.model.weightedError, unetsl.model.logMse, keras.losses.binary_crossentropy, ...)."),
+    Field("stride", [0, 3, 32, 32], "4 integers (c, z, y, x)", _ints(4, 0),
+          "Step between training patches; element 0 is unused."),
+    Field("batch size", 1, "integer >= 1", _int(1),
+          "Patches per training step (the global batch with several GPUs)."),
+    Field("multi-gpu", False, "true/false", _is_bool,
+          "Train data-parallel on the GPUs given by --gpus or GPUS."),
+    Field("samples to predict", [], "list of image paths", _str_list,
+          "Images predicted after every epoch into predictions/ so you can watch a model learn."),
+    Field("normalize samples", False, "true/false", _is_bool,
+          "Z-score every input patch per channel (mean 0, std 1)."),
+    Field("validation fraction", 0.03125, "number in [0, 1)", _number(0.0, 0.999),
+          "Fraction of the training data held out for validation."),
+    Field("epochs", 2000, "integer >= 1", _int(1), "Training epochs."),
+    Field("seed", None, "integer or null", _optional_int,
+          "Random seed for sampling, augmentation and weight initialisation; null = random.",
+          new=True),
+    Field("data sources", [], "list of source objects", _dict_list,
+          "Training data, added with attach_data_sources."),
+)
+
+FIELD_BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
+
+#: Old spellings accepted on load and in -D, mapped to today's key.
+ALIASES: dict[str, str] = {
+    "nlabels": "n labels",
+    "n_labels": "n labels",
+    "input_shape": "input shape",
+    "kernel_shape": "kernel shape",
+    "n_filters": "n filters",
+    "learning rate": "initial learning rate",
+}
+
+#: Keys old configs may hold that no longer mean anything; reported once, dropped on save.
+OBSOLETE: dict[str, str] = {
+    "output file": "prediction outputs are named on the predict_image command line",
+    "condenser": "the 3D->2D condenser model was an unfinished experiment of the original",
+}
+
+#: Keys kept as written and honoured where present, but not part of a new config.
+OPTIONAL_KEYS: dict[str, str] = {
+    "model file": "model file path (relative to the config's folder); default: <config name>.h5",
+}
+
+
+def canonical_key(key: str) -> str:
+    """Map an alias or differently-cased key to today's key; unknown keys pass through."""
+    k = key.strip()
+    if k in FIELD_BY_KEY or k in OPTIONAL_KEYS:
+        return k
+    low = k.lower()
+    if low in ALIASES:
+        return ALIASES[low]
+    for known in (*FIELD_BY_KEY, *OPTIONAL_KEYS):
+        if known == low:
+            return known
+    return k
+
+
+def closest_key(key: str) -> str | None:
+    """The known key most like ``key``, for 'did you mean' messages."""
+    known = [*FIELD_BY_KEY, *OPTIONAL_KEYS]
+    match = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def defaults() -> dict[str, Any]:
+    """A fresh copy of every default, in the original's key order."""
+    return {f.key: copy.deepcopy(f.default) for f in FIELDS}
+
+
+def check_value(key: str, value: Any, *, source: str = "config") -> None:
+    """Raise a one-line UnetslError when ``value`` has the wrong type or shape for ``key``."""
+    field = FIELD_BY_KEY.get(key)
+    if field is None:
+        if key == "model file" and not _is_str(value):
+            raise UnetslError(f'{source}: key "model file" must be a file name, got {value!r}')
+        return
+    if not field.check(value):
+        raise UnetslError(
+            f'{source}: key "{key}" must be {field.kind}, got {json.dumps(value)}'
+        )
+
+
+class Config:
+    """A model config: the original's keys with defaults filled in, tied to its JSON file.
+
+    ``Config`` behaves like a mapping of the JSON keys. Unknown keys are kept (and
+    written back) after one warning that names the closest known key.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None, path: str | os.PathLike | None = None):
+        self.path: Path | None = Path(path) if path is not None else None
+        self.values: dict[str, Any] = defaults()
+        self._warned: set[str] = set()
+        if values:
+            self.update(values)
+
+    # mapping protocol -------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self.values[canonical_key(key)]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and canonical_key(key) in self.values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(canonical_key(key), default)
+
+    def keys(self) -> Iterable[str]:
+        return self.values.keys()
+
+    def as_dict(self) -> dict[str, Any]:
+        """A deep copy of the values, in file order."""
+        return copy.deepcopy(self.values)
+
+    # updates ----------------------------------------------------------------------
+    def update(self, values: Mapping[str, Any], *, source: str | None = None) -> None:
+        """Set keys (aliases accepted), checking each value; warns once per unknown key."""
+        where = source or (str(self.path) if self.path else "config")
+        for raw_key, value in values.items():
+            key = canonical_key(raw_key)
+            if key in OBSOLETE:
+                self._warn_once(key, f'{where}: key "{key}" is ignored: {OBSOLETE[key]}')
+                continue
+            if key not in FIELD_BY_KEY and key not in OPTIONAL_KEYS:
+                hint = closest_key(key)
+                tip = f' (did you mean "{hint}"?)' if hint else ""
+                self._warn_once(key, f'{where}: unknown key "{key}" kept as is{tip}')
+            check_value(key, value, source=where)
+            self.values[key] = copy.deepcopy(value)
+
+    def apply_overrides(self, overrides: Iterable[str]) -> dict[str, Any]:
+        """Apply ``-D "key=json"`` texts; returns what was set. The value must be JSON."""
+        parsed = parse_overrides(overrides)
+        self.update(parsed, source="-D")
+        return parsed
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    # derived values ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The model's base name: the config file name without .json."""
+        if self.path is None:
+            return "model"
+        return self.path.name[:-5] if self.path.name.endswith(".json") else self.path.stem
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent if self.path is not None else Path(".")
+
+    @property
+    def model_path(self) -> Path:
+        """``<name>.h5`` beside the config, or the "model file" key when present."""
+        explicit = self.values.get("model file")
+        if explicit:
+            p = Path(os.path.expandvars(os.path.expanduser(explicit)))
+            return p if p.is_absolute() else self.folder / p
+        return self.folder / f"{self.name}.h5"
+
+    def sibling(self, suffix: str) -> Path:
+        """A file named after the model, e.g. sibling("-latest.h5") -> <name>-latest.h5."""
+        model = self.model_path
+        base = model.name[: -len(model.suffix)] if model.suffix else model.name
+        return model.parent / f"{base}{suffix}"
+
+    # validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every key and the relations between them; one-line UnetslError on failure."""
+        where = str(self.path) if self.path else "config"
+        for key, value in self.values.items():
+            check_value(key, value, source=where)
+        depth = self.values["depth"]
+        pooling = self.values["pooling"]
+        shape = self.values["input shape"]
+        for axis, size, pool in zip("zyx", shape[1:], pooling):
+            factor = pool ** (depth - 1)
+            if size % factor:
+                raise UnetslError(
+                    f'{where}: "input shape" {axis} size {size} is not divisible by '
+                    f'"pooling" {pool} ^ ("depth" {depth} - 1) = {factor}'
+                )
+
+    # files ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> Config:
+        """Defaults updated with the JSON file's keys (a missing file gives the defaults)."""
+        p = Path(path)
+        if not p.exists():
+            if must_exist:
+                raise UnetslError(f"{p}: config file does not exist")
+            return cls(path=p)
+        if p.is_dir():
+            raise UnetslError(f"{p}: is a folder, expected a .json config file")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UnetslError(f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UnetslError(f"{p}: cannot read config: {err}") from None
+        if not isinstance(data, dict):
+            raise UnetslError(f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
+        if "unet" in data and "heads" in data:
+            raise UnetslError(f"{p}: this is a cerberus (multi-head) config; use it with the cerberus commands")
+        cfg = cls(path=p)
+        cfg.update(data, source=str(p))
+        return cfg
+
+    def to_json(self) -> str:
+        """The original's layout: 4-space indent, no trailing newline."""
+        return json.dumps(self.values, indent=4)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the JSON atomically (temp file + rename)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise UnetslError("config has no file name to save to")
+        atomic_write_text(target, self.to_json())
+        return target
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=json`` override, e.g. ``batch size=128`` or ``stride=[0,3,16,16]``."""
+    if "=" not in text:
+        raise UnetslError(f'-D "{text}": expected "key=value", e.g. -D "batch size=16"')
+    key, _, value = text.partition("=")
+    key = canonical_key(key)
+    if not key:
+        raise UnetslError(f'-D "{text}": missing key before "="')
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise UnetslError(
+            f'-D "{text}": could not parse value {value!r} of key "{key}" as JSON '
+            '(strings need quotes: -D \'key="text"\')'
+        ) from None
+    return key, parsed
+
+
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """Parse several ``-D`` texts; later ones win."""
+    result: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        result[key] = value
+    return result
+
+
+def key_table_markdown() -> str:
+    """The README's table of config keys, generated from ``FIELDS``."""
+    rows = ["| key | default | type | meaning |", "|---|---|---|---|"]
+    for f in FIELDS:
+        default = json.dumps(f.default)
+        if f.original_default is not None:
+            default += f" (original: {json.dumps(f.original_default)})"
+        doc = f.doc + (" *New in unetsl.*" if f.new else "")
+        rows.append(f"| `{f.key}` | `{default}` | {f.kind} | {doc} |")
+    return "\n".join(rows)

@@ -1,0 +1,46 @@
+"""Shared fixtures: where the original's reference files live, tiny configs, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+COMPAT = REPO.parent / "shared" / "compat"
+
+
+@pytest.fixture
+def compat() -> Path:
+    """The original's files (../shared/compat); the test skips when they are absent."""
+    if not COMPAT.is_dir():
+        pytest.skip(f"reference files of the original not found at {COMPAT}")
+    return COMPAT
+
+
+def script(name: str) -> str:
+    """Path of an installed console script in the running interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def run_script(name: str, *args: str, cwd: Path | None = None, timeout: int = 300,
+               input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a console script as a user would (no terminal on stdin)."""
+    return subprocess.run([script(name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, input=input if input is not None else "")
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """Non-zero exit, no traceback, one 'error:' line naming the culprit."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
