@@ -129,3 +129,14 @@ def test_key_table_lists_every_key():
     for f in FIELDS:
         assert f"`{f.key}`" in table
     assert "original: 1e-06" in table
+
+
+def test_readme_key_table_is_current():
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("<!-- keys:start -->") + len("<!-- keys:start -->")
+    end = text.index("<!-- keys:end -->")
+    assert text[start:end].strip() == key_table_markdown(), (
+        "README key table is stale: paste the output of "
+        "python -c 'from unetsl.config import key_table_markdown as k; print(k())'")
