@@ -77,6 +77,19 @@ def _optional_int(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool))
 
 
+def _one_of(*choices: str) -> Check:
+    return lambda v: v in choices
+
+
+def _percentiles(v: Any) -> bool:
+    return v is None or (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in v)
+        and 0 <= v[0] < v[1] <= 100
+    )
+
+
 FIELDS: tuple[Field, ...] = (
     Field("input shape", [1, 3, 64, 64], "4 integers (c, z, y, x)", _ints(4, 1),
           "Patch the network sees: channels, slices, height, width. For a 2D time series "
@@ -122,6 +135,40 @@ FIELDS: tuple[Field, ...] = (
           "Z-score every input patch per channel (mean 0, std 1)."),
     Field("validation fraction", 0.03125, "number in [0, 1)", _number(0.0, 0.999),
           "Fraction of the training data held out for validation."),
+    Field("validation split", "regions", '"regions" or "files"', _one_of("regions", "files"),
+          "How validation data are held out: \"regions\" cuts every image into blocks of at "
+          "least one patch and holds out whole blocks, \"files\" holds out whole images (time "
+          "frames). No validation pixel is ever a training pixel; the split depends only on the "
+          "data and \"seed\" (0 when null), so a resumed training keeps it.", new=True),
+    Field("normalization percentiles", None, "null or [low, high] percentiles", _percentiles,
+          "Scale every image, per channel, so that these intensity percentiles of the whole "
+          "image map to 0 and 1 (e.g. [1, 99.8]) before patches are cut; null keeps raw "
+          "intensities. Applied before \"normalize samples\".", new=True),
+    Field("sampling", "grid", '"grid", "random" or "foreground"',
+          _one_of("grid", "random", "foreground"),
+          "Where training patches come from: \"grid\" = every \"stride\" step, the last patch "
+          "flush with the border; \"random\" = as many patches at random places; "
+          "\"foreground\" = random, with \"foreground fraction\" of them centred on labelled "
+          "pixels (for sparse labels).", new=True),
+    Field("foreground fraction", 0.5, "number in [0, 1]", _number(0.0, 1.0),
+          "With \"sampling\": \"foreground\", the fraction of training patches centred on a "
+          "non-zero label pixel.", new=True),
+    Field("patch jitter", [0, 0, 0], "3 integers (z, y, x)", _ints(3, 0),
+          "Grid sampling: move every training patch by a random offset of up to this many "
+          "pixels (the original always used [0, 10, 10]).", new=True),
+    Field("augment flips", False, "true/false", _is_bool,
+          "Random flips of training patches in y and x.", new=True),
+    Field("augment rotate 90", False, "true/false", _is_bool,
+          "Random rotations of training patches by multiples of 90 degrees in the y-x plane "
+          "(only 0/180 degrees when the patch is not square).", new=True),
+    Field("augment intensity scale", 0.0, "number in [0, 1)", _number(0.0, 0.999),
+          "Multiply every training patch by a random factor in [1 - s, 1 + s].", new=True),
+    Field("augment intensity shift", 0.0, "number >= 0", _number(0.0, 1e6),
+          "Add a random offset in [-s, s] standard deviations of the patch.", new=True),
+    Field("augment elastic", 0.0, "number >= 0 (pixels)", _number(0.0, 1e3),
+          "Elastic deformation in the y-x plane: the largest displacement in pixels of a smooth "
+          "random field (control points every 16 pixels); 0 disables it. Labels are warped with "
+          "nearest neighbour, never interpolated.", new=True),
     Field("epochs", 2000, "integer >= 1", _int(1), "Training epochs."),
     Field("seed", None, "integer or null", _optional_int,
           "Random seed for sampling, augmentation and weight initialisation; null = random.",
@@ -185,7 +232,8 @@ def check_value(key: str, value: Any, *, source: str = "config") -> None:
     field = FIELD_BY_KEY.get(key)
     if field is None:
         if key == "model file" and not _is_str(value):
-            raise UnetslError(f'{source}: key "model file" must be a file name, got {value!r}')
+            raise UnetslError(
+                f'{source}: key "model file" must be a file name, got {value!r}')
         return
     if not field.check(value):
         raise UnetslError(
@@ -200,7 +248,8 @@ class Config:
     written back) after one warning that names the closest known key.
     """
 
-    def __init__(self, values: Mapping[str, Any] | None = None, path: str | os.PathLike | None = None):
+    def __init__(self, values: Mapping[str, Any] | None = None,
+                 path: str | os.PathLike | None = None):
         self.path: Path | None = Path(path) if path is not None else None
         self.values: dict[str, Any] = defaults()
         self._warned: set[str] = set()
@@ -312,13 +361,17 @@ class Config:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise UnetslError(f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+            raise UnetslError(
+                f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+            ) from None
         except (OSError, UnicodeDecodeError) as err:
             raise UnetslError(f"{p}: cannot read config: {err}") from None
         if not isinstance(data, dict):
-            raise UnetslError(f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
+            raise UnetslError(
+                f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
         if "unet" in data and "heads" in data:
-            raise UnetslError(f"{p}: this is a cerberus (multi-head) config; use it with the cerberus commands")
+            raise UnetslError(
+                f"{p}: this is a cerberus (multi-head) config; use the cerberus commands")
         cfg = cls(path=p)
         cfg.update(data, source=str(p))
         return cfg

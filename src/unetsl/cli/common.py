@@ -17,16 +17,46 @@ from unetsl.errors import UnetslError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def setup_logging() -> None:
     """Library warnings reach the user as ``warning: ...`` lines on stderr."""
     logger = logging.getLogger("unetsl")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.setFormatter(_LowerLevelFormatter())
         logger.addHandler(handler)
+        logger.propagate = False
     logger.setLevel(logging.INFO)
-    logging.addLevelName(logging.WARNING, "warning")
-    logging.addLevelName(logging.INFO, "info")
+    # Keras' advice to prefer .keras over .h5 (we keep .h5 on purpose) and similar noise.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up banner (oneDNN, CUDA probing) silenced.
+
+    Those lines are written by native code before any Python setting applies, so
+    stderr is pointed at /dev/null at the file-descriptor level while TensorFlow
+    loads and looks for devices. Python exceptions still propagate normally.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        tf.constant(0)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,6 +65,7 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
+        import_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
         except UnetslError as err:
@@ -55,6 +86,16 @@ def interactive(batch: bool) -> bool:
     return not batch and sys.stdin.isatty() and sys.stdout.isatty()
 
 
+def _gpus_from_environment() -> int:
+    """GPUS as the original's Slurm scripts set it; an unusable value means 1."""
+    text = os.environ.get("GPUS", "").strip()
+    try:
+        return max(1, int(text)) if text else 1
+    except ValueError:
+        logging.getLogger("unetsl").warning(f"GPUS={text!r} is not a number; using 1 GPU")
+        return 1
+
+
 define_option = click.option(
     "-D", "--define", "overrides", multiple=True, metavar='"key=json"',
     help='Override a config key, value as JSON: -D "batch size=128" -D "stride=[0,3,16,16]".',
@@ -63,6 +104,6 @@ batch_option = click.option(
     "-b", "--batch", is_flag=True, help="Batch mode: no interactive editor (Slurm, scripts).",
 )
 gpus_option = click.option(
-    "--gpus", type=int, default=lambda: int(os.environ.get("GPUS", "1") or 1), show_default="$GPUS or 1",
+    "--gpus", type=int, default=lambda: _gpus_from_environment(), show_default="$GPUS or 1",
     help="Number of GPUs to use (also read from the GPUS environment variable).",
 )

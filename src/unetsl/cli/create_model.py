@@ -9,6 +9,7 @@ import click
 
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
 from unetsl.config import Config
+from unetsl.errors import UnetslError
 
 
 def _validate_edit(path: Path):
@@ -31,6 +32,8 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     NAME-json.bak). -D values are applied before the editor opens and are saved.
     """
     path = Path(config_file)
+    if not path.parent.is_dir():
+        raise UnetslError(f"{path}: folder {path.parent} does not exist")
     config = Config.load(path, must_exist=False)
     config.apply_overrides(overrides)
     if interactive(batch):

@@ -23,6 +23,12 @@ PALETTE = [
 Validator = Callable[[dict[str, Any]], None]
 
 
+def _as_text(value: Any) -> str:
+    """Compact JSON when it fits one row, indented JSON (as the original) otherwise."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else json.dumps(value, indent=2)
+
+
 class ConfigEditor:
     """Rows of ``key : JSON value`` with cancel / finish buttons and a status line.
 
@@ -39,7 +45,7 @@ class ConfigEditor:
         self.edits: dict[str, urwid.Edit] = {}
         rows: list[urwid.Widget] = []
         for key, value in values.items():
-            edit = urwid.Edit(multiline=True, edit_text=json.dumps(value, indent=2))
+            edit = urwid.Edit(multiline=True, edit_text=_as_text(value))
             self.edits[key] = edit
             rows.append(urwid.Columns([
                 ("weight", 1, urwid.Text(("key", key))),
