@@ -122,7 +122,8 @@ FIELDS: tuple[Field, ...] = (
     Field("loss function", "unetsl.model.sorensenDiceCoefLoss", "loss name", _is_str,
           "Training loss, by the original's names (unetsl.model.sorensenDiceCoefLoss, "
           "unetsl.model.weightedDiceLoss, unetsl.model.jaccardIndexLoss, "
-          "unetsl.model.weightedError, unetsl.model.logMse, keras.losses.binary_crossentropy, ...)."),
+          "unetsl.model.weightedError, unetsl.model.logMse, "
+          "keras.losses.binary_crossentropy, ...)."),
     Field("stride", [0, 3, 32, 32], "4 integers (c, z, y, x)", _ints(4, 0),
           "Step between training patches; element 0 is unused."),
     Field("batch size", 1, "integer >= 1", _int(1),
