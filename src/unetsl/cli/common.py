@@ -59,13 +59,20 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
-def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UnetslError (and a missing/unreadable file) into ``error: ...`` and exit 2."""
+def one_line_errors(func: Callable[..., Any] | None = None, *, tensorflow: bool = True):
+    """Turn UnetslError (and a missing/unreadable file) into ``error: ...`` and exit 2.
+
+    Use as ``@one_line_errors``, or ``@one_line_errors(tensorflow=False)`` for commands
+    that never touch TensorFlow (they then start in a fraction of a second).
+    """
+    if func is None:
+        return functools.partial(one_line_errors, tensorflow=tensorflow)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
-        import_tensorflow_quietly()
+        if tensorflow:
+            import_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
         except UnetslError as err:
