@@ -636,6 +636,10 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: not a .keras zip archive")
     if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: not an HDF5 file")
+    from unetsl import legacy
+
+    if legacy.is_legacy_model(path):  # written by the original (Keras 2, channels-first)
+        return legacy.load_legacy_model(path, compile=compile)
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # h5py, zipfile and Keras raise many types for a bad file
