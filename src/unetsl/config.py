@@ -171,6 +171,17 @@ FIELDS: tuple[Field, ...] = (
           "random field (control points every 16 pixels); 0 disables it. Labels are warped with "
           "nearest neighbour, never interpolated.", new=True),
     Field("epochs", 2000, "integer >= 1", _int(1), "Training epochs."),
+    Field("monitor", "val_loss", "a logged key", _is_str,
+          "Epoch-log key that decides which model is saved as -best.h5 and drives early "
+          "stopping and reduce-on-plateau: val_loss (falls back to loss without validation data), "
+          "loss, val_accuracy, ... (accuracies are maximised, losses minimised).", new=True),
+    Field("early stopping patience", 0, "integer >= 0", _int(0),
+          "Stop when \"monitor\" has not improved for this many epochs; 0 = off.", new=True),
+    Field("reduce lr patience", 0, "integer >= 0", _int(0),
+          "Multiply the learning rate by \"reduce lr factor\" when \"monitor\" has not "
+          "improved for this many epochs; 0 = off.", new=True),
+    Field("reduce lr factor", 0.1, "number in (0, 1)", _number(1e-6, 0.999),
+          "Factor of each learning-rate cut (see \"reduce lr patience\").", new=True),
     Field("seed", None, "integer or null", _optional_int,
           "Random seed for sampling, augmentation and weight initialisation; null = random.",
           new=True),

@@ -1,0 +1,151 @@
+"""inspect_data_sources: the figure shows each patch's input, label and targets, side by side."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from matplotlib.figure import Figure
+
+from conftest import assert_one_line_error
+from unetsl.config import Config
+from unetsl.inspect import build_pages, draw, save_figure
+from unetsl.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    write_dataset(root, kind="2d", n_images=2, shape=(3, 64, 64))
+    (root / "weights").mkdir()
+    for i in range(2):
+        tifffile.imwrite(root / "weights" / f"epi-00{i}.tif", np.full((3, 64, 64), 2, np.float32),
+                         imagej=True, metadata={"axes": "TYX"})
+    cfg = Config(path=root / "m.json")
+    cfg.update({"n labels": 2, "stride": [0, 3, 16, 16], "input shape": [1, 3, 32, 32],
+                "data sources": [
+                    {"source type": "paired directories", "input folders": ["images"],
+                     "label folders": ["labels"], "rotations": [90],
+                     "labeller": "multiclass labels"},
+                    {"source type": "weighted directories", "input folders": ["images"],
+                     "label folders": ["labels"], "weights folders": ["weights"],
+                     "labeller": "double membrane labels"}]})
+    cfg.save()
+    return root
+
+
+def pages_of(project, **kw):
+    cfg = Config.load(project / "m.json")
+    return build_pages(cfg, patch_shape=(1, 3, 32, 32), n_labels=2, **kw)
+
+
+def test_pages_summarise_each_source(project):
+    pages = pages_of(project)
+    assert [p.source.index for p in pages] == [0, 1]
+    summary = "\n".join(pages[0].summary)
+    assert ("source 0: paired directories; input: images; label: labels; multiclass labels"
+            in summary)
+    assert "rotations 90 deg" in summary
+    assert "2 image pair(s), 2 volume(s) (c, z, y, x) (1, 3, 64, 64)" in summary
+    assert "label values 0: " in summary and "3: " in summary
+    assert "class balance (voxels per target channel) 0: " in summary
+    assert len(pages[0].order) == 2 * 9 * 2  # 9 grid patches per image, plus the 90 degree copy
+    first = pages[0].patches(0, 3)
+    assert all(p.label.any() for p in first)  # patches with labels come first
+
+
+def test_figure_panels_are_the_patch_arrays(project):
+    pages = pages_of(project)
+    fig = Figure()
+    draw(fig, [(pages[0], 0, 2), (pages[1], 0, 1)], z=1)
+    axes = fig.axes
+    assert len(axes) == 2 * 4 + 5  # input, label, 2 targets (+ weights for the weighted source)
+    assert [a.get_title() for a in axes[:4]] == ["input", "label", "target 0", "target 1"]
+    assert [a.get_title() for a in axes[8:]] == ["input", "label", "target 0", "target 1",
+                                                 "weights"]
+    patch = pages[0].patches(0, 1)[0]
+    shown = [np.asarray(a.images[0].get_array()) for a in axes[:4]]
+    np.testing.assert_array_equal(shown[0], patch.x[0, 1])
+    np.testing.assert_array_equal(shown[1], patch.label[1])
+    np.testing.assert_array_equal(shown[2], patch.target[0, 1])
+    np.testing.assert_array_equal(shown[3], patch.target[1, 1])
+    np.testing.assert_array_equal(shown[2], (patch.label[1] & 1) > 0)  # multiclass bit 0
+    weighted = pages[1].patches(0, 1)[0]
+    np.testing.assert_array_equal(np.asarray(axes[12].images[0].get_array()), weighted.weights[1])
+    # double membrane: bit 0 dilated by one pixel, so it covers the label's membrane
+    assert weighted.target[0][(weighted.label & 1) > 0].all()
+    assert "s0 epi-00" in axes[0].get_ylabel() and "z 1/3" in axes[0].get_ylabel()
+    text = fig.texts[0].get_text()
+    assert "source 0:" in text and "source 1: weighted directories" in text
+
+
+def test_save_figure_writes_a_png(project, tmp_path):
+    out = tmp_path / "view.png"
+    save_figure(pages_of(project, sources=[1]), out, patches=2)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def run(project, *args):
+    from unetsl.cli.inspect_data_sources import main
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        result = CliRunner().invoke(main, ["-c", "m.json", *args])
+    finally:
+        os.chdir(cwd)
+
+    class Ran:
+        returncode, stdout, stderr = result.exit_code, result.stdout, result.stderr
+
+    return Ran
+
+
+def test_command_saves_the_view(project, tmp_path):
+    out = tmp_path / "out.png"
+    result = run(project, "--save", str(out), "--patches", "2", "--source", "0",
+                 "-D", "augment flips=true")
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 10_000 and f"wrote {out}" in result.stdout
+
+
+def test_command_errors(project, tmp_path, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "agg")  # as on a headless node
+    assert_one_line_error(run(project, "--save", str(tmp_path / "x.png"), "--source", "5"),
+                          "--source 5", "2 data source(s)")
+    assert_one_line_error(run(project), "no display", "--save")
+    assert_one_line_error(run(project, "--save", str(tmp_path / "x.png"), "-D", "sampling=1"),
+                          '"sampling" must be')
+
+
+def test_window_pages_with_keys(project, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import KeyEvent
+
+    from unetsl.inspect import show
+
+    monkeypatch.setattr(plt, "show", lambda: None)
+    show(pages_of(project), patches=2)
+    fig = plt.gcf()
+
+    def press(key):
+        fig.canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", fig.canvas,
+                                                                  key))
+        return "\n".join(t.get_text() for t in fig.texts)
+
+    assert "source 0:" in press("right") and "source 1:" not in press("left")
+    assert "source 1:" in press("up")
+    assert "source 0:" in press("down")
+    assert any(t.get_text() == "slice" for ax in fig.axes for t in ax.texts)  # the z slider
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 2 * 4  # two patches: input, label, two targets
+    plt.close(fig)
