@@ -5,6 +5,12 @@ from setuptools import find_packages, setup
 SCRIPTS = {
     "create_model": "unetsl.cli.create_model:main",
     "predict_image": "unetsl.cli.predict_image:main",
+    "train_model": "unetsl.cli.train_model:main",
+    "evaluate_prediction": "unetsl.cli.evaluate_prediction:main",
+    "attach_data_sources": "unetsl.cli.attach_data_sources:main",
+    "inspect_data_sources": "unetsl.cli.inspect_data_sources:main",
+    "transfer_weights": "unetsl.cli.transfer_weights:main",
+    "export_model": "unetsl.cli.export_model:main",
 }
 
 setup(
@@ -30,10 +36,13 @@ setup(
         "matplotlib>=3.7",
         "h5py>=3.9",
         "tqdm>=4.65",
+        "zarr>=3.0; python_version >= '3.11'",  # lazy reading of compressed TIFF, zarr
+        "pyyaml>=6.0",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4"],
+        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4", "bioimageio.spec>=0.5.12"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "bioimageio": ["bioimageio.spec>=0.5.12"],
     },
     entry_points={"console_scripts": [f"{k}={v}" for k, v in SCRIPTS.items()]},
 )
