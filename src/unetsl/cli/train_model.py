@@ -1,0 +1,90 @@
+"""train_model: train the model of a config on its data sources."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from unetsl.cli.common import (
+    batch_option,
+    define_option,
+    gpus_option,
+    interactive,
+    one_line_errors,
+)
+from unetsl.config import Config
+
+
+def _explicit_gpus(gpus: int) -> int | None:
+    """--gpus as given, or GPUS from the environment; None when neither was set."""
+    ctx = click.get_current_context()
+    source = ctx.get_parameter_source("gpus")
+    if source is not None and source.name != "DEFAULT":
+        return gpus
+    if os.environ.get("GPUS", "").strip():
+        return gpus
+    return None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config-file", "config_file", type=click.Path(dir_okay=False),
+              prompt="Config file", help="Model config NAME.json (the model is NAME.h5).")
+@define_option
+@batch_option
+@gpus_option
+@click.option("--resume", is_flag=True,
+              help="Continue from NAME-latest.h5: next epoch, optimizer state and best value kept.")
+@click.option("--allow-growth", is_flag=True, hidden=True,
+              help="Accepted for the original's scripts; TensorFlow grows GPU memory anyway.")
+@one_line_errors
+def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, resume: bool,
+         allow_growth: bool) -> None:
+    """Train NAME.h5 on the data sources of NAME.json.
+
+    Writes NAME-latest.h5 every epoch, NAME-best.h5 when the monitored loss improves, the
+    epoch and batch logs training-log_NAME-<id>.txt / batch-log_NAME-<id>.txt, the config
+    snapshot training-log_NAME-<id>.json and NAME-curves.png. Ctrl-C or SIGTERM saves
+    NAME-latest.h5 and stops; --resume continues from it. Without -b the settings editor
+    opens first; its finish button (and any -D value) saves NAME.json.
+    """
+    from unetsl.train import check_training_config, train
+
+    path = Path(config_file)
+    config = Config.load(path)
+    config.apply_overrides(overrides)
+    changed = bool(overrides)
+    if interactive(batch):
+        from unetsl.cli.tui import edit_values
+
+        def validate(values: dict) -> None:
+            check_training_config(Config(values, path=path))
+
+        edited = edit_values(config.as_dict(), title=f"train {path}", validate=validate)
+        if edited is None:
+            click.echo("cancelling...")
+            return
+        config = Config(edited, path=path)
+        changed = True
+    check_training_config(config)  # before saving: a bad -D value never reaches the file
+    if changed:
+        config.save(path)
+
+    result = train(config, resume=resume, gpus=_explicit_gpus(gpus))
+    if result.interrupted is not None:
+        click.echo(f"interrupted after {result.epochs_done} epoch(s); saved "
+                   f"{result.paths.latest}; continue with: train_model -c {config_file} "
+                   "--resume -b", err=True)
+        sys.exit(128 + int(result.interrupted))
+    if result.best is not None:
+        click.echo(f"best {result.monitor} {result.best:.6g} at epoch {result.best_epoch}: "
+                   f"{result.paths.best}")
+    click.echo(f"trained {result.epochs_done}/{result.epochs} epochs: {result.paths.latest}")
+    if result.curves is not None:
+        click.echo(f"curves: {result.curves}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""Training a model on its config's data sources: ``train(cfg)`` (the library side of train_model).
+
+What a run does, in order (the original's steps, with its defects fixed):
+
+1. load ``<name>.h5`` (built from the config when missing), or with ``resume`` the latest
+   checkpoint ``<name>-latest.h5`` with its optimiser state, best value and epoch count;
+2. build the training/validation batches (:mod:`unetsl.data`) for the model's patch shape;
+3. compile with "optimizer", "initial learning rate", "loss function" (one per output) and
+   the metrics ``accuracy`` and ``binary_accuracy`` (:mod:`unetsl.metrics`);
+4. write the config snapshot and, as it trains, the epoch and batch logs
+   (:mod:`unetsl.training_logs`), ``<name>-best.h5`` when the monitored value improves and
+   ``<name>-latest.h5`` every epoch (:mod:`unetsl.checkpoints`), and the predictions of
+   "samples to predict" after every epoch;
+5. on SIGINT/SIGTERM save ``<name>-latest.h5`` after the current batch and return;
+6. draw the training curves into ``<name>-curves.png``.
+
+Several GPUs (``devices.distribution_strategy``) and a fixed "seed" (deterministic ops)
+are set up here as well. Nothing here prints menus or exits; errors are UnetslError.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import keras
+import numpy as np
+
+from unetsl.checkpoints import (
+    Checkpointer,
+    InterruptCheck,
+    SignalGuard,
+    TrainingInterrupted,
+    TrainingState,
+    monitor_mode,
+    read_state,
+    restore_optimizer_state,
+    save_checkpoint,
+)
+from unetsl.errors import UnetslError
+from unetsl.training_logs import (
+    BatchLog,
+    EpochLog,
+    expected_log_keys,
+    log_files,
+    new_run_id,
+    plot_curves,
+    write_snapshot,
+)
+
+log = logging.getLogger("unetsl")
+
+__all__ = ["TrainingResult", "check_training_config", "compile_model", "train",
+           "training_paths"]
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+SAMPLE_BATCH_SIZE = 2  # the original predicted "samples to predict" with batch size 2
+
+
+@dataclass
+class TrainingPaths:
+    """The files a training of one config writes, all beside the model file."""
+
+    model: Path
+    latest: Path
+    best: Path
+    batch_snapshot: Path
+    curves: Path
+    predictions: Path
+
+
+def training_paths(cfg: Any) -> TrainingPaths:
+    """``<name>-latest.h5``, ``<name>-best.h5`` ... for the config's model file and suffix."""
+    model = Path(cfg.model_path)
+    suffix = model.suffix or ".h5"
+    return TrainingPaths(
+        model=model,
+        latest=cfg.sibling(f"-latest{suffix}"),
+        best=cfg.sibling(f"-best{suffix}"),
+        batch_snapshot=cfg.sibling(f"-batch{suffix}"),
+        curves=cfg.sibling("-curves.png"),
+        predictions=model.parent / "predictions",
+    )
+
+
+@dataclass
+class TrainingResult:
+    """What a call of :func:`train` did."""
+
+    epochs_done: int
+    epochs: int
+    monitor: str
+    best: float | None
+    best_epoch: int | None
+    paths: TrainingPaths
+    run_id: str | None = None
+    epoch_log: Path | None = None
+    batch_log: Path | None = None
+    snapshot: Path | None = None
+    curves: Path | None = None
+    stopped_early: bool = False
+    interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped training
+    predictions: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def check_training_config(cfg: Any) -> None:
+    """The config's keys and the names train() resolves (loss, optimizer); UnetslError if bad.
+
+    Cheap (no data, no model), so the CLI runs it before saving an edited config.
+    """
+    from unetsl.model import get_loss, get_optimizer
+
+    cfg.validate()
+    get_loss(cfg["loss function"])
+    get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
+
+
+def sample_paths(cfg: Any) -> list[Path]:
+    """"samples to predict" as paths ($VARS and ~ expanded, relative to the config folder)."""
+    from unetsl.sources import resolve_path
+
+    paths = []
+    for text in cfg["samples to predict"]:
+        path = resolve_path(text, cfg.folder, where=f'{cfg.path}: "samples to predict" ')
+        if not path.is_file():
+            raise UnetslError(f'{cfg.path}: "samples to predict" file {text!r} not found '
+                              f"(looked for {path})")
+        paths.append(path)
+    return paths
+
+
+def _first_batch_check(dataset: Any, model: keras.Model, n_labels: int) -> bool:
+    """Check one batch against the model; True when batches carry sample weights."""
+    batch = dataset[0]
+    x, y = batch[0], batch[1]
+    want = tuple(int(s) for s in model.inputs[0].shape[1:])
+    if tuple(np.shape(x)[1:]) != want:
+        raise UnetslError(f"training batches have patches of shape {tuple(np.shape(x)[1:])} "
+                          f"(z, y, x, c) but the model takes {want}")
+    targets = y.values() if isinstance(y, dict) else [y]
+    for target in targets:
+        if np.shape(target)[-1] != n_labels:
+            raise UnetslError(f"training targets have {np.shape(target)[-1]} channels but the "
+                              f'model has {n_labels} outputs ("n labels")')
+    return len(batch) > 2 and batch[2] is not None
+
+
+BIT_LABELLERS = ("multiclass labels", "double membrane labels")
+
+
+def check_label_bits(volumes: Sequence[Any], n_labels: int) -> None:
+    """Bit labels must fit the model: a value with bit k set needs k + 1 output channels.
+
+    The multiclass labellers drop higher bits silently, so a label image meant for more
+    classes than "n labels" would train on part of its labels without a word.
+    volumes : :class:`unetsl.sources.Volume` objects (label, source.labeller, pair).
+    """
+    for volume in volumes:
+        labeller = getattr(getattr(volume, "source", None), "labeller", None)
+        if labeller is None or labeller.name not in BIT_LABELLERS or volume.label.size == 0:
+            continue
+        top = volume.label.max()
+        if top >= 2**n_labels:
+            needed = int(top).bit_length()
+            raise UnetslError(f"{volume.pair.label}: label value {int(top)} needs {needed} "
+                              f'output channels ({labeller.name}) but the model has {n_labels} '
+                              '("n labels")')
+
+
+def _resolve_monitor(cfg: Any, output_names: Sequence[str], validation: bool) -> str:
+    monitor = cfg.get("monitor") or "val_loss"
+    if monitor.startswith("val_") and not validation:
+        log.info(f'no validation data: "monitor" {monitor} falls back to {monitor[4:]}')
+        monitor = monitor[4:]
+    known = expected_log_keys(output_names, validation)
+    if monitor not in known:
+        raise UnetslError(f'"monitor" {monitor!r} is not logged by this model; '
+                          f"choose one of {', '.join(known)}")
+    return monitor
+
+
+# ------------------------------------------------------------------------------ compile
+
+
+def compile_model(model: keras.Model, cfg: Any, *, weighted: bool = False,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
+    """Compile with the config's optimizer, learning rate, loss (per output) and metrics.
+
+    weighted : batches carry (batch, z, y, x) voxel weights; the loss is wrapped so that
+        they apply (:class:`unetsl.metrics.VoxelWeightedLoss`).
+    """
+    from unetsl.metrics import VoxelWeightedLoss, compile_metrics
+    from unetsl.model import get_loss, get_optimizer, output_activations
+
+    def loss() -> keras.losses.Loss:
+        inner = get_loss(cfg["loss function"])
+        return VoxelWeightedLoss(inner) if weighted else inner
+
+    names = list(model.output_names)
+    losses: Any = loss() if len(names) == 1 else {name: loss() for name in names}
+    if optimizer is None:
+        optimizer = get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
+    model.compile(optimizer=optimizer, loss=losses,
+                  metrics=compile_metrics(names, output_activations(model)))
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+class SamplePredictor(keras.callbacks.Callback):
+    """Predict "samples to predict" before training (e0) and after every epoch (e<N>).
+
+    Files: ``predictions/pred-<name>-e<N>-<sample file name>``, labels reduced as
+    predict_image does for the model's last output, with the sample's pixel size.
+    """
+
+    def __init__(self, samples: Sequence[Path], folder: Path, name: str, *,
+                 normalize: bool, percentiles: Sequence[float] | None, initial: bool):
+        super().__init__()
+        self.samples = list(samples)
+        self.folder = Path(folder)
+        self.name = name
+        self.normalize = normalize
+        self.percentiles = percentiles
+        self.initial = initial
+        self.written: list[Path] = []
+        self._images: dict[Path, tuple[Any, np.ndarray]] = {}
+
+    def _load(self, path: Path) -> tuple[Any, np.ndarray]:
+        if path not in self._images:
+            from unetsl.io import match_channels, read_image
+            from unetsl.model import model_patch_shape
+            from unetsl.normalize import percentile_normalize
+
+            c, z, _, _ = model_patch_shape(self.model)
+            image = read_image(path, depth_wanted=z)
+            data = match_channels(image.data, c, source=str(path)).astype(np.float32)
+            if self.percentiles is not None:
+                data = percentile_normalize(data, self.percentiles, channel_axis=1)
+            self._images[path] = (image, data)
+        return self._images[path]
+
+    def predict_all(self, number: int) -> None:
+        from unetsl.io import write_like
+        from unetsl.model import output_activations
+        from unetsl.predict import predict, reduce, reduction_for_activation
+
+        reduction = reduction_for_activation(output_activations(self.model)[-1])
+        for path in self.samples:
+            image, data = self._load(path)
+            probs = predict(self.model, data, batch_size=SAMPLE_BATCH_SIZE,
+                            normalize=self.normalize, output_index=-1)
+            labels = reduce(probs, reduction)
+            if labels.ndim == probs.ndim - 1:
+                labels = labels[:, None]
+            out = self.folder / f"pred-{self.name}-e{number}-{path.name}"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_like(out, labels, image)
+            self.written.append(out)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.initial:
+            self.predict_all(0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.predict_all(epoch + 1)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One line per epoch (for Slurm logs and pipes, where a progress bar is noise)."""
+
+    def __init__(self, epochs: int, steps: int, state: TrainingState, stream: TextIO | None = None):
+        super().__init__()
+        self.epochs = epochs
+        self.steps = steps
+        self.state = state
+        self.stream = stream
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs}", f"{self.steps} steps",
+                 f"{time.monotonic() - self._start:.1f}s"]
+        parts += [f"{k}: {float(v):.4g}" for k, v in sorted(logs.items())
+                  if isinstance(v, (int, float, np.floating))]
+        if self.state.best_epoch == epoch:
+            parts.append(f"best {self.state.monitor}")
+        stream = self.stream or sys.stdout
+        stream.write(" - ".join(parts) + "\n")
+        stream.flush()
+
+
+# -------------------------------------------------------------------------------- train
+
+
+def _load_or_build(cfg: Any, source: Path) -> keras.Model:
+    from unetsl.model import load_model
+
+    if source.exists():
+        return load_model(source)
+    from unetsl import model as model_module
+
+    if not hasattr(model_module, "build_model_from_config"):
+        raise UnetslError(f"model file {source} does not exist; create it with "
+                          f"create_model -c {cfg.path}")
+    log.info(f"model file {source} does not exist: building it from {cfg.path}")
+    model = model_module.build_model_from_config(cfg)
+    model_module.save_model(model, source)
+    return model
+
+
+def _starting_point(paths: TrainingPaths, resume: bool) -> tuple[Path, TrainingState | None]:
+    """The model file to start from and, when resuming, the state saved with it."""
+    if not resume:
+        if paths.latest.exists():
+            log.info(f"starting a new training from {paths.model}; {paths.latest.name} and "
+                     f"{paths.best.name} will be replaced (--resume continues instead)")
+        return paths.model, None
+    if not paths.latest.exists():
+        log.warning(f"nothing to resume: {paths.latest} does not exist; starting from "
+                    f"{paths.model}")
+        return paths.model, None
+    state = read_state(paths.latest)
+    if state is None:
+        log.warning(f"{paths.latest} holds no training state: continuing from its weights at "
+                    "epoch 0 with a fresh optimizer")
+    return paths.latest, state
+
+
+def _progress_mode(progress: str) -> str:
+    if progress not in PROGRESS_MODES:
+        raise UnetslError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
+    if progress == "auto":
+        return "bar" if sys.stdout.isatty() else "lines"
+    return progress
+
+
+def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: str = "auto",
+          datasets: tuple[Any, Any] | None = None, strategy: Any = None,
+          data_options: dict[str, Any] | None = None, stream: TextIO | None = None
+          ) -> TrainingResult:
+    """Train the model of ``cfg`` (a :class:`unetsl.config.Config`) on its data sources.
+
+    resume : continue from ``<name>-latest.h5`` (optimiser state, best value, epoch count);
+        without it a new training starts from ``<name>.h5``.
+    gpus : GPUs wanted (--gpus / GPUS); None = 1, or all visible ones with "multi-gpu".
+    progress : "bar" (Keras progress bar), "lines" (one line per epoch), "none", or "auto"
+        (bar on a terminal, lines otherwise).
+    datasets : (train, validation) Keras datasets instead of the config's data sources.
+    strategy : a tf.distribute strategy instead of the one ``gpus`` gives.
+    data_options : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for the batches.
+    Returns a :class:`TrainingResult`; ``interrupted`` is set when a signal stopped it.
+    """
+    from unetsl.devices import distribution_strategy, gpus_wanted, set_deterministic
+    from unetsl.model import model_patch_shape
+
+    mode = _progress_mode(progress)
+    check_training_config(cfg)
+    if datasets is None and not cfg["data sources"]:
+        raise UnetslError(f'{cfg.path}: no "data sources"; add training data with '
+                          f"attach_data_sources -c {cfg.path}")
+    samples = sample_paths(cfg)
+    paths = training_paths(cfg)
+    set_deterministic(cfg["seed"])
+    if strategy is None:
+        strategy = distribution_strategy(gpus_wanted(gpus, bool(cfg["multi-gpu"])))
+    replicas = int(strategy.num_replicas_in_sync)
+    if cfg["batch size"] % replicas:
+        raise UnetslError(f'"batch size" {cfg["batch size"]} cannot be split evenly over '
+                          f"{replicas} devices; use a multiple of {replicas}")
+
+    source, state = _starting_point(paths, resume)
+    if state is not None and state.epochs_done >= cfg["epochs"]:
+        log.info(f"{paths.latest} has already trained {state.epochs_done} of {cfg['epochs']} "
+                 '"epochs"; raise "epochs" to train on')
+        return TrainingResult(state.epochs_done, cfg["epochs"], state.monitor, state.best,
+                              state.best_epoch, paths)
+
+    with strategy.scope():
+        model = _load_or_build(cfg, source)
+    patch_shape = model_patch_shape(model)
+    n_labels = int(model.outputs[-1].shape[-1])
+    if cfg["n labels"] != n_labels:
+        log.warning(f'{cfg.path}: "n labels" is {cfg["n labels"]} but {source.name} has '
+                    f"{n_labels} output channels; training the model as it is")
+    if tuple(cfg["input shape"]) != patch_shape:
+        log.warning(f'{cfg.path}: "input shape" is {cfg["input shape"]} but {source.name} '
+                    f"takes {list(patch_shape)}; using the model's")
+    output_names = list(model.output_names)
+
+    if datasets is None:
+        from unetsl.data import make_datasets
+
+        datasets = make_datasets(cfg, patch_shape=patch_shape, n_labels=n_labels,
+                                 output_names=output_names, batch_size=cfg["batch size"],
+                                 seed=cfg["seed"], **(data_options or {}))
+    train_data, val_data = datasets
+    if val_data is not None and len(val_data) == 0:
+        val_data = None
+    if len(train_data) == 0:
+        raise UnetslError(f"{cfg.path}: the data sources give no training patches")
+    check_label_bits(getattr(train_data, "volumes", []), n_labels)
+    weighted = _first_batch_check(train_data, model, n_labels)
+    monitor = _resolve_monitor(cfg, output_names, val_data is not None)
+
+    with strategy.scope():
+        compile_model(model, cfg, weighted=weighted)
+        if state is not None and source == paths.latest:
+            restore_optimizer_state(model, paths.latest)
+    if state is None:
+        state = TrainingState()
+    if state.monitor != monitor or state.mode != monitor_mode(monitor):
+        if state.best is not None:
+            log.info(f'"monitor" changed from {state.monitor} to {monitor}: best value reset')
+        state.monitor, state.mode = monitor, monitor_mode(monitor)
+        state.best = state.best_epoch = None
+        state.wait = state.plateau_wait = 0
+    if hasattr(train_data, "epoch"):
+        train_data.epoch = state.epochs_done  # resumed runs continue the shuffling sequence
+
+    folder = paths.model.parent
+    run_id = new_run_id(folder, cfg.name)
+    files = log_files(folder, cfg.name, run_id)
+    write_snapshot(files.snapshot, cfg.to_json())
+    previous = state.run_ids[-1] if state.run_ids else None
+    state.run_ids.append(run_id)
+    comments = []
+    if source == paths.latest:
+        comments.append(f"resumed: {source.name} at epoch {state.epochs_done}"
+                        + (f" (run {previous})" if previous else ""))
+    epoch_log = EpochLog(files.epoch_log, source.name if source.parent == folder else source,
+                         comments=comments)
+    batch_log = BatchLog(files.batch_log, state, batch_size=cfg["batch size"])
+    checkpointer = Checkpointer(
+        state, paths.latest, paths.best, batch_snapshot=paths.batch_snapshot,
+        early_stopping_patience=cfg.get("early stopping patience") or 0,
+        reduce_lr_patience=cfg.get("reduce lr patience") or 0,
+        reduce_lr_factor=cfg.get("reduce lr factor") or 0.1,
+    )
+    predictor = None
+    callbacks: list[keras.callbacks.Callback] = [batch_log, epoch_log, checkpointer]
+    if samples:
+        predictor = SamplePredictor(samples, paths.predictions, cfg.name,
+                                    normalize=bool(cfg["normalize samples"]),
+                                    percentiles=cfg.get("normalization percentiles"),
+                                    initial=state.epochs_done == 0)
+        callbacks.append(predictor)
+    if mode == "lines":
+        callbacks.append(EpochLine(cfg["epochs"], len(train_data), state, stream))
+
+    log.info(f"training {source.name}: {len(train_data)} batches of {cfg['batch size']} "
+             f"patch(es) per epoch, {len(val_data) if val_data is not None else 0} validation "
+             f"batches; epochs {state.epochs_done + 1}..{cfg['epochs']}; best by {monitor}")
+    log.info(f"logs: {files.epoch_log.name}, {files.batch_log.name}")
+
+    result = TrainingResult(state.epochs_done, cfg["epochs"], monitor, state.best,
+                            state.best_epoch, paths, run_id=run_id, epoch_log=files.epoch_log,
+                            batch_log=files.batch_log, snapshot=files.snapshot)
+    try:
+        with SignalGuard() as guard:
+            callbacks.append(InterruptCheck(guard))
+            try:
+                model.fit(train_data, validation_data=val_data, epochs=cfg["epochs"],
+                          initial_epoch=state.epochs_done, callbacks=callbacks,
+                          verbose=1 if mode == "bar" else 0)
+            except TrainingInterrupted as stop:
+                state.interrupted = True
+                save_checkpoint(model, paths.latest, state)
+                result.interrupted = stop.signum
+            except Exception as exc:
+                if type(exc).__name__ != "ResourceExhaustedError":
+                    raise
+                raise UnetslError(
+                    f'out of memory training {source.name} with "batch size" '
+                    f'{cfg["batch size"]} and patches {list(patch_shape)}: use a smaller '
+                    '"batch size" (or more GPUs)') from None
+    finally:
+        epoch_log.close()
+        batch_log.close()
+    result.epochs_done = state.epochs_done
+    result.best, result.best_epoch = state.best, state.best_epoch
+    result.stopped_early = checkpointer.stopped_early
+    if predictor is not None:
+        result.predictions = predictor.written
+    logs = [log_files(folder, cfg.name, rid).epoch_log for rid in state.run_ids]
+    try:
+        result.curves = plot_curves(logs, paths.curves, title=cfg.name)
+    except Exception as exc:  # a plotting problem must not lose a finished training
+        log.warning(f"could not draw {paths.curves}: {exc}")
+    return result

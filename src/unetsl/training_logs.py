@@ -1,0 +1,318 @@
+"""The original's training logs, byte-for-byte in layout, and a PNG of the training curves.
+
+Files (``<name>`` = the model's base name, ``<id>`` = the run id, milliseconds since the
+Unix epoch as lowercase hex):
+
+- ``training-log_<name>-<id>.txt``, the epoch log::
+
+      #training model: <model file>
+      #input: <model input tensor>
+      #output: <model output tensor(s)>
+      #optimiser: <optimizer object>
+      #epoch	accuracy	binary_accuracy	loss	val_accuracy	val_binary_accuracy	val_loss
+      0	0.4696180522441864	0.9666777849197388	-0.7630274891853333	...
+
+  keys sorted alphabetically, values as Python ``str(float)``, a missing value as -1;
+
+- ``batch-log_<name>-<id>.txt``, one row per training batch, numbered on across epochs,
+  with Keras' running means within the epoch and gnuplot column numbers in the header::
+
+      #batch_number	2.accuracy	3.binary_accuracy	4.loss
+
+  For models with several outputs (cascade) the header is the README's layout instead,
+  ``#batch_number	batch	cascade_0_accuracy	cascade_0_binary_accuracy	cascade_0_loss
+  ...	loss	size``: output X's (accuracy, binary accuracy, loss) triple starts at 0-based
+  column 2 + 3X (gnuplot 3 + 3X);
+- ``training-log_<name>-<id>.json``, the config the run used.
+
+Lines are appended with one ``write`` each on a file opened for appending, and flushed, so
+a killed run leaves whole lines that gnuplot reads while training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from unetsl.atomic import atomic_path, atomic_write_text
+
+log = logging.getLogger("unetsl")
+
+__all__ = [
+    "BatchLog",
+    "EpochLog",
+    "LogFiles",
+    "expected_log_keys",
+    "format_value",
+    "log_files",
+    "new_run_id",
+    "plot_curves",
+    "read_log",
+]
+
+EXCLUDED_KEYS = frozenset({"learning_rate", "lr"})  # added by LR callbacks; would shift columns
+METRIC_ORDER = ("loss", "accuracy", "binary_accuracy")
+
+
+class LogFiles:
+    """The three files of one run: epoch log, batch log and config snapshot."""
+
+    def __init__(self, folder: Path, name: str, run_id: str):
+        self.folder = Path(folder)
+        self.name = name
+        self.run_id = run_id
+        self.epoch_log = self.folder / f"training-log_{name}-{run_id}.txt"
+        self.batch_log = self.folder / f"batch-log_{name}-{run_id}.txt"
+        self.snapshot = self.folder / f"training-log_{name}-{run_id}.json"
+
+
+def new_run_id(folder: str | os.PathLike, name: str, now_ms: int | None = None) -> str:
+    """Milliseconds since the Unix epoch as lowercase hex (%08x), bumped until unused."""
+    stamp = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    while True:
+        run_id = f"{stamp:08x}"
+        files = LogFiles(Path(folder), name, run_id)
+        if not files.epoch_log.exists() and not files.batch_log.exists():
+            return run_id
+        stamp += 1
+
+
+def log_files(folder: str | os.PathLike, name: str, run_id: str) -> LogFiles:
+    return LogFiles(Path(folder), name, run_id)
+
+
+def format_value(value: Any) -> str:
+    """Python's shortest float text, as the original wrote (``str(float(v))``)."""
+    try:
+        return str(float(value))
+    except (TypeError, ValueError):
+        return "-1"
+
+
+def expected_log_keys(output_names: Sequence[str], validation: bool) -> list[str]:
+    """The sorted epoch-log keys Keras produces for these outputs, the unetsl metrics compiled."""
+    if len(output_names) == 1:
+        keys = ["accuracy", "binary_accuracy", "loss"]
+    else:
+        keys = [f"{name}_{metric}" for name in output_names
+                for metric in ("accuracy", "binary_accuracy", "loss")] + ["loss"]
+    if validation:
+        keys += [f"val_{k}" for k in keys]
+    return sorted(keys)
+
+
+def _describe(tensors: Any) -> str:
+    if isinstance(tensors, (list, tuple)) and len(tensors) == 1:
+        tensors = tensors[0]
+    return " ".join(repr(tensors).split())
+
+
+class _AppendLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        return self._fd
+
+    def write_line(self, text: str) -> None:
+        """One os.write per line on an O_APPEND file: whole lines, in order, at once."""
+        os.write(self._open(), (text + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class EpochLog(keras.callbacks.Callback):
+    """The epoch log: ``#training model`` at creation, the model lines when training starts,
+    the ``#epoch`` header at the end of the first epoch, then one row per epoch."""
+
+    def __init__(self, path: str | os.PathLike, model_file: str | os.PathLike,
+                 comments: Iterable[str] = ()):
+        super().__init__()
+        self.file = _AppendLog(Path(path))
+        self.keys: list[str] | None = None
+        self.file.write_line(f"#training model: {model_file}")
+        self._comments = list(comments)
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.file.write_line(f"#input: {_describe(self.model.inputs)}")
+        self.file.write_line(f"#output: {_describe(self.model.outputs)}")
+        self.file.write_line(f"#optimiser: {self.model.optimizer!r}")
+        for comment in self._comments:
+            self.file.write_line(f"#{comment}")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(k for k in logs if k not in EXCLUDED_KEYS)
+            self.file.write_line("#epoch\t" + "\t".join(self.keys))
+        row = [str(epoch)] + [format_value(logs[k]) if k in logs else "-1" for k in self.keys]
+        self.file.write_line("\t".join(row))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class BatchLog(keras.callbacks.Callback):
+    """The batch log: model lines at start, header at the first batch, a row per batch.
+
+    counter : an object with an integer attribute ``batches_done`` (the training state),
+        incremented here, so the numbering goes on across epochs and resumed runs.
+    batch_size : the "size" column of multi-output logs.
+    """
+
+    def __init__(self, path: str | os.PathLike, counter: Any, *, batch_size: int = 1):
+        super().__init__()
+        self.file = _AppendLog(Path(path))
+        self.counter = counter
+        self.batch_size = int(batch_size)
+        self.keys: list[str] | None = None
+        self.readme_layout = False
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.file.write_line(f"#input: {_describe(self.model.inputs)}")
+        self.file.write_line(f"#output: {_describe(self.model.outputs)}")
+        self.file.write_line(f"#optimiser: {self.model.optimizer!r}")
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        if self.keys is None:
+            self.readme_layout = len(self.model.outputs) > 1
+            keys = [k for k in logs if k not in EXCLUDED_KEYS]
+            if self.readme_layout:
+                self.keys = sorted([*keys, "batch", "size"])
+                self.file.write_line("#batch_number\t" + "\t".join(self.keys))
+            else:
+                self.keys = sorted(keys)
+                numbered = [f"{i}.{k}" for i, k in enumerate(self.keys, start=2)]
+                self.file.write_line("#batch_number\t" + "\t".join(numbered))
+        if self.readme_layout:
+            logs["batch"] = batch
+            logs["size"] = self.batch_size
+        values = [str(logs[k]) if k in ("batch", "size") else
+                  format_value(logs[k]) if k in logs else "-1" for k in self.keys]
+        self.file.write_line("\t".join([str(self.counter.batches_done), *values]))
+        self.counter.batches_done += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_log(path: str | os.PathLike) -> tuple[list[str], list[list[float]]]:
+    """(keys, rows) of an epoch or batch log; the first column (epoch/batch) is in each row.
+
+    Header keys lose their gnuplot ``N.`` prefix. Comment lines are skipped.
+    """
+    keys: list[str] = []
+    rows: list[list[float]] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#epoch") or line.startswith("#batch_number"):
+            keys = [k.split(".", 1)[1] if k[:1].isdigit() and "." in k else k
+                    for k in line.split("\t")[1:]]
+        elif line and not line.startswith("#"):
+            fields = line.split("\t")
+            if keys and len(fields) != len(keys) + 1:
+                continue  # a line cut short by a crash
+            try:
+                rows.append([float(v) for v in fields])
+            except ValueError:
+                continue
+    return keys, rows
+
+
+def _series(paths: Sequence[Path]) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        keys, rows = read_log(path)
+        for row in rows:
+            for key, value in zip(keys, row[1:]):
+                if value != -1 and math.isfinite(value):
+                    series.setdefault(key, []).append((row[0], value))
+    return series
+
+
+def _split_key(key: str) -> tuple[bool, str, str]:
+    """'val_cascade_0_binary_accuracy' -> (True, 'cascade_0', 'binary_accuracy')."""
+    validation = key.startswith("val_")
+    base = key[4:] if validation else key
+    for metric in ("binary_accuracy", "accuracy", "loss"):
+        if base == metric:
+            return validation, "", metric
+        if base.endswith("_" + metric):
+            return validation, base[: -len(metric) - 1], metric
+    return validation, "", base
+
+
+def plot_curves(epoch_logs: Sequence[str | os.PathLike], png: str | os.PathLike,
+                title: str = "") -> Path | None:
+    """A PNG with one panel per metric (loss, accuracy, binary accuracy): every output,
+    training solid and validation dashed, against the epoch. None when there is no row yet.
+
+    ``epoch_logs`` are the logs of every run of one training, oldest first (resumed runs).
+    """
+    series = _series([Path(p) for p in epoch_logs])
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metrics: dict[str, list[str]] = {}
+    for key in sorted(series):
+        _, _, metric = _split_key(key)
+        metrics.setdefault(metric, []).append(key)
+    order = [m for m in METRIC_ORDER if m in metrics] + sorted(set(metrics) - set(METRIC_ORDER))
+    fig, axes = plt.subplots(1, len(order), figsize=(5 * len(order), 4), squeeze=False)
+    try:
+        for ax, metric in zip(axes[0], order):
+            for key in metrics[metric]:
+                validation, output, _ = _split_key(key)
+                xs, ys = zip(*series[key])
+                label = "validation" if validation else "training"
+                label += f" {output}" if output else ""
+                ax.plot(xs, ys, "--" if validation else "-", marker="." if len(xs) < 30 else None,
+                        label=label)
+            ax.set_title(metric.replace("_", " "))
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        png = Path(png)
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return png
+
+
+def write_snapshot(path: str | os.PathLike, config_json: str) -> None:
+    """The config the run used, as the config file would be written."""
+    atomic_write_text(path, config_json)
