@@ -1,7 +1,13 @@
-"""One predict_image run: its settings (the original's keys), loading, predicting, writing."""
+"""One predict_image run: its settings (the original's keys), loading, predicting, writing.
+
+The settings are a flat key/value table, as in the original, so that -D and the editor
+work on them the same way. ``PredictionJob.run`` reads the image lazily and writes each
+output file block by block while the tiles are predicted (see ``unetsl.predict``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,25 +20,73 @@ from unetsl.errors import UnetslError
 
 log = logging.getLogger("unetsl")
 
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _reduction_ok(v: Any) -> bool:
+    if v is None or (_is_int(v) and v in (0, 1, 2)):
+        return True
+    return isinstance(v, dict) and all(_is_int(x) and x in (0, 1, 2) for x in v.values())
+
+
 SETTING_CHECKS = {
-    "batch size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                   "an integer >= 1"),
-    "output index": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "reduction type": (lambda v: v is None or v in (0, 1, 2), "0, 1, 2 or null (from activation)"),
-    "normalize samples": (lambda v: isinstance(v, bool), "true or false"),
-    "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
-                                        and all(isinstance(i, int) and i >= 0 for i in v)),
-                "null (automatic) or 3 integers (z, y, x)"),
     "model file": (lambda v: isinstance(v, str) and v != "", "a file name"),
     "image to predict": (lambda v: isinstance(v, str) and v != "", "a file name"),
     "output image": (lambda v: isinstance(v, str) and v != "", "a file name"),
+    "reduction type": (_reduction_ok, "0 (categorical), 1 (multiclass), 2 (linear), null (from "
+                       "the output activation) or {output name: 0|1|2}"),
+    "output index": (lambda v: _is_int(v) or v == "all", 'an integer (-1 = last) or "all"'),
+    "normalize samples": (lambda v: isinstance(v, bool), "true or false"),
+    "batch size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
+                                        and all(_is_int(i) and i >= 0 for i in v)),
+                "null (from the receptive field) or 3 integers >= 0 (z, y, x)"),
 }
 
 
 def default_output_path(model_path: Path, image_path: Path) -> Path:
-    """pred-<model name without suffix>-<image file name> in the working directory."""
+    """pred-<model name without suffix>-<image file name>, as a .tif, in the working folder."""
+    model_path, image_path = Path(model_path), Path(image_path)
     base = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-    return Path(f"pred-{base}-{image_path.name}")
+    image = image_path.name.rstrip("/")
+    if not image.lower().endswith((".tif", ".tiff")):
+        image = (image[: -len(image_path.suffix)] if image_path.suffix else image) + ".tif"
+    return Path(f"pred-{base}-{image}")
+
+
+def _with_suffix(path: Path, extra: str) -> Path:
+    """out.tif + "-prob" -> out-prob.tif."""
+    suffix = path.suffix if path.suffix.lower() in (".tif", ".tiff") else ".tif"
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(f"{stem}{extra}{suffix}")
+
+
+class _FileSink:
+    """Reduces finished blocks of one output and writes labels (and probabilities)."""
+
+    def __init__(self, labels, reduction: str, probabilities=None):
+        self.labels, self.reduction, self.probabilities = labels, reduction, probabilities
+
+    def write(self, t: int, region, block: np.ndarray) -> None:
+        from unetsl.predict import reduce
+
+        self.labels.write(t, region, reduce(block, self.reduction, channel_axis=0))
+        if self.probabilities is not None:
+            self.probabilities.write(t, region, block)
+
+
+def _strategy(gpus: int):
+    """A MirroredStrategy over ``gpus`` GPUs (unetsl.devices), or None for one device."""
+    if gpus <= 1:
+        return None
+    from unetsl.devices import distribution_strategy, visible_gpus
+
+    if len(visible_gpus()) <= 1:
+        return None
+    strategy = distribution_strategy(gpus)
+    return strategy if strategy.num_replicas_in_sync > 1 else None
 
 
 @dataclass
@@ -42,13 +96,14 @@ class PredictionJob:
     values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, model: Path, image: Path, output: Path | None = None) -> PredictionJob:
+    def create(cls, model: Path, image: Path, output: Path | None = None, *,
+               all_outputs: bool = False) -> PredictionJob:
         return cls({
             "model file": str(model),
             "image to predict": str(image),
             "output image": str(output or default_output_path(model, image)),
             "reduction type": None,
-            "output index": -1,
+            "output index": "all" if all_outputs else -1,
             "normalize samples": False,
             "batch size": 16,
             "overlap": None,
@@ -58,6 +113,7 @@ class PredictionJob:
         return dict(self.values)
 
     def check_settings(self, values: dict[str, Any]) -> None:
+        """UnetslError naming the first unknown key or bad value."""
         for key, value in values.items():
             if key not in SETTING_CHECKS:
                 raise UnetslError(f'unknown prediction setting "{key}"; known: '
@@ -73,36 +129,103 @@ class PredictionJob:
     def apply_overrides(self, overrides: tuple[str, ...] | list[str]) -> None:
         self.update(parse_overrides(overrides))
 
-    def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None) -> list[Path]:
-        """Load, predict every time point, reduce and write; returns the files written."""
-        from unetsl.io import match_channels, read_image, write_like
-        from unetsl.model import load_model, model_patch_shape, output_activations
-        from unetsl.predict import predict, reduce, reduction_for_activation, reduction_name
+    # ---------------------------------------------------------------------------------
+    def _reductions(self, model, indices: list[int]) -> list[str]:
+        from unetsl.model import output_activations
+        from unetsl.predict import reduction_for_activation, reduction_name
 
-        model = load_model(self.values["model file"])
-        c, z, _, _ = model_patch_shape(model)
-        image = read_image(self.values["image to predict"], depth_wanted=z)
-        data = match_channels(image.data, c, source=self.values["image to predict"])
-        index = self.values["output index"]
         activations = output_activations(model)
-        if not -len(activations) <= index < len(activations):
-            raise UnetslError(f'"output index" {index} is out of range: the model has '
-                              f"{len(activations)} output(s)")
-        if self.values["reduction type"] is None:
-            reduction = reduction_for_activation(activations[index])
-        else:
-            reduction = reduction_name(self.values["reduction type"])
-        overlap = self.values["overlap"]
-        probs = predict(model, data.astype(np.float32), batch_size=self.values["batch size"],
-                        overlap=tuple(overlap) if overlap else None,
-                        normalize=self.values["normalize samples"], output_index=index,
-                        progress=progress)
-        labels = reduce(probs, reduction)[:, None]
+        names = list(model.output_names)
+        setting = self.values["reduction type"]
+        if isinstance(setting, dict):
+            unknown = sorted(set(setting) - set(names))
+            if unknown:
+                raise UnetslError(f'"reduction type": unknown output {unknown[0]!r}; the model '
+                                  f"outputs are {', '.join(names)}")
+        result = []
+        for index in indices:
+            value = setting.get(names[index]) if isinstance(setting, dict) else setting
+            result.append(reduction_for_activation(activations[index]) if value is None
+                          else reduction_name(value))
+        return result
+
+    def output_paths(self, model) -> list[Path]:
+        """The label file of each selected output (one per output with "all")."""
         out = Path(self.values["output image"])
-        write_like(out, labels, image)
-        written = [out]
-        if probabilities:
-            prob_path = out.with_name(out.stem + "-prob" + (out.suffix or ".tif"))
-            write_like(prob_path, probs.astype(np.float32), image)
-            written.append(prob_path)
+        indices = self._indices(model)
+        if len(indices) == 1 and self.values["output index"] != "all" or len(model.outputs) == 1:
+            return [out]
+        return [_with_suffix(out, f"-{model.output_names[i]}") for i in indices]
+
+    def _indices(self, model) -> list[int]:
+        n = len(model.outputs)
+        index = self.values["output index"]
+        if index == "all":
+            return list(range(n))
+        if not -n <= index < n:
+            raise UnetslError(f'"output index" {index} is out of range: the model has {n} '
+                              "output(s)")
+        return [index % n]
+
+    def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None,
+            model=None) -> list[Path]:
+        """Load, predict every time point, reduce and write; returns the files written.
+
+        model : an already loaded Keras model to use instead of "model file" (benchmarks,
+            notebooks). progress : see ``unetsl.predict.Progress``.
+        """
+        from unetsl.atomic import atomic_path
+        from unetsl.io import match_channels, read_image
+        from unetsl.lazy_io import OutputTiff, open_image
+        from unetsl.model import load_model, model_patch_shape
+        from unetsl.predict import (
+            ArraySource,
+            KerasTiles,
+            label_dtype,
+            predict_to_sinks,
+            receptive_reach,
+        )
+
+        self.check_settings(self.values)
+        strategy = None
+        if model is None:
+            strategy = _strategy(gpus)
+            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+            with scope:
+                model = load_model(self.values["model file"])
+        c, z, _, _ = model_patch_shape(model)
+        source_name = self.values["image to predict"]
+        image = open_image(source_name, depth_wanted=z)
+        source = image.data
+        if source.shape[1] != c:  # the original's channel rules need the whole array
+            eager = read_image(source_name, depth_wanted=z)
+            source = ArraySource(match_channels(eager.data, c, source=source_name))
+        indices = self._indices(model)
+        reductions = self._reductions(model, indices)
+        tiles = KerasTiles(model, indices, distributed=strategy is not None)
+        paths = self.output_paths(model)
+        t, _, zs, ys, xs = source.shape
+        written: list[Path] = []
+        with contextlib.ExitStack() as stack:
+            sinks = []
+            for path, n, reduction in zip(paths, tiles.channels, reductions):
+                label_channels = n if reduction == "linear" else 1
+                files = [(path, (t, label_channels, zs, ys, xs), label_dtype(reduction, n))]
+                if probabilities:
+                    files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
+                opened = []
+                for target, shape, dtype in files:
+                    tmp = stack.enter_context(atomic_path(target))
+                    opened.append(stack.enter_context(OutputTiff(
+                        tmp, shape, dtype, spacing=image.spacing, unit=image.unit,
+                        time_as_depth=image.time_as_depth)))
+                    written.append(target)
+                sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
+            overlap = self.values["overlap"]
+            plan = predict_to_sinks(tiles, source, sinks, reach=receptive_reach(model),
+                                    batch_size=self.values["batch size"],
+                                    overlap=tuple(overlap) if overlap is not None else None,
+                                    normalize=self.values["normalize samples"],
+                                    progress=progress)
+            log.debug("tiles %s, overlap %s", plan.count(), plan.overlap)
         return written

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,28 +17,72 @@ from unetsl.cli.common import (
 )
 
 
+class Progress:
+    """A tqdm bar over tiles on a terminal; otherwise one line per finished time point."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.frames_done = 0
+        self.tiles_at_frame = 0
+        self.start = self.frame_start = time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, done: int, total: int, frames_done: int, frames: int) -> None:
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="tile", file=self.stream, leave=True,
+                                dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"time point {min(frames_done + 1, frames)}/{frames}")
+            return
+        while frames_done > self.frames_done:
+            self.frames_done += 1
+            now = time.perf_counter()
+            click.echo(f"time point {self.frames_done}/{frames}: {done - self.tiles_at_frame} "
+                       f"tiles in {now - self.frame_start:.1f} s ({done}/{total} tiles)",
+                       file=self.stream)
+            self.tiles_at_frame, self.frame_start = done, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("image_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("image_file", type=click.Path())
 @click.argument("output_file", required=False, type=click.Path(dir_okay=False))
 @define_option
 @batch_option
 @gpus_option
+@click.option("-m", "--all-outputs", is_flag=True,
+              help="Predict every output of a multi-output (cascade) model, one file each "
+                   '(same as -D \'output index="all"\').')
 @click.option("--probabilities", is_flag=True,
               help="Also write the float32 per-channel map as <output>-prob.tif.")
 @one_line_errors
 def main(model_file: str, image_file: str, output_file: str | None, overrides: tuple[str, ...],
-         batch: bool, gpus: int, probabilities: bool) -> None:
+         batch: bool, gpus: int, all_outputs: bool, probabilities: bool) -> None:
     """Predict IMAGE_FILE with MODEL_FILE (.h5 or .keras) and write a label TIFF.
 
-    Settings ("batch size", "output index", "reduction type" 0 categorical / 1 multiclass /
-    2 linear, "normalize samples", "overlap") can be changed with -D or, without -b, in
-    the editor. The default output is pred-<model>-<image>.tif.
+    IMAGE_FILE is a TIFF, a zarr / OME-Zarr folder or a .npy file of any size; it is read
+    block by block and the output is written while it is predicted. Settings ("batch
+    size", "output index", "reduction type" 0 categorical / 1 multiclass / 2 linear,
+    "normalize samples", "overlap") can be changed with -D or, without -b, in the editor.
+    The default output is pred-<model>-<image>.tif.
     """
+    from unetsl.errors import UnetslError
     from unetsl.predict_job import PredictionJob
 
+    for name, what in ((model_file, "model file"), (image_file, "image")):
+        if not Path(name).exists():
+            raise UnetslError(f"{name}: no such {what}")
     job = PredictionJob.create(Path(model_file), Path(image_file),
-                               Path(output_file) if output_file else None)
+                               Path(output_file) if output_file else None,
+                               all_outputs=all_outputs)
     job.apply_overrides(overrides)
     if interactive(batch):
         from unetsl.cli.tui import edit_values
@@ -47,7 +93,11 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
             click.echo("cancelling...")
             return
         job.update(edited)
-    written = job.run(probabilities=probabilities, gpus=gpus)
+    progress = Progress()
+    try:
+        written = job.run(probabilities=probabilities, gpus=gpus, progress=progress)
+    finally:
+        progress.close()
     for path in written:
         click.echo(f"wrote {path}")
 
