@@ -4,19 +4,37 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${DEMO_DIR:-demo}"
+epochs="${DEMO_EPOCHS:-15}"
 mkdir -p "$work"
 cd "$work"
+rm -f epithelium-2d*.h5 training-log_* batch-log_* pred-*
 
-echo "== 1. generate a synthetic 2D time series of epithelium (images/, labels/, held-out/)"
-python "$here/make_example_data.py" . --kind 2d --n 4 --held-out
+echo "== 1. generate synthetic epithelium time series (images/, labels/, held-out/)"
+python "$here/make_example_data.py" . --kind 2d --n 6 --held-out > /dev/null
+ls images labels held-out/epi-holdout.tif
 
-echo "== 2. create the model (config epithelium-2d.json -> epithelium-2d.h5)"
+echo "== 2. create the model from examples/epithelium-2d.json"
 cp "$here/epithelium-2d.json" epithelium-2d.json
 create_model -c epithelium-2d.json -b
 
-echo "== 3. predict the held-out image"
-predict_image epithelium-2d.h5 held-out/epi-holdout.tif pred-epithelium-2d-holdout.tif -b --probabilities
+echo "== 3. attach the training data (paired folders, multiclass labels)"
+attach_data_sources -c epithelium-2d.json --paired images labels --labeller multiclass
+
+echo "== 4. train ($epochs epochs on the CPU)"
+train_model -c epithelium-2d.json -b -D "epochs=$epochs"
+
+echo "== 5. predict the held-out image with the best model"
+predict_image epithelium-2d-best.h5 held-out/epi-holdout.tif pred-epithelium-2d-holdout.tif -b
+
+echo "== 6. evaluate against its true labels"
+evaluate_prediction pred-epithelium-2d-holdout.tif held-out/labels/epi-holdout.tif \
+    --tolerance 1.5 --json evaluation.json \
+    --overlay overlay.png --image held-out/epi-holdout.tif
 
 echo
-echo "demo finished; outputs in $(pwd):"
-ls -1 pred-* epithelium-2d.*
+echo "demo finished in $(pwd):"
+echo "  model         epithelium-2d-best.h5 (latest: epithelium-2d-latest.h5)"
+echo "  logs          $(ls training-log_*.txt | tail -n 1), curves epithelium-2d-curves.png"
+echo "  prediction    pred-epithelium-2d-holdout.tif (open it in Fiji)"
+echo "  scores        evaluation.json"
+echo "  overlay       overlay.png"

@@ -26,7 +26,7 @@ def test_defaults_have_every_original_key_in_order():
     assert cfg["input shape"] == [1, 3, 64, 64]
     assert cfg["n labels"] == 1 and cfg["depth"] == 3 and cfg["n filters"] == 32
     assert cfg["stride"] == [0, 3, 32, 32]
-    assert cfg["initial learning rate"] == 1e-3  # changed from the original's 1e-6 (README)
+    assert cfg["initial learning rate"] == 1e-4  # changed from the original's 1e-6 (README)
 
 
 def test_round_trip(tmp_path):

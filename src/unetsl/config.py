@@ -115,7 +115,7 @@ FIELDS: tuple[Field, ...] = (
     Field("cascade stages", 0, "integer >= 0", _int(0),
           "0 builds one U-Net; N >= 1 chains N U-Nets, stage k seeing the input and the "
           "output of stage k-1, with outputs cascade_0 .. cascade_{N-1}.", new=True),
-    Field("initial learning rate", 1e-3, "number > 0", _number(1e-12, 10.0),
+    Field("initial learning rate", 1e-4, "number > 0", _number(1e-12, 10.0),
           "Learning rate of the optimizer.", original_default=1e-06),
     Field("optimizer", "keras.optimizers.Adam", "optimizer name", _is_str,
           "keras.optimizers.Adam or keras.optimizers.SGD."),

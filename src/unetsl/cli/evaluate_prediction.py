@@ -31,9 +31,14 @@ CELL_METHODS = ("components", "watershed", "none")
               show_default=True, help="Cells match when their IoU is above this.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), metavar="OUT.json",
               help="Also write the scores as JSON.")
+@click.option("--overlay", "overlay_file", type=click.Path(dir_okay=False), metavar="OUT.png",
+              help="Also draw the middle plane of --image with the prediction and the truth.")
+@click.option("--image", "image_file", type=click.Path(dir_okay=False),
+              help="The image that was predicted (for --overlay).")
 @one_line_errors(tensorflow=False)
 def main(prediction: str, truth: str, labeller: str, n_labels: int | None, tolerance: float,
-         cells: str, min_cell_size: int, iou_threshold: float, json_file: str | None) -> None:
+         cells: str, min_cell_size: int, iou_threshold: float, json_file: str | None,
+         overlay_file: str | None, image_file: str | None) -> None:
     """Score PREDICTION (a label image from predict_image) against TRUTH (the true labels).
 
     Prints per label IoU, Dice/F1, precision and recall, the same within --tolerance pixels
@@ -49,6 +54,15 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
     if json_file:
         write_json(result, json_file)
         click.echo(f"wrote {json_file}")
+    if overlay_file:
+        from unetsl.io import read_image
+        from unetsl.overlay import overlay_png
+
+        if not image_file:
+            raise click.UsageError("--overlay needs --image (the image that was predicted)")
+        overlay_png(overlay_file, read_image(image_file).data, read_image(prediction).data,
+                    read_image(truth).data)
+        click.echo(f"wrote {overlay_file}")
 
 
 if __name__ == "__main__":
