@@ -383,7 +383,8 @@ class Config:
                 f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
         if "unet" in data and "heads" in data:
             raise UnetslError(
-                f"{p}: this is a cerberus (multi-head) config; use the cerberus commands")
+                f"{p}: a cerberus (multi-head) config; only create_model -c (builds its "
+                "model) and predict_image -m (every head) support cerberus configs so far")
         cfg = cls(path=p)
         cfg.update(data, source=str(p))
         return cfg

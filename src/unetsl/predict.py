@@ -258,8 +258,9 @@ def receptive_reach(model) -> Reach:
         for tensor in model.outputs:
             state = _tensor_reach(tensor, memo, align)
             for i, axis in enumerate(_AXES):
-                lo, hi, _ = state[axis]
-                reach[i] = max(reach[i], -lo, hi)
+                lo, hi, jump = state[axis]
+                # a low-resolution output is repeated over ``jump`` voxels (upsample shaper)
+                reach[i] = max(reach[i], -lo + jump - 1, hi)
         result = Reach(tuple(reach), tuple(align[a] for a in _AXES), "layers")
     except (_UnknownLayer, AttributeError, IndexError, TypeError) as exc:
         log.info("receptive field not computable from the layers (%s); measuring it", exc)
@@ -470,6 +471,13 @@ class KerasTiles:
                     f"model output {index} ({_output_name(model, index)}) has shape {shape}; "
                     f"only outputs the size of the input patch {self.patch[1:]} (or a whole "
                     "fraction of it) can be tiled"
+                )
+            if any(f > 1 for f in factors) and "crop" in _output_name(model, index):
+                # the original's "crop" shaper: such a head sees only the tile centre
+                raise UnetslError(
+                    f"model output {index} ({_output_name(model, index)}) is a crop head "
+                    f"below full resolution {shape[1:4]}; only its upsampled (non-crop) or "
+                    "full-resolution heads can be tiled"
                 )
             self.upsample.append(factors)
             self.channels.append(int(shape[-1]))

@@ -34,6 +34,11 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     path = Path(config_file)
     if not path.parent.is_dir():
         raise UnetslError(f"{path}: folder {path.parent} does not exist")
+    from unetsl.cerberus import is_cerberus_file
+
+    if is_cerberus_file(path):
+        _create_cerberus(path, overrides, batch)
+        return
     config = Config.load(path, must_exist=False)
     config.apply_overrides(overrides)
     if interactive(batch):
@@ -55,6 +60,49 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
                                 else path.name + ".bak")
         shutil.copyfile(path, backup)
     config.save(path)
+    save_model(model, config.model_path)
+    click.echo(f"config: {path}")
+    click.echo(f"model:  {config.model_path}")
+    click.echo(describe_model(model))
+
+
+def _create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool) -> None:
+    """A cerberus (multi-head) config: editors for the unet section, then each head, as
+    the original's ``cerberus create``; writes NAME.h5 (and NAME.json when changed)."""
+    from unetsl.cerberus import CerberusConfig, build_cerberus
+
+    config = CerberusConfig.load(path)
+    config.apply_overrides(overrides)
+    changed = bool(overrides)
+    if interactive(batch):
+        from unetsl.cli.tui import edit_values
+
+        data = config.data
+        edited = edit_values(config.unet, title=f"configure base unet: {path}",
+                             finish_label="next",
+                             validate=lambda v: CerberusConfig({**data, "unet": v}, path))
+        if edited is None:
+            click.echo("cancelled")
+            return
+        data = {**data, "unet": edited}
+        heads = []
+        for i, head in enumerate(config.heads):
+            values = edit_values(head.as_dict(), title=f"configure head #{i}")
+            if values is None:
+                click.echo("cancelled")
+                return
+            heads.append(values)
+        config = CerberusConfig({**data, "heads": heads}, path)
+        changed = True
+
+    from unetsl.model import describe_model, save_model
+
+    model = build_cerberus(config)
+    if changed:
+        shutil.copyfile(path, path.with_name(path.name[:-5] + "-json.bak"
+                                             if path.name.endswith(".json")
+                                             else path.name + ".bak"))
+        config.save(path)
     save_model(model, config.model_path)
     click.echo(f"config: {path}")
     click.echo(f"model:  {config.model_path}")
