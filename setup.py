@@ -13,6 +13,14 @@ SCRIPTS = {
     "export_model": "unetsl.cli.export_model:main",
 }
 
+# Big images and clusters: OME-Zarr in/out, Dask prediction (--dask), Slurm worker jobs
+SCALE = [
+    "zarr>=3.0; python_version >= '3.11'",
+    "ome-zarr>=0.10; python_version >= '3.11'",
+    "dask[array,distributed]>=2024.8",
+    "dask-jobqueue>=0.8.5",
+]
+
 setup(
     name="unetsl",
     version="0.2.0",
@@ -40,9 +48,11 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4", "bioimageio.spec>=0.5.12"],
+        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4", "bioimageio.spec>=0.5.12",
+                 *SCALE],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "bioimageio": ["bioimageio.spec>=0.5.12"],
+        "scale": SCALE,
     },
     entry_points={"console_scripts": [f"{k}={v}" for k, v in SCRIPTS.items()]},
 )

@@ -233,45 +233,12 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
 
 
 def _open_zarr(name: str, depth_wanted: int) -> LazyImage:
-    try:
-        import zarr
-    except ImportError:  # zarr 3 needs Python 3.11
-        raise UnetslError(f"{name}: reading zarr needs the zarr package (pip install zarr)") \
-            from None
+    """zarr arrays and OME-Zarr images through ``unetsl.zarr_io`` (one reader for both the
+    single-process and the Dask paths)."""
+    from unetsl.zarr_io import open_zarr
 
-    try:
-        node = zarr.open(name, mode="r")
-    except Exception as exc:
-        raise UnetslError(f"{name}: cannot open zarr ({uio._one_line(exc)})") from exc
-    spacing, unit = (1.0, 1.0, 1.0), "pixel"
-    if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        if not multiscales:
-            raise UnetslError(f"{name}: zarr group without OME-Zarr 'multiscales' metadata")
-        first = multiscales[0]
-        dataset = first["datasets"][0]
-        array = node[dataset["path"]]
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])]
-        axes = "".join(n[0].upper() for n in names) if names else uio._NPY_AXES[array.ndim]
-        for transform in dataset.get("coordinateTransformations", []):
-            if transform.get("type") == "scale":
-                scale = dict(zip(axes, transform["scale"]))
-                spacing = tuple(float(scale.get(a, 1.0)) for a in "ZYX")
-        units = [a.get("unit") for a in first.get("axes", []) if isinstance(a, dict)
-                 and a.get("name", "").lower() == "x"]
-        if units and units[0]:
-            unit = "µm" if units[0] == "micrometer" else str(units[0])
-    else:
-        array = node
-        if array.ndim not in uio._NPY_AXES:
-            raise UnetslError(f"{name}: zarr array of shape {array.shape}; expected 2 to 5 "
-                              "dims (yx, zyx, czyx or tczyx)")
-        axes = uio._NPY_AXES[array.ndim]
-    try:
-        return _lazy(array, axes, name, depth_wanted, spacing, unit)
-    except _NotLazy as exc:
-        raise UnetslError(f"{name}: cannot map zarr axes {axes!r} to (t, c, z, y, x)") from exc
+    image = open_zarr(name, depth_wanted=depth_wanted)
+    return LazyImage(image.data, image.spacing, image.unit, image.time_as_depth, name)
 
 
 class OutputTiff:

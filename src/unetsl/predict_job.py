@@ -8,6 +8,7 @@ output file block by block while the tiles are predicted (see ``unetsl.predict``
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +47,57 @@ SETTING_CHECKS = {
 }
 
 
+_ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+
+
+def training_config_path(model: Path) -> Path | None:
+    """The JSON config a model was made from: NAME.json beside NAME[-best|-latest].h5."""
+    base = model.name[: -len(model.suffix)] if model.suffix else model.name
+    for suffix in ("-best", "-latest", "-batch"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    candidate = model.with_name(base + ".json")
+    return candidate if candidate.is_file() else None
+
+
+def _training_setting(model: Path, key: str, default: Any) -> Any:
+    """A setting the model was trained with, so prediction sees inputs as training did."""
+    path = training_config_path(Path(model))
+    if path is None:
+        return default
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return data.get(key, default) if isinstance(data, dict) else default
+
+
+def _zarr_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in _ZARR_SUFFIXES if name.endswith(s)), None)
+
+
 def default_output_path(model_path: Path, image_path: Path) -> Path:
-    """pred-<model name without suffix>-<image file name>, as a .tif, in the working folder."""
+    """pred-<model name without suffix>-<image file name>, in the working folder: a .tif, or
+    an .ome.zarr for a zarr image."""
     model_path, image_path = Path(model_path), Path(image_path)
     base = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
     image = image_path.name.rstrip("/")
-    if not image.lower().endswith((".tif", ".tiff")):
+    zarr_suffix = _zarr_suffix(image_path)
+    if zarr_suffix is not None:
+        image = image[: -len(zarr_suffix)] + ".ome.zarr"
+    elif not image.lower().endswith((".tif", ".tiff")):
         image = (image[: -len(image_path.suffix)] if image_path.suffix else image) + ".tif"
     return Path(f"pred-{base}-{image}")
 
 
 def _with_suffix(path: Path, extra: str) -> Path:
-    """out.tif + "-prob" -> out-prob.tif."""
+    """out.tif + "-prob" -> out-prob.tif (out.ome.zarr -> out-prob.ome.zarr)."""
+    zarr_suffix = _zarr_suffix(path)
+    if zarr_suffix is not None:
+        return path.with_name(f"{path.name[: -len(zarr_suffix)]}{extra}"
+                              f"{path.name[-len(zarr_suffix):]}")
     suffix = path.suffix if path.suffix.lower() in (".tif", ".tiff") else ".tif"
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return path.with_name(f"{stem}{extra}{suffix}")
@@ -75,6 +115,15 @@ class _FileSink:
         self.labels.write(t, region, reduce(block, self.reduction, channel_axis=0))
         if self.probabilities is not None:
             self.probabilities.write(t, region, block)
+
+    def parallel(self) -> _FileSink | None:
+        """A twin that Dask workers write themselves (zarr outputs), else None."""
+        parts = [self.labels] + ([self.probabilities] if self.probabilities is not None else [])
+        if not all(hasattr(p, "parallel") for p in parts):
+            return None
+        return _FileSink(self.labels.parallel(), self.reduction,
+                         self.probabilities.parallel() if self.probabilities is not None
+                         else None)
 
 
 def _strategy(gpus: int):
@@ -104,7 +153,7 @@ class PredictionJob:
             "output image": str(output or default_output_path(model, image)),
             "reduction type": None,
             "output index": "all" if all_outputs else -1,
-            "normalize samples": False,
+            "normalize samples": bool(_training_setting(model, "normalize samples", False)),
             "batch size": 16,
             "overlap": None,
         })
@@ -168,11 +217,15 @@ class PredictionJob:
         return [index % n]
 
     def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None,
-            model=None) -> list[Path]:
+            model=None, dask: Any = None, levels: int = 1) -> list[Path]:
         """Load, predict every time point, reduce and write; returns the files written.
 
         model : an already loaded Keras model to use instead of "model file" (benchmarks,
             notebooks). progress : see ``unetsl.predict.Progress``.
+        dask : a --dask value ("local:N", "slurm:N", a scheduler address or file) or a
+            ``distributed.Client``: the blocks are predicted on its workers
+            (``unetsl.distributed``), each loading "model file" itself.
+        levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
         """
         from unetsl.atomic import atomic_path
         from unetsl.io import match_channels, read_image
@@ -206,7 +259,14 @@ class PredictionJob:
         paths = self.output_paths(model)
         t, _, zs, ys, xs = source.shape
         written: list[Path] = []
+        like = _zarr_like(source_name, z)
         with contextlib.ExitStack() as stack:
+            client = None
+            if dask is not None:  # first in, last out: the outputs close before the cluster
+                from unetsl.distributed import dask_client
+
+                client = stack.enter_context(dask_client(dask) if isinstance(dask, str)
+                                             else contextlib.nullcontext(dask))
             sinks = []
             for path, n, reduction in zip(paths, tiles.channels, reductions):
                 label_channels = n if reduction == "linear" else 1
@@ -214,14 +274,35 @@ class PredictionJob:
                 if probabilities:
                     files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
                 opened = []
-                for target, shape, dtype in files:
-                    tmp = stack.enter_context(atomic_path(target))
-                    opened.append(stack.enter_context(OutputTiff(
-                        tmp, shape, dtype, spacing=image.spacing, unit=image.unit,
-                        time_as_depth=image.time_as_depth)))
+                for k, (target, shape, dtype) in enumerate(files):
+                    if _zarr_suffix(Path(target)) is not None:
+                        opened.append(_open_zarr_output(
+                            stack, Path(target), shape, dtype, image, like, levels=levels,
+                            labels=k == 0 and np.dtype(dtype).kind in "ui", client=client))
+                    else:
+                        tmp = stack.enter_context(atomic_path(target))
+                        opened.append(stack.enter_context(OutputTiff(
+                            tmp, shape, dtype, spacing=image.spacing, unit=image.unit,
+                            time_as_depth=image.time_as_depth)))
                     written.append(target)
                 sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
             overlap = self.values["overlap"]
+            if client is not None:
+                from unetsl.distributed import predict_to_sinks_dask
+
+                run = predict_to_sinks_dask(
+                    client, self.values["model file"],
+                    source_name if source is image.data else source, sinks, tile_model=tiles,
+                    reach=receptive_reach(model), output_indices=tiles.indices,
+                    depth_wanted=z, batch_size=self.values["batch size"],
+                    overlap=tuple(overlap) if overlap is not None else None,
+                    normalize=self.values["normalize samples"], progress=progress,
+                    shape=source.shape)
+                self.last_dask_run = run
+                log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
+                         f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
+                         f"{run.tiles} ({run.redundancy:.2f}x)")
+                return written
             plan = predict_to_sinks(tiles, source, sinks, reach=receptive_reach(model),
                                     batch_size=self.values["batch size"],
                                     overlap=tuple(overlap) if overlap is not None else None,
@@ -229,3 +310,30 @@ class PredictionJob:
                                     progress=progress)
             log.debug("tiles %s, overlap %s", plan.count(), plan.overlap)
         return written
+
+
+def _zarr_like(name: str, depth_wanted: int):
+    """The zarr input's axes and chunks, which zarr outputs copy (None for other inputs)."""
+    from unetsl.zarr_io import is_zarr_path, open_zarr
+
+    if not is_zarr_path(name):
+        return None
+    try:
+        return open_zarr(name, depth_wanted=depth_wanted)
+    except UnetslError:
+        return None
+
+
+def _open_zarr_output(stack: contextlib.ExitStack, target: Path, shape, dtype, image, like, *,
+                      levels: int, labels: bool, client: Any):
+    """An OME-Zarr output written to a temporary folder that replaces ``target`` when done."""
+    from unetsl.zarr_io import OutputOmeZarr, atomic_dir, output_axes
+
+    tmp = stack.enter_context(atomic_dir(target))
+    axes = output_axes(like.axes if like is not None else None, shape, image.time_as_depth)
+    chunks = (1, 1, *like.chunks[2:]) if like is not None else None
+    out = OutputOmeZarr(tmp, shape, dtype, axes=axes, chunks=chunks, spacing=image.spacing,
+                        unit=image.unit, time_as_depth=image.time_as_depth, levels=levels,
+                        labels=labels, name=target.name.split(".")[0])
+    out.client = client  # lower resolution levels as Dask tasks too
+    return stack.enter_context(out)

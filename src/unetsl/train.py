@@ -304,7 +304,7 @@ class EpochLine(keras.callbacks.Callback):
 # -------------------------------------------------------------------------------- train
 
 
-def _load_or_build(cfg: Any, source: Path) -> keras.Model:
+def _load_or_build(cfg: Any, source: Path, *, save: bool = True) -> keras.Model:
     from unetsl.model import load_model
 
     if source.exists():
@@ -316,7 +316,8 @@ def _load_or_build(cfg: Any, source: Path) -> keras.Model:
                           f"create_model -c {cfg.path}")
     log.info(f"model file {source} does not exist: building it from {cfg.path}")
     model = model_module.build_model_from_config(cfg)
-    model_module.save_model(model, source)
+    if save:  # not on the other workers of a multi-worker training: the chief writes it
+        model_module.save_model(model, source)
     return model
 
 
@@ -358,14 +359,19 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     progress : "bar" (Keras progress bar), "lines" (one line per epoch), "none", or "auto"
         (bar on a terminal, lines otherwise).
     datasets : (train, validation) Keras datasets instead of the config's data sources.
-    strategy : a tf.distribute strategy instead of the one ``gpus`` gives.
+    strategy : a tf.distribute strategy instead of the one ``gpus`` gives. Default: a
+        multi-worker strategy under srun or TF_CONFIG (``unetsl.multiworker``), else
+        ``devices.distribution_strategy``.
     data_options : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for the batches.
     Returns a :class:`TrainingResult`; ``interrupted`` is set when a signal stopped it.
     """
+    from unetsl import multiworker
     from unetsl.devices import distribution_strategy, gpus_wanted, set_deterministic
     from unetsl.model import model_patch_shape
 
     mode = _progress_mode(progress)
+    if strategy is None:  # several workers (srun, TF_CONFIG): before TensorFlow starts
+        strategy = multiworker.cluster_strategy()
     check_training_config(cfg)
     if datasets is None and not cfg["data sources"]:
         raise UnetslError(f'{cfg.path}: no "data sources"; add training data with '
@@ -375,6 +381,9 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     set_deterministic(cfg["seed"])
     if strategy is None:
         strategy = distribution_strategy(gpus_wanted(gpus, bool(cfg["multi-gpu"])))
+    chief = multiworker.is_chief(strategy)
+    if not chief:
+        mode = "none"  # the chief reports progress
     replicas = int(strategy.num_replicas_in_sync)
     if cfg["batch size"] % replicas:
         raise UnetslError(f'"batch size" {cfg["batch size"]} cannot be split evenly over '
@@ -388,7 +397,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
                               state.best_epoch, paths)
 
     with strategy.scope():
-        model = _load_or_build(cfg, source)
+        model = _load_or_build(cfg, source, save=chief)
     patch_shape = model_patch_shape(model)
     n_labels = int(model.outputs[-1].shape[-1])
     if cfg["n labels"] != n_labels:
@@ -418,6 +427,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         compile_model(model, cfg, weighted=weighted)
         if state is not None and source == paths.latest:
             restore_optimizer_state(model, paths.latest)
+    multiworker.prepare_model(model, strategy)
     if state is None:
         state = TrainingState()
     if state.monitor != monitor or state.mode != monitor_mode(monitor):
@@ -429,7 +439,10 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     if hasattr(train_data, "epoch"):
         train_data.epoch = state.epochs_done  # resumed runs continue the shuffling sequence
 
-    folder = paths.model.parent
+    # only the chief writes into the model's folder; other workers take the same steps
+    # (collective operations must match) with their files in a scratch folder
+    out = paths if chief else multiworker.scratch_paths(paths, strategy)
+    folder = out.model.parent
     run_id = new_run_id(folder, cfg.name)
     files = log_files(folder, cfg.name, run_id)
     write_snapshot(files.snapshot, cfg.to_json())
@@ -443,7 +456,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
                          comments=comments)
     batch_log = BatchLog(files.batch_log, state, batch_size=cfg["batch size"])
     checkpointer = Checkpointer(
-        state, paths.latest, paths.best, batch_snapshot=paths.batch_snapshot,
+        state, out.latest, out.best, batch_snapshot=out.batch_snapshot,
         early_stopping_patience=cfg.get("early stopping patience") or 0,
         reduce_lr_patience=cfg.get("reduce lr patience") or 0,
         reduce_lr_factor=cfg.get("reduce lr factor") or 0.1,
@@ -451,7 +464,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     predictor = None
     callbacks: list[keras.callbacks.Callback] = [batch_log, epoch_log, checkpointer]
     if samples:
-        predictor = SamplePredictor(samples, paths.predictions, cfg.name,
+        predictor = SamplePredictor(samples, out.predictions, cfg.name,
                                     normalize=bool(cfg["normalize samples"]),
                                     percentiles=cfg.get("normalization percentiles"),
                                     initial=state.epochs_done == 0)
@@ -471,12 +484,15 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         with SignalGuard() as guard:
             callbacks.append(InterruptCheck(guard))
             try:
+                # shuffle=False: the batches are shuffled by (seed, epoch) already; Keras'
+                # own shuffle draws from Python's random one extra time under a
+                # distribution strategy, so the batch order would depend on the devices
                 model.fit(train_data, validation_data=val_data, epochs=cfg["epochs"],
                           initial_epoch=state.epochs_done, callbacks=callbacks,
-                          verbose=1 if mode == "bar" else 0)
+                          verbose=1 if mode == "bar" else 0, shuffle=False)
             except TrainingInterrupted as stop:
                 state.interrupted = True
-                save_checkpoint(model, paths.latest, state)
+                save_checkpoint(model, out.latest, state)
                 result.interrupted = stop.signum
             except Exception as exc:
                 if type(exc).__name__ != "ResourceExhaustedError":
@@ -493,6 +509,9 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     result.stopped_early = checkpointer.stopped_early
     if predictor is not None:
         result.predictions = predictor.written
+    if not chief:
+        multiworker.remove_scratch(out)
+        return result
     logs = [log_files(folder, cfg.name, rid).epoch_log for rid in state.run_ids]
     try:
         result.curves = plot_curves(logs, paths.curves, title=cfg.name)

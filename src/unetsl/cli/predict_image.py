@@ -54,7 +54,7 @@ class Progress:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("image_file", type=click.Path())
-@click.argument("output_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("output_file", required=False, type=click.Path())
 @define_option
 @batch_option
 @gpus_option
@@ -63,16 +63,24 @@ class Progress:
                    '(same as -D \'output index="all"\').')
 @click.option("--probabilities", is_flag=True,
               help="Also write the float32 per-channel map as <output>-prob.tif.")
+@click.option("--dask", "dask", metavar="SCHEDULER",
+              help="Predict blocks on a Dask cluster: local:N (N worker processes here), "
+                   "slurm:N (N Slurm jobs via dask-jobqueue), a scheduler address "
+                   "(tcp://host:8786) or a scheduler file (scheduler.json).")
+@click.option("--levels", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Resolution levels of an OME-Zarr output (each halves y and x).")
 @one_line_errors
 def main(model_file: str, image_file: str, output_file: str | None, overrides: tuple[str, ...],
-         batch: bool, gpus: int, all_outputs: bool, probabilities: bool) -> None:
+         batch: bool, gpus: int, all_outputs: bool, probabilities: bool, dask: str | None,
+         levels: int) -> None:
     """Predict IMAGE_FILE with MODEL_FILE (.h5 or .keras) and write a label TIFF.
 
     IMAGE_FILE is a TIFF, a zarr / OME-Zarr folder or a .npy file of any size; it is read
     block by block and the output is written while it is predicted. Settings ("batch
     size", "output index", "reduction type" 0 categorical / 1 multiclass / 2 linear,
     "normalize samples", "overlap") can be changed with -D or, without -b, in the editor.
-    The default output is pred-<model>-<image>.tif.
+    The default output is pred-<model>-<image>.tif (.ome.zarr for a zarr image); an
+    OUTPUT_FILE ending in .zarr or .ome.zarr is written as OME-Zarr.
     """
     from unetsl.errors import UnetslError
     from unetsl.predict_job import PredictionJob
@@ -80,6 +88,10 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     for name, what in ((model_file, "model file"), (image_file, "image")):
         if not Path(name).exists():
             raise UnetslError(f"{name}: no such {what}")
+    if dask is not None:
+        from unetsl.distributed import parse_scheduler
+
+        parse_scheduler(dask)  # a bad value stops here, before the model loads
     job = PredictionJob.create(Path(model_file), Path(image_file),
                                Path(output_file) if output_file else None,
                                all_outputs=all_outputs)
@@ -95,7 +107,8 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
         job.update(edited)
     progress = Progress()
     try:
-        written = job.run(probabilities=probabilities, gpus=gpus, progress=progress)
+        written = job.run(probabilities=probabilities, gpus=gpus, progress=progress,
+                          dask=dask, levels=levels)
     finally:
         progress.close()
     for path in written:

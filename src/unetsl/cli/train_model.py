@@ -39,7 +39,7 @@ def _explicit_gpus(gpus: int) -> int | None:
               help="Continue from NAME-latest.h5: next epoch, optimizer state and best value kept.")
 @click.option("--allow-growth", is_flag=True, hidden=True,
               help="Accepted for the original's scripts; TensorFlow grows GPU memory anyway.")
-@one_line_errors
+@one_line_errors(tensorflow=False)  # TensorFlow starts below, after the cluster is known
 def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, resume: bool,
          allow_growth: bool) -> None:
     """Train NAME.h5 on the data sources of NAME.json.
@@ -50,8 +50,18 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     NAME-latest.h5 and stops; --resume continues from it. Without -b the settings editor
     opens first; its finish button (and any -D value) saves NAME.json.
     """
+    from unetsl.cli.common import import_tensorflow_quietly
+    from unetsl.multiworker import cluster_strategy, in_cluster, is_chief
+
+    # under srun with several tasks, or TF_CONFIG: one worker of a multi-worker training;
+    # TensorFlow needs that strategy before anything else starts it
+    strategy = cluster_strategy() if in_cluster() else None
+    import_tensorflow_quietly()
     from unetsl.train import check_training_config, train
 
+    chief = is_chief(strategy)
+    if strategy is not None:
+        batch = True  # workers cannot share an editor
     path = Path(config_file)
     config = Config.load(path)
     config.apply_overrides(overrides)
@@ -69,10 +79,12 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
         config = Config(edited, path=path)
         changed = True
     check_training_config(config)  # before saving: a bad -D value never reaches the file
-    if changed:
+    if changed and chief:
         config.save(path)
 
-    result = train(config, resume=resume, gpus=_explicit_gpus(gpus))
+    result = train(config, resume=resume, gpus=_explicit_gpus(gpus), strategy=strategy)
+    if not chief:
+        return
     if result.interrupted is not None:
         click.echo(f"interrupted after {result.epochs_done} epoch(s); saved "
                    f"{result.paths.latest}; continue with: train_model -c {config_file} "
