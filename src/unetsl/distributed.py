@@ -325,21 +325,6 @@ class _OneAxis:
         self.axes = (plan.axes[axis],)
 
 
-def _read_padded(source, t: int, regions: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(c, z, y, x) float32 over ``regions``, reflected where they leave the image (the
-    single-process engine's rule, so padded voxels match)."""
-    sizes = source.shape[2:]
-    inner, pads = [], [(0, 0)]
-    for (start, stop), size in zip(regions, sizes):
-        lo, hi = max(start, 0), min(stop, size)
-        inner.append(slice(lo, hi))
-        pads.append((lo - start, stop - hi))
-    block = np.asarray(source.read(t, *inner), dtype=np.float32)
-    if any(p != (0, 0) for p in pads):
-        block = np.pad(block, pads, mode="reflect")
-    return block
-
-
 def block_probabilities(tile_model, source, plan, t: int,
                         region: Sequence[tuple[int, int]], *, batch_size: int = 16,
                         normalize: bool = False) -> tuple[list[np.ndarray], int]:
@@ -348,7 +333,7 @@ def block_probabilities(tile_model, source, plan, t: int,
     region : (start, stop) per axis (z, y, x). Returns (one float32 (n, z, y, x) array per
     output of ``tile_model``, the number of tiles predicted).
     """
-    from unetsl.predict import normalize_patches
+    from unetsl.predict import normalize_patches, read_padded
 
     c, *patch = tile_model.patch
     chosen = _tiles_for(plan, region)
@@ -364,7 +349,7 @@ def block_probabilities(tile_model, source, plan, t: int,
     for axis in range(3):
         a = plan.axes[axis]
         read.append((a.origins[chosen[axis][0]], a.origins[chosen[axis][-1]] + a.patch))
-    data = _read_padded(source, t, read)
+    data = read_padded(source, t, read)
     # the engine's order: rows along the stream axis, then the other two axes
     order = [(i_s, i0, i1) for i_s in chosen[s] for i0 in chosen[others[0]]
              for i1 in chosen[others[1]]]

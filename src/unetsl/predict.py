@@ -558,7 +558,7 @@ def normalize_patches(batch: np.ndarray) -> np.ndarray:
     return (batch - mean) / np.where(std < 1e-6, 1.0, std)
 
 
-def _read_padded(source, t: int, regions: Sequence[tuple[int, int]]) -> np.ndarray:
+def read_padded(source, t: int, regions: Sequence[tuple[int, int]]) -> np.ndarray:
     """(c, z, y, x) float32 block of the image over ``regions`` (start, stop) per axis,
     reflecting the image where a region reaches outside it."""
     sizes = source.shape[2:]
@@ -589,7 +589,7 @@ def _tiles(source, plan: TilePlan) -> Iterator[_Tile]:
         for row, origin in enumerate(plan.axes[s].origins):
             regions = [plan.axes[a].extent for a in range(3)]
             regions[s] = (origin, origin + plan.axes[s].patch)
-            slab = _read_padded(source, t, regions)
+            slab = read_padded(source, t, regions)
             base = [r[0] for r in regions]
             a0, a1 = others
             for i0, o0 in enumerate(plan.axes[a0].origins):
