@@ -108,6 +108,13 @@ def expected_log_keys(output_names: Sequence[str], validation: bool) -> list[str
     return sorted(keys)
 
 
+def _write_model_lines(file, model) -> None:
+    """The original's #input / #output / #optimiser comment lines, shared by both logs."""
+    file.write_line(f"#input: {_describe(model.inputs)}")
+    file.write_line(f"#output: {_describe(model.outputs)}")
+    file.write_line(f"#optimiser: {model.optimizer!r}")
+
+
 def _describe(tensors: Any) -> str:
     if isinstance(tensors, (list, tuple)) and len(tensors) == 1:
         tensors = tensors[0]
@@ -152,9 +159,7 @@ class EpochLog(keras.callbacks.Callback):
         return self.file.path
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.file.write_line(f"#input: {_describe(self.model.inputs)}")
-        self.file.write_line(f"#output: {_describe(self.model.outputs)}")
-        self.file.write_line(f"#optimiser: {self.model.optimizer!r}")
+        _write_model_lines(self.file, self.model)
         for comment in self._comments:
             self.file.write_line(f"#{comment}")
 
@@ -191,9 +196,7 @@ class BatchLog(keras.callbacks.Callback):
         return self.file.path
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.file.write_line(f"#input: {_describe(self.model.inputs)}")
-        self.file.write_line(f"#output: {_describe(self.model.outputs)}")
-        self.file.write_line(f"#optimiser: {self.model.optimizer!r}")
+        _write_model_lines(self.file, self.model)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
