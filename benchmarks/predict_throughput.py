@@ -3,7 +3,9 @@
 (a) the compute floor: the network alone on the tiles unetsl predicts, cut in advance
     (the faster of ``model.predict`` and a ``predict_on_batch`` loop);
 (b) unetsl end to end: TIFF read block by block, tiles, blending, reduction, TIFF written
-    (``PredictionJob.run`` with the loaded model);
+    (``PredictionJob.run`` with the loaded model); tiles chosen by ``choose_tile`` (larger
+    than the training patch where that computes fewer voxels); (b0) the same with tiles of
+    the training patch;
 (c) the original's scheme, reimplemented here: stride = half the patch, tiles cast to
     uint16, per-tile labels stitched winner-take-all by its body/face/edge/corner window.
 
@@ -132,10 +134,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
-    import tensorflow as tf
 
-    from unetsl.model import build_unet, save_model, to_model_layout
-    from unetsl.predict import plan_tiles, receptive_reach
+    from unetsl.devices import keras_backend, visible_gpus
+
+    from unetsl.model import build_unet, model_patch_shape, save_model, to_model_layout
+    from unetsl.predict import model_for_tiles, plan_tiles, receptive_reach
     from unetsl.predict_job import PredictionJob
     from unetsl.synthetic import epithelium_stack, write_imagej
 
@@ -153,44 +156,60 @@ def main() -> None:
     voxels = int(np.prod(args.shape))
 
     reach = receptive_reach(model)
-    plan = plan_tiles(args.shape, args.patch, reach)
+    tile_net, per_batch = model_for_tiles(model, args.shape, batch_size=args.batch_size,
+                                          reach=reach)
+    tile_shape = tuple(model_patch_shape(tile_net)[1:])
+    plan = plan_tiles(args.shape, tile_shape, reach)
+    patch_plan = plan_tiles(args.shape, args.patch, reach)
     tile_list = []
     for z in plan.axes[0].origins:
         for y in plan.axes[1].origins:
             for x in plan.axes[2].origins:
-                sl = tuple(slice(max(o, 0), o + p) for o, p in zip((z, y, x), args.patch))
+                sl = tuple(slice(max(o, 0), o + p) for o, p in zip((z, y, x), tile_shape))
                 tile = image[(slice(None), *sl)]
-                pad = [(0, 0)] + [(0, p - n) for p, n in zip(args.patch, tile.shape[1:])]
+                pad = [(0, 0)] + [(0, p - n) for p, n in zip(tile_shape, tile.shape[1:])]
                 tile_list.append(np.pad(tile, pad, mode="reflect"))
     tiles = np.ascontiguousarray(to_model_layout(np.stack(tile_list)))
     n_orig = int(np.prod([len(original_origins(s, p)) for s, p in zip(args.shape, args.patch)]))
+    computed = {"unetsl": plan.count() * int(np.prod(tile_shape)),
+                "patch tiles": patch_plan.count() * int(np.prod(args.patch)),
+                "original": n_orig * int(np.prod(args.patch))}
     print(f"model: input {patch}, {args.filters} filters, depth {args.depth}, pooling "
           f"{tuple(args.pooling)}, {model.count_params():,} parameters; reach {reach.reach}, "
           f"pooling factor {reach.align}")
-    print(f"image: {tuple(args.shape)} = {voxels:,} voxels; unetsl {plan.count()} tiles "
-          f"(overlap {plan.overlap}); original {n_orig} tiles (stride = half the patch)")
+    print(f"image: {tuple(args.shape)} = {voxels:,} voxels; unetsl {plan.count()} tiles of "
+          f"{tile_shape}, {per_batch} per batch (overlap {plan.overlap}); with training-patch "
+          f"tiles {patch_plan.count()} (overlap {patch_plan.overlap}); original {n_orig} tiles "
+          "(stride = half the patch)")
+    print("voxels computed: " + ", ".join(f"{k} {v / 1e6:.2f} M ({v / voxels:.2f}x the image)"
+                                          for k, v in computed.items()))
     print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"TensorFlow {tf.__version__}, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+          f"Keras {keras.__version__} ({keras_backend()} backend), GPUs: {len(visible_gpus())}")
 
     # warm up: trace the full and the partial batch shapes once
-    model.predict_on_batch(tiles[:args.batch_size])
-    if len(tiles) % args.batch_size:
-        model.predict_on_batch(tiles[:len(tiles) % args.batch_size])
-    model.predict(tiles[:args.batch_size], batch_size=args.batch_size, verbose=0)
+    tile_net.predict_on_batch(tiles[:per_batch])
+    if len(tiles) % per_batch:
+        tile_net.predict_on_batch(tiles[:len(tiles) % per_batch])
+    tile_net.predict(tiles[:per_batch], batch_size=per_batch, verbose=0)
 
     def raw_predict():
-        return model.predict(tiles, batch_size=args.batch_size, verbose=0)
+        return tile_net.predict(tiles, batch_size=per_batch, verbose=0)
 
     def raw_on_batch():
-        return [model.predict_on_batch(tiles[i:i + args.batch_size])
-                for i in range(0, len(tiles), args.batch_size)]
+        return [tile_net.predict_on_batch(tiles[i:i + per_batch])
+                for i in range(0, len(tiles), per_batch)]
 
     out_path = work / "pred.tif"
     job = PredictionJob.create(model_path, image_path, out_path)
     job.update({"batch size": args.batch_size})
+    patch_job = PredictionJob.create(model_path, image_path, work / "pred-patch.tif")
+    patch_job.update({"batch size": args.batch_size, "tile shape": list(args.patch)})
 
     def end_to_end():
         return job.run(model=model)
+
+    def end_to_end_patch():
+        return patch_job.run(model=model)
 
     labels_c = []
 
@@ -201,6 +220,7 @@ def main() -> None:
         "a1": ("model.predict on pre-cut tiles", raw_predict),
         "a2": ("predict_on_batch loop on pre-cut tiles", raw_on_batch),
         "b": ("unetsl predict_image end to end", end_to_end),
+        "b0": ("the same with training-patch tiles", end_to_end_patch),
         "c": ("original scheme (half stride, winner-take-all)", original),
     }
     # Rounds interleave the schemes so that a change of machine load hits all of them;
@@ -237,23 +257,29 @@ def main() -> None:
 
     labels_b = read_image(out_path).data[0, 0]
     agree = float((labels_b == labels_c[0]).mean())
-    tile_ratio = n_orig / plan.count()
+    tile_ratio = computed["original"] / computed["unetsl"]
     print(f"b/a = {b / a:.3f} (cpu time {b_cpu / a_cpu:.3f})  target <= 1.10: unetsl's "
           "overhead over the network alone")
     print(f"c/b = {c / b:.2f}  (cpu time {c_cpu / b_cpu:.2f})  target >= 4: speed-up over the "
-          f"original's scheme; tile count ratio {tile_ratio:.2f}")
+          f"original's scheme; ratio of voxels computed {tile_ratio:.2f}")
+    b0 = results["b0"]["seconds"]
+    print(f"b0/b = {b0 / b:.2f}: larger tiles over training-patch tiles")
     print(f"labels of b and c agree on {100 * agree:.2f}% of voxels; baseline RSS "
           f"{baseline / 2**20:.0f} MiB (TensorFlow, model, image in memory for a and c)")
 
     record = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "tensorflow": tf.__version__,
-                    "gpus": len(tf.config.list_physical_devices("GPU"))},
+                    "keras": keras.__version__, "backend": keras_backend(),
+                    "gpus": len(visible_gpus())},
         "model": {"input_shape": list(patch), "n_filters": args.filters, "depth": args.depth,
                   "pooling": args.pooling, "n_labels": args.labels,
                   "parameters": int(model.count_params()), "reach": list(reach.reach)},
         "image_shape": args.shape, "voxels": voxels, "batch_size": args.batch_size,
-        "tiles_unetsl": plan.count(), "overlap_unetsl": list(plan.overlap),
+        "tiles_unetsl": plan.count(), "tile_shape_unetsl": list(tile_shape),
+        "tiles_per_batch_unetsl": per_batch, "overlap_unetsl": list(plan.overlap),
+        "tiles_training_patch": patch_plan.count(),
+        "voxels_computed_millions": {k: round(v / 1e6, 3) for k, v in computed.items()},
+        "ratio_b0_over_b": round(b0 / b, 3),
         "tiles_original": n_orig, "results": results,
         "ratio_b_over_a": round(b / a, 3), "ratio_c_over_b": round(c / b, 3),
         "cpu_ratio_b_over_a": round(b_cpu / a_cpu, 3),
@@ -269,6 +295,8 @@ def main() -> None:
         except json.JSONDecodeError:
             existing = {}
     key = f"{args.filters}f-{'x'.join(map(str, args.patch))}-{'x'.join(map(str, args.shape))}"
+    if visible_gpus():
+        key += f"-gpu-{keras_backend()}"
     existing[key] = record
     args.output.write_text(json.dumps(existing, indent=2) + "\n")
     print(f"wrote {args.output} [{key}]")

@@ -197,14 +197,14 @@ def test_original_cerberus_model_predicts_every_head(compat: Path, tmp_path: Pat
     assert tifffile.imread(tmp_path / "p.tif").size == 3 * 200 * 200
 
 
-def test_train_model_refuses_cerberus_in_one_line(tmp_path: Path):
+def test_train_model_without_data_sources_in_one_line(tmp_path: Path):
     from unetsl.cli.train_model import main as train_model
 
     _config(tmp_path)
     result = _cli(train_model, tmp_path, "-c", "cb.json", "-b")
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "cerberus" in lines[0] and "create_model" in lines[0]
+    assert len(lines) == 1 and "data sources" in lines[0] and "attach_data_sources" in lines[0]
 
 
 def test_create_model_reports_a_bad_head(tmp_path: Path):

@@ -56,3 +56,16 @@ def test_prediction_normalises_as_training_did(tmp_path):
     assert training_config_path(tmp_path / "other.h5") is None
     assert PredictionJob.create(tmp_path / "other.h5", tmp_path / "i.tif").values[
         "normalize samples"] is False
+
+
+def test_cerberus_prediction_normalises_as_its_training_section_says(tmp_path):
+    config = {"unet": {"input shape": [1, 1, 32, 32]}, "heads": [],
+              "training": {"normalize samples": True}}
+    (tmp_path / "cerb.json").write_text(json.dumps(config))
+    assert PredictionJob.create(tmp_path / "cerb-best.h5", tmp_path / "i.tif").values[
+        "normalize samples"] is True
+    config["normalize samples"] = True  # a top-level key is not a cerberus training setting
+    config["training"] = {}
+    (tmp_path / "cerb.json").write_text(json.dumps(config))
+    assert PredictionJob.create(tmp_path / "cerb.h5", tmp_path / "i.tif").values[
+        "normalize samples"] is False

@@ -403,3 +403,79 @@ def test_low_resolution_head_is_upsampled_like_the_original_shaper():
     assert out.shape == (1, 1, 1, 50, 40)
     block = out[0, 0, 0, :32, :32]  # the first tile: 2 x 2 blocks of one value
     np.testing.assert_array_equal(block[::2, ::2], block[1::2, 1::2])
+
+
+# ------------------------------------------------------------- tiles larger than the patch
+
+
+def test_model_rebuilt_for_a_larger_patch_shares_weights_and_values():
+    from unetsl.model import with_input_patch
+
+    for patch, pooling in (((1, 1, 32, 32), (1, 2, 2)), ((1, 8, 16, 16), (2, 2, 2))):
+        model = _unet(patch, pooling=pooling)
+        z = 1 if patch[1] == 1 else patch[1] * 2
+        big = with_input_patch(model, (z, 64, 48))
+        assert tuple(big.inputs[0].shape)[1:4] == (z, 64, 48)
+        assert tuple(big.outputs[0].shape)[1:4] == (z, 64, 48)
+        assert all(a is b for a, b in zip(big.weights, model.weights))  # shared, not copied
+        x = np.random.default_rng(0).normal(size=(1, z, 64, 48, 1))
+        r = receptive_reach(model).reach
+        z0 = 0 if patch[1] == 1 else patch[1] // 2
+        small = model.predict_on_batch(x[:, z0:z0 + patch[1], 16:16 + patch[2], 8:8 + patch[3]])
+        inner = (slice(None), slice(r[0], patch[1] - r[0]) if patch[1] > 1 else slice(None),
+                 slice(r[1], patch[2] - r[1]), slice(r[2], patch[3] - r[2]))
+        whole = np.asarray(big.predict_on_batch(x))
+        part = whole[:, z0:z0 + patch[1], 16:16 + patch[2], 8:8 + patch[3]]
+        np.testing.assert_allclose(part[inner], np.asarray(small)[inner], atol=1e-5)
+    with pytest.raises(UnetslError, match="Reshape"):  # a 2-D U-Net stays 2-D
+        with_input_patch(_unet((1, 1, 32, 32)), (2, 32, 32))
+
+
+def test_model_with_dense_layer_cannot_be_resized_and_keeps_its_patch():
+    import keras
+
+    from unetsl.model import with_input_patch
+    from unetsl.predict import model_for_tiles
+
+    inputs = keras.Input((1, 8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(64)(x)
+    model = keras.Model(inputs, keras.layers.Reshape((1, 8, 8, 1))(x))
+    with pytest.raises(UnetslError, match="depends on the input size"):
+        with_input_patch(model, (1, 16, 16))
+    reach = Reach((0, 8, 8), (1, 1, 1))
+    same, per_batch = model_for_tiles(model, (1, 64, 64), batch_size=4, reach=reach)
+    assert same is model and per_batch == 4
+    with pytest.raises(UnetslError):
+        model_for_tiles(model, (1, 64, 64), batch_size=4, reach=reach, tile=(1, 16, 16))
+
+
+def test_choose_tile_computes_fewer_voxels_within_the_memory_budget():
+    from unetsl.predict import choose_tile
+
+    reach = Reach((10, 23, 23), (1, 4, 4))  # the default 3D model
+    patch, shape = (16, 64, 64), (64, 256, 256)
+    budget = 16 * int(np.prod(patch))
+    tile = choose_tile(shape, patch, reach, budget=budget)
+    assert int(np.prod(tile)) <= budget
+    voxels = plan_tiles(shape, tile, reach).count() * int(np.prod(tile))
+    assert voxels < 0.7 * plan_tiles(shape, patch, reach).count() * int(np.prod(patch))
+    # a 2-D model keeps z; an image smaller than the patch keeps the patch
+    reach2 = Reach((0, 23, 23), (1, 4, 4))
+    tile2 = choose_tile((1, 3000, 3000), (1, 64, 64), reach2, budget=16 * 64 * 64,
+                        fixed=(True, False, False))
+    assert tile2[0] == 1 and tile2[1] * tile2[2] <= 16 * 64 * 64
+    assert all(a.border >= 23 for a in plan_tiles((1, 3000, 3000), tile2, reach2).axes[1:])
+    assert choose_tile((1, 40, 40), (1, 64, 64), reach2, budget=10**6) == (1, 64, 64)
+
+
+def test_default_tiles_make_a_deep_model_exact():
+    """A depth-3 U-Net reaches 23 px, more than a quarter of its 64 px patch: its patch
+    tiles are blended, not exact; the larger tiles chosen by default are exact."""
+    model = _unet((1, 1, 64, 64), depth=3)
+    image = np.random.default_rng(5).normal(size=(1, 1, 1, 300, 400)).astype(np.float32)
+    whole = _whole(model, image, depth=3)
+    auto = predict(model, image)  # 3 tiles of 300x192
+    np.testing.assert_allclose(auto, whole, atol=1e-4)
+    patch_tiles = predict(model, image, tile=(1, 64, 64))
+    assert np.abs(patch_tiles - whole).max() > 1e-3

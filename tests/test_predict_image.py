@@ -109,7 +109,8 @@ def test_stack_categorical_output_and_settings(work):
     with tifffile.TiffFile(work / "out3d.tif") as tif:
         assert tif.series[0].axes == "ZYX"
     model = _model(work / "m3d.keras")
-    expected = reduce(predict(model, source.data, overlap=(2, 8, 8)), "categorical")
+    expected = reduce(predict(model, source.data, overlap=(2, 8, 8), batch_size=3),
+                      "categorical")
     np.testing.assert_array_equal(out.data, expected)
     assert set(np.unique(out.data)) <= {0, 1, 2}  # 2^k, background (last channel) 0
 
@@ -182,6 +183,8 @@ def test_gpus_from_environment_on_a_cpu_machine(work):
     (["m2d.h5", "ts.tif", "-D", "bach size=3"], ['"bach size"']),
     (["m2d.h5", "ts.tif", "-D", "overlap=[1, 2]"], ['"overlap"']),
     (["m2d.h5", "ts.tif", "-D", "output index=3"], ['"output index"', "1 output"]),
+    (["m2d.h5", "ts.tif", "-D", "tile shape=[3, 31, 32]"], ['"tile shape"', "[1, 2, 2]"]),
+    (["m2d.h5", "ts.tif", "-D", "tile shape=[0, 32, 32]"], ['"tile shape"']),
     (["m2d.h5", "two-channels.tif"], ["two-channels.tif", "2 channel"]),
     (["m2d.h5", "m3d.keras"], ["m3d.keras"]),
 ])
@@ -405,3 +408,16 @@ def test_progress_bar_on_a_terminal():
         progress(done, 16, done // 8, 2)
     progress.close()
     assert "16/16" in stream.getvalue() and "tile" in stream.getvalue()
+
+
+def test_tile_shape_setting_is_the_api_tile(work):
+    """-D "tile shape=..." predicts with exactly those tiles (the model rebuilt for them)."""
+    result = cli(work, "m2d.h5", "ts.tif", "tiles.tif", "-b", "--probabilities",
+                 "-D", "tile shape=[3, 48, 64]", "-D", "overlap=[0, 4, 4]")
+    assert result.returncode == 0, result.stderr
+    model = _model(work / "m2d.h5")
+    data = read_image(work / "ts.tif", depth_wanted=3).data  # time as depth, as the CLI
+    expected = np.swapaxes(predict(model, data, tile=(3, 48, 64), overlap=(0, 4, 4)), 0, 2)
+    np.testing.assert_allclose(read_image(work / "tiles-prob.tif").data, expected, atol=1e-5)
+    patch_tiles = np.swapaxes(predict(model, data, tile=(3, 32, 32), overlap=(0, 4, 4)), 0, 2)
+    assert np.abs(patch_tiles - expected).max() > 1e-3  # the setting changed the tiling

@@ -362,7 +362,11 @@ class Config:
     # files ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> Config:
-        """Defaults updated with the JSON file's keys (a missing file gives the defaults)."""
+        """Defaults updated with the JSON file's keys (a missing file gives the defaults).
+
+        A cerberus file (with "unet" and "heads") gives a
+        :class:`unetsl.cerberus.CerberusTraining`, which saves in its own layout.
+        """
         p = Path(path)
         if not p.exists():
             if must_exist:
@@ -381,10 +385,10 @@ class Config:
         if not isinstance(data, dict):
             raise UnetslError(
                 f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
-        if "unet" in data and "heads" in data:
-            raise UnetslError(
-                f"{p}: a cerberus (multi-head) config; only create_model -c (builds its "
-                "model) and predict_image -m (every head) support cerberus configs so far")
+        if "unet" in data and "heads" in data:  # a multi-head config: its training view
+            from unetsl.cerberus import CerberusConfig, CerberusTraining
+
+            return CerberusTraining(CerberusConfig(data, p))
         cfg = cls(path=p)
         cfg.update(data, source=str(p))
         return cfg

@@ -7,7 +7,9 @@ objects. A batch is ``(x, y)`` or, when a source is weighted, ``(x, y, sample_we
 
 - x : float32 (b, z, y, x, c), channels-last;
 - y : float32 (b, z, y, x, n) from the source's labeller, or {output name: y} for a model
-  with several outputs (a cascade gets the same target for every output);
+  with several outputs (a cascade gets the same target for every output; with a ``targets``
+  maker, e.g. :class:`unetsl.cerberus.CerberusTargets`, each output gets its own, at its
+  own resolution);
 - sample_weight : float32 (b, z, y, x), the weights image (1 for unweighted sources).
 
 ``len(dataset)`` is the number of steps per epoch. Every batch is a pure function of
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +40,15 @@ from unetsl.normalize import zscore_patch
 from unetsl.sampling import Region, split_regions
 from unetsl.sources import Volume, load_volumes
 
-__all__ = ["PatchDataset", "Patch", "load_volumes", "make_datasets", "regions_for"]
+__all__ = ["PatchDataset", "Patch", "TargetMaker", "load_volumes", "make_datasets", "regions_for"]
 
 log = logging.getLogger("unetsl")
 
 #: Tries to find a patch with some non-zero weight before giving up on random sampling.
 _WEIGHT_TRIES = 20
+
+#: label patch (z, y, x) -> {output name: (n, z', y', x')}, one target per model output.
+TargetMaker = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,13 @@ class _Plan:
 class Patch:
     """One sampled patch, channels-first, before it is put in a batch.
 
-    x : (c, z, y, x) float32; label : (z, y, x); target : (n, z, y, x);
-    weights : (z, y, x) float32 or None.
+    x : (c, z, y, x) float32; label : (z, y, x); target : (n, z, y, x), or
+    {output name: (n, z', y', x')} from a target maker; weights : (z, y, x) float32 or None.
     """
 
     x: np.ndarray
     label: np.ndarray
-    target: np.ndarray
+    target: np.ndarray | dict[str, np.ndarray]
     weights: np.ndarray | None
     volume: int
     origin: tuple[int, int, int]
@@ -82,12 +87,15 @@ class PatchDataset(keras.utils.PyDataset):
 
     training : shuffle, jitter, random sampling and augmentation on; otherwise the plain
         grid in a fixed order (validation, inspection).
+    targets : makes {output name: target} from the label patch instead of the source's
+        labeller (multi-head models whose outputs learn different things).
     kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
     """
 
     def __init__(self, volumes: Sequence[Volume], regions: Sequence[Region], cfg: Any, *,
                  patch_shape: Sequence[int], n_labels: int, output_names: Sequence[str] | None,
-                 batch_size: int, seed: int, training: bool = True, **kwargs: Any):
+                 batch_size: int, seed: int, training: bool = True,
+                 targets: TargetMaker | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise UnetslError(f"batch size must be >= 1, got {batch_size}")
@@ -99,6 +107,7 @@ class PatchDataset(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.training = training
+        self.targets = targets
         self.epoch = 0
         self.weighted = any(v.weights is not None for v in self.volumes)
         self.plans = [self._plan(r, cfg) for r in regions]
@@ -164,15 +173,26 @@ class PatchDataset(keras.utils.PyDataset):
         chosen = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
         patches = [self.patch_at(int(i)) for i in chosen]
         x = np.stack([np.moveaxis(p.x, 0, -1) for p in patches])
-        y = np.stack([np.moveaxis(p.target, 0, -1) for p in patches]).astype(np.float32)
-        targets: Any = y
-        if len(self.output_names) > 1:
-            targets = {name: y for name in self.output_names}
+        targets = self._batch_targets([p.target for p in patches])
         if not self.weighted:
             return x, targets
         w = np.stack([p.weights if p.weights is not None
                       else np.ones(self.patch, dtype=np.float32) for p in patches])
         return x, targets, w
+
+    def _batch_targets(self, made: list) -> Any:
+        """Channels-last float32 batch targets: one array, or {output name: array} for a
+        model with several outputs (per-output targets, or the same one for each)."""
+        def stack(arrays: Any) -> np.ndarray:
+            return np.stack([np.moveaxis(a, 0, -1) for a in arrays]).astype(np.float32)
+
+        if isinstance(made[0], dict):
+            names = self.output_names or list(made[0])
+            return {name: stack(t[name] for t in made) for name in names}
+        y = stack(made)
+        if len(self.output_names) > 1:
+            return {name: y for name in self.output_names}
+        return y
 
     # --- one patch -----------------------------------------------------------------------
     def patch_at(self, item: int) -> Patch:
@@ -193,7 +213,8 @@ class PatchDataset(keras.utils.PyDataset):
         if plan.normalize:
             xs = zscore_patch(xs)
         xs = apply_intensity(xs, transform)
-        target = volume.source.labeller(label, self.n_labels)
+        target = (self.targets(label) if self.targets is not None
+                  else volume.source.labeller(label, self.n_labels))
         return Patch(xs, label, target, weights, plan.region.volume, origin, transform)
 
     def _place(self, rng: np.random.Generator, plan: _Plan, p: int,
@@ -244,11 +265,13 @@ def regions_for(volumes: Sequence[Volume], cfg: Any, patch: Sequence[int],
 
 def make_datasets(cfg: Any, *, patch_shape: Sequence[int], n_labels: int,
                   output_names: Sequence[str] | None, batch_size: int, seed: int | None = None,
-                  **kwargs: Any) -> tuple[PatchDataset, PatchDataset | None]:
+                  targets: TargetMaker | None = None, **kwargs: Any
+                  ) -> tuple[PatchDataset, PatchDataset | None]:
     """Training and validation datasets of the config's data sources.
 
     patch_shape : (c, z, y, x) of the model input; n_labels : output channels;
     output_names : the model's output names (several: y is a dict, same target each);
+    targets : {output name: target} per label patch instead of the labeller (cerberus);
     seed : overrides the config's "seed"; None there too: a random seed for sampling and
         augmentation, while the train/validation split still uses seed 0 (stable across
         resumed runs).
@@ -264,7 +287,7 @@ def make_datasets(cfg: Any, *, patch_shape: Sequence[int], n_labels: int,
     patch = tuple(int(p) for p in patch_shape[1:])
     train_regions, val_regions = regions_for(volumes, cfg, patch, split_seed)
     common = dict(patch_shape=patch_shape, n_labels=n_labels, output_names=output_names,
-                  batch_size=batch_size, seed=seed, **kwargs)
+                  batch_size=batch_size, seed=seed, targets=targets, **kwargs)
     train = PatchDataset(volumes, train_regions, cfg, training=True, **common)
     validation = (PatchDataset(volumes, val_regions, cfg, training=False, **common)
                   if val_regions else None)

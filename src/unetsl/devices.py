@@ -9,6 +9,7 @@ once and trains on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -17,16 +18,45 @@ from unetsl.errors import UnetslError
 
 log = logging.getLogger("unetsl")
 
-__all__ = ["distribution_strategy", "gpus_wanted", "set_deterministic", "visible_gpus"]
+__all__ = ["OneDevice", "distribution_strategy", "gpus_wanted", "keras_backend",
+           "set_deterministic", "visible_gpus"]
 
 _said_no_gpu = False
 
 
+def keras_backend() -> str:
+    """The Keras backend in use: "tensorflow" (the supported one), or "jax"/"torch", which
+    train and predict on one device (their GPU when they have one) without tf.distribute."""
+    import keras
+
+    return keras.backend.backend()
+
+
 def visible_gpus() -> list:
-    """The GPUs TensorFlow can use (empty on a CPU-only machine or a CPU-only TensorFlow)."""
+    """The GPUs the backend can use (empty on a CPU-only machine or a CPU-only build)."""
+    backend = keras_backend()
+    if backend == "jax":
+        import jax
+
+        return [d for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return list(range(torch.cuda.device_count()))
     import tensorflow as tf
 
     return list(tf.config.list_physical_devices("GPU"))
+
+
+class OneDevice:
+    """What training and prediction use of a strategy, for the jax and torch backends:
+    everything runs on the backend's default device (its first GPU, else the CPU)."""
+
+    num_replicas_in_sync = 1
+    cluster_resolver = None
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def gpus_wanted(gpus: int | None, multi_gpu: bool) -> int:
@@ -53,6 +83,14 @@ def distribution_strategy(gpus: int, *, devices: Sequence[str] | None = None):
     ``devices`` names the replicas explicitly (tests use logical CPU devices).
     """
     global _said_no_gpu
+    if keras_backend() != "tensorflow":
+        found = visible_gpus()
+        if gpus > 1:
+            log.warning(f"{gpus} GPUs need the TensorFlow backend (tf.distribute); training "
+                        f"on one device with Keras' {keras_backend()} backend")
+        log.info(f"Keras {keras_backend()} backend: running on "
+                 + ("the first GPU" if found else "the CPU"))
+        return OneDevice()
     import tensorflow as tf
 
     if devices is not None:
@@ -87,10 +125,13 @@ def set_deterministic(seed: int | None) -> None:
     if seed is None:
         return
     import keras
-    import tensorflow as tf
 
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     keras.utils.set_random_seed(int(seed))
+    if keras_backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
     try:
         tf.config.experimental.enable_op_determinism()
     except (AttributeError, RuntimeError) as exc:  # very old TF, or too late to switch

@@ -196,10 +196,12 @@ def _set_threads() -> None:
         pass
 
 
-def worker_model(model: Any, output_indices: Sequence[int]):
+def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] | None = None):
     """The ``KerasTiles`` of a model file, loaded once per process (per file version).
 
     model : a model file path, or a ``TileModel`` (used as is; tests, in-process clusters).
+    tile : the (z, y, x) tile the client planned; the model is rebuilt for it
+        (``unetsl.model.with_input_patch``) when it differs from the training patch.
     """
     from unetsl.predict import KerasTiles
 
@@ -210,14 +212,17 @@ def worker_model(model: Any, output_indices: Sequence[int]):
 
         raise UnetslError(f"{os.fspath(model)}: no such model file on worker host "
                           f"{socket.gethostname()} (the model must be on a shared file system)")
-    key = (*_file_key(os.fspath(model)), tuple(output_indices))
+    key = (*_file_key(os.fspath(model)), tuple(output_indices),
+           tuple(tile) if tile is not None else None)
     with _CACHE_LOCK:
         tiles = _MODELS.get(key)
         if tiles is None:
-            from unetsl.model import load_model, model_patch_shape
+            from unetsl.model import load_model, model_patch_shape, with_input_patch
 
             _set_threads()
             keras_model = load_model(os.fspath(model))
+            if tile is not None:
+                keras_model = with_input_patch(keras_model, tile)
             tiles = KerasTiles(keras_model, list(output_indices))
             c, *patch = model_patch_shape(keras_model)
             tiles(np.zeros((1, c, *patch), dtype=np.float32))  # build the predict function
@@ -411,7 +416,7 @@ def _block_task(model: Any, output_indices: Sequence[int], source: Any, depth_wa
                 plan, t: int, region: Sequence[tuple[int, int]], batch_size: int,
                 normalize: bool, sinks: Sequence[Any] | None) -> tuple[int, Any]:
     """A Dask task: predict one block; write it with ``sinks`` (on the worker) or return it."""
-    tile_model = worker_model(model, output_indices)
+    tile_model = worker_model(model, output_indices, plan.patch)
     opened = _worker_source(source, depth_wanted)
     blocks, count = block_probabilities(tile_model, opened, plan, t, region,
                                         batch_size=batch_size, normalize=normalize)

@@ -678,3 +678,63 @@ def describe_model(model: keras.Model) -> str:
         lines.append(f"output: {name} (n, z, y, x) = ({n}, {oz}, {oy}, {ox}), {activation}")
     lines.append(f"parameters: {model.count_params():,}")
     return "\n".join(lines)
+
+
+def _resized_target(old_in: Sequence[int], old_target: Sequence[int],
+                    new_in: Sequence[int]) -> tuple[int, ...]:
+    """The target shape of a Reshape that only adds or drops unit axes, at a new input size."""
+    kept = [i for i, s in enumerate(old_in) if s != 1]
+    if [old_in[i] for i in kept] != [s for s in old_target if s != 1]:
+        raise UnetslError(f"a Reshape from {tuple(old_in)} to {tuple(old_target)} does more "
+                          "than add or drop unit axes")
+    if any(new_in[i] == 1 for i in kept) or any(
+            s != 1 for i, s in enumerate(new_in) if i not in kept):
+        raise UnetslError(f"a Reshape from {tuple(old_in)} cannot take {tuple(new_in)}")
+    sizes = iter(new_in[i] for i in kept)
+    return tuple(next(sizes) if s != 1 else 1 for s in old_target)
+
+
+def with_input_patch(model: keras.Model, patch: Sequence[int]) -> keras.Model:
+    """The same fully convolutional network for a larger (z, y, x) input patch.
+
+    Prediction with tiles larger than the training patch needs fewer tiles and less overlap.
+    The new model shares the layers (and so the weights) of ``model``; the Reshape layers of
+    2-D U-Nets get new target shapes. A network whose layers depend on the input size
+    (Dense, Flatten, ...) raises UnetslError.
+    """
+    c, *old = model_patch_shape(model)
+    patch = tuple(int(p) for p in patch)
+    if patch == tuple(old):
+        return model
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+        raise UnetslError(f"model {model.name!r}: only single-input models can be resized")
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, layers.Reshape):
+            x = args[0]
+            target = _resized_target(tuple(layer.input.shape[1:]), layer.target_shape,
+                                     tuple(x.shape[1:]))
+            return layers.Reshape(target, name=layer.name)(x)
+        if isinstance(layer, (layers.Dense, layers.Flatten)):
+            raise UnetslError(f"layer {layer.name!r} ({type(layer).__name__}) depends on the "
+                              "input size")
+        return layer(*args, **kwargs)
+
+    inputs = keras.Input(shape=(*patch, c), batch_size=model.inputs[0].shape[0],
+                         dtype=model.inputs[0].dtype, name=model.inputs[0].name.split(":")[0])
+    try:
+        resized = keras.models.clone_model(model, input_tensors=inputs,
+                                           clone_function=lambda layer: layer,
+                                           call_function=call)
+    except UnetslError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UnetslError(f"model {model.name!r} cannot take a {patch} patch: "
+                          f"{str(exc).splitlines()[0]}") from None
+    for out, new in zip(model.outputs, resized.outputs):
+        factors = [p / o for p, o in zip(patch, old)]
+        want = [round(s * f) for s, f in zip(out.shape[1:4], factors)]
+        if list(new.shape[1:4]) != want:
+            raise UnetslError(f"model {model.name!r}: an output of shape {tuple(out.shape)} "
+                              f"becomes {tuple(new.shape)} for a {patch} patch")
+    return resized

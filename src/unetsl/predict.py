@@ -45,7 +45,9 @@ __all__ = [
     "Reach",
     "TilePlan",
     "label_dtype",
+    "choose_tile",
     "measure_reach",
+    "model_for_tiles",
     "plan_tiles",
     "predict",
     "predict_outputs",
@@ -60,6 +62,7 @@ __all__ = [
 REDUCTIONS = {0: "categorical", 1: "multiclass", 2: "linear"}
 ACTIVATION_REDUCTION = {"softmax": "categorical", "sigmoid": "multiclass"}
 MAX_OVERLAP_FRACTION = 0.25  # default overlap never exceeds a quarter of the patch (speed)
+EXACT_PREFERENCE = 1.25  # choose_tile: an exact tiling may cost this much more than a blended one
 
 # --------------------------------------------------------------------------------------------
 # Reductions
@@ -422,6 +425,104 @@ def plan_tiles(shape: Sequence[int], patch: Sequence[int], reach: Reach,
                                                    reach.reach)))
 
 
+def _axis_candidates(size: int, patch: int, align: int, limit: int = 48) -> list[int]:
+    """Tile sizes worth trying along one axis: the patch, then multiples of the pooling
+    factor up to the (aligned) image size, at most ``limit`` of them."""
+    top = -(-size // align) * align
+    if top <= patch:
+        return [patch]
+    step = align * max(1, -(-(top - patch) // (align * limit)))
+    sizes = list(range(patch, top, step)) + [top]
+    return sizes
+
+
+def choose_tile(shape: Sequence[int], patch: Sequence[int], reach: Reach, *,
+                budget: int, overlap: Sequence[int] | None = None,
+                fixed: Sequence[bool] = (False, False, False)) -> tuple[int, int, int]:
+    """The (z, y, x) tile that predicts a volume with the fewest voxels computed in total
+    (tiles x tile size: overlap is computed twice), no larger than ``budget`` voxels.
+
+    Tiles larger than the training patch need relatively less overlap: for a 64x256x256
+    stack and a 16x64x64 patch, 125 patch tiles compute 8.2 M voxels, 5 tiles of
+    16x256x256 compute 5.2 M. The cheapest tiling whose overlap makes the result exact
+    (equal to a whole-image prediction) is taken when it costs at most ``EXACT_PREFERENCE``
+    times the cheapest blended one. ``fixed`` axes keep the patch size (2-D models: z).
+    """
+    per_axis = []
+    for size, p, a, r, keep, i in zip(shape, patch, reach.align, reach.reach, fixed, range(3)):
+        sizes = [p] if keep else _axis_candidates(int(size), int(p), int(a))
+        costs, exact = [], []
+        for t in sizes:
+            o = (overlap[i] if overlap is not None
+                 else default_overlap((t, t, t), Reach((r,) * 3, (a,) * 3))[0])
+            plan = _axis_plan(int(size), t, int(o), int(a), int(r))
+            costs.append(len(plan.origins) * t)
+            exact.append(len(plan.origins) == 1 or plan.border >= r)
+        per_axis.append((np.array(sizes, dtype=np.int64), np.array(costs, dtype=np.float64),
+                         np.array(exact)))
+    (sz, cz, ez), (sy, cy, ey), (sx, cx, ex) = per_axis
+    voxels = sz[:, None, None] * sy[None, :, None] * sx[None, None, :]
+    cost = cz[:, None, None] * cy[None, :, None] * cx[None, None, :]
+    exact = ez[:, None, None] & ey[None, :, None] & ex[None, None, :]
+    base = math.prod(int(p) for p in patch)
+    cost = np.where((voxels <= max(budget, base)) | (voxels == base), cost, np.inf)
+
+    def cheapest(c: np.ndarray) -> tuple[int, ...]:  # equal cost: the smaller tile (memory)
+        return np.unravel_index(np.lexsort((voxels.ravel(), c.ravel()))[0], c.shape)
+
+    best = cheapest(cost)
+    best_exact = cheapest(np.where(exact, cost, np.inf))
+    if cost[best_exact] <= EXACT_PREFERENCE * cost[best]:
+        best = best_exact
+    return int(sz[best[0]]), int(sy[best[1]]), int(sx[best[2]])
+
+
+_RESIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_for_tiles(model, shape: Sequence[int], *, batch_size: int,
+                    overlap: Sequence[int] | None = None,
+                    tile: Sequence[int] | None = None, reach: Reach | None = None):
+    """The model to tile a (z, y, x) volume with, and how many of its tiles go in a batch.
+
+    tile : (z, y, x) tile size; default ``choose_tile`` within the memory of ``batch_size``
+        training patches. The model is rebuilt for that size (``model.with_input_patch``,
+        shared weights); a model that cannot be resized keeps its training patch (default)
+        or raises UnetslError (a tile was asked for).
+    Returns (model, tiles per batch).
+    """
+    from unetsl.model import model_patch_shape, with_input_patch
+
+    _, *patch = model_patch_shape(model)
+    reach = reach or receptive_reach(model)
+    budget = int(batch_size) * math.prod(patch)
+    if tile is None:
+        fixed = (patch[0] == 1, False, False)  # 2-D models stay 2-D
+        chosen = choose_tile(shape, patch, reach, budget=budget, overlap=overlap, fixed=fixed)
+    else:
+        chosen = tuple(int(t) for t in tile)
+        bad = [t for t, a in zip(chosen, reach.align) if t < 1 or t % a]
+        if len(chosen) != 3 or bad:
+            raise UnetslError(f'"tile shape" must be 3 integers (z, y, x), multiples of the '
+                              f"model's pooling factor {list(reach.align)}, got {list(chosen)}")
+    if chosen != tuple(patch):
+        resized = _RESIZED.setdefault(model, {}).get(chosen)
+        try:
+            if resized is None:
+                resized = with_input_patch(model, chosen)
+        except UnetslError as exc:
+            if tile is not None:
+                raise
+            log.info("tiles of the training patch %s: %s", tuple(patch), exc)
+        else:
+            # kept per model: a new model would trace its predict function again
+            _RESIZED[model][chosen] = resized
+            _REACH_CACHE[resized] = reach
+            model = resized
+    per_batch = max(1, budget // math.prod(model_patch_shape(model)[1:]))
+    return model, per_batch
+
+
 # --------------------------------------------------------------------------------------------
 # Models, sources and sinks
 # --------------------------------------------------------------------------------------------
@@ -756,43 +857,50 @@ def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
 
 def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] | None = None,
                     batch_size: int = 16, overlap: Sequence[int] | None = None,
-                    normalize: bool = False, progress: Progress | None = None
-                    ) -> list[np.ndarray]:
+                    tile: Sequence[int] | None = None, normalize: bool = False,
+                    progress: Progress | None = None) -> list[np.ndarray]:
     """Like ``predict`` for several outputs of a multi-output (cascade) model at once.
 
     output_indices : which outputs (default: all). Returns one float32 array per output.
     """
     if output_indices is None:
         output_indices = list(range(len(model.outputs)))
-    tile_model = KerasTiles(model, output_indices)
     array = np.asarray(image) if not hasattr(image, "shape") else image
     squeeze = len(array.shape) == 4
     if squeeze:
         array = array[None]
     source = ArraySource(array)
     t, _, z, y, x = source.shape
+    reach = receptive_reach(model)
+    model, per_batch = model_for_tiles(model, (z, y, x), batch_size=batch_size,
+                                       overlap=overlap, tile=tile, reach=reach)
+    tile_model = KerasTiles(model, output_indices)
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
-    predict_to_sinks(tile_model, source, sinks, reach=receptive_reach(model),
-                     batch_size=batch_size, overlap=overlap, normalize=normalize,
-                     progress=progress)
+    predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
+                     overlap=overlap, normalize=normalize, progress=progress)
     return [s.array[0] if squeeze else s.array for s in sinks]
 
 
 def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int = 16,
-            overlap: Sequence[int] | None = None, normalize: bool = False,
-            progress: Progress | None = None) -> np.ndarray:
+            overlap: Sequence[int] | None = None, tile: Sequence[int] | None = None,
+            normalize: bool = False, progress: Progress | None = None) -> np.ndarray:
     """Predict every time point of an image of any size with a Keras model, tile by tile.
 
     image : (t, c, z, y, x) or (c, z, y, x) array (any dtype; predicted as float32 of the
         values), c = the model's input channels. z, y, x may be smaller or larger than the
         model's patch.
     output_index : which output of a multi-output model (default the last).
+    batch_size : how many training-patch-sized tiles fit in memory at once; larger tiles
+        count as several.
     overlap : tile overlap (z, y, x) in voxels; default from the network's receptive field
         (``default_overlap``).
+    tile : tile size (z, y, x); default ``choose_tile`` (often larger than the training
+        patch: fewer tiles, less overlap computed twice).
     normalize : z-score every tile per channel (the "normalize samples" setting).
     progress : called as progress(tiles done, tiles total, time points done, total).
     Returns float32 probabilities (t, n, z, y, x) (or (n, z, y, x) for a 4-D input); use
     ``reduce`` to get labels.
     """
     return predict_outputs(model, image, output_indices=[output_index], batch_size=batch_size,
-                           overlap=overlap, normalize=normalize, progress=progress)[0]
+                           overlap=overlap, tile=tile, normalize=normalize,
+                           progress=progress)[0]

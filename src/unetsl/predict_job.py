@@ -44,6 +44,9 @@ SETTING_CHECKS = {
     "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
                                         and all(_is_int(i) and i >= 0 for i in v)),
                 "null (from the receptive field) or 3 integers >= 0 (z, y, x)"),
+    "tile shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
+                                           and all(_is_int(i) and i >= 1 for i in v)),
+                   "null (chosen for the image and batch size) or 3 integers >= 1 (z, y, x)"),
 }
 
 
@@ -70,7 +73,11 @@ def _training_setting(model: Path, key: str, default: Any) -> Any:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
-    return data.get(key, default) if isinstance(data, dict) else default
+    if not isinstance(data, dict):
+        return default
+    if "unet" in data and "heads" in data:  # a cerberus config keeps them under "training"
+        data = data.get("training") if isinstance(data.get("training"), dict) else {}
+    return data.get(key, default)
 
 
 def _zarr_suffix(path: Path) -> str | None:
@@ -156,6 +163,7 @@ class PredictionJob:
             "normalize samples": bool(_training_setting(model, "normalize samples", False)),
             "batch size": 16,
             "overlap": None,
+            "tile shape": None,
         })
 
     def settings(self) -> dict[str, Any]:
@@ -235,6 +243,7 @@ class PredictionJob:
             ArraySource,
             KerasTiles,
             label_dtype,
+            model_for_tiles,
             predict_to_sinks,
             receptive_reach,
         )
@@ -255,6 +264,14 @@ class PredictionJob:
             source = ArraySource(match_channels(eager.data, c, source=source_name))
         indices = self._indices(model)
         reductions = self._reductions(model, indices)
+        reach = receptive_reach(model)
+        overlap = self.values["overlap"]
+        overlap = tuple(overlap) if overlap is not None else None
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            model, per_batch = model_for_tiles(
+                model, source.shape[2:], batch_size=self.values["batch size"], overlap=overlap,
+                tile=self.values.get("tile shape"), reach=reach)
         tiles = KerasTiles(model, indices, distributed=strategy is not None)
         paths = self.output_paths(model)
         t, _, zs, ys, xs = source.shape
@@ -286,16 +303,14 @@ class PredictionJob:
                             time_as_depth=image.time_as_depth)))
                     written.append(target)
                 sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
-            overlap = self.values["overlap"]
             if client is not None:
                 from unetsl.distributed import predict_to_sinks_dask
 
                 run = predict_to_sinks_dask(
                     client, self.values["model file"],
                     source_name if source is image.data else source, sinks, tile_model=tiles,
-                    reach=receptive_reach(model), output_indices=tiles.indices,
-                    depth_wanted=z, batch_size=self.values["batch size"],
-                    overlap=tuple(overlap) if overlap is not None else None,
+                    reach=reach, output_indices=tiles.indices,
+                    depth_wanted=z, batch_size=per_batch, overlap=overlap,
                     normalize=self.values["normalize samples"], progress=progress,
                     shape=source.shape)
                 self.last_dask_run = run
@@ -303,12 +318,12 @@ class PredictionJob:
                          f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
                          f"{run.tiles} ({run.redundancy:.2f}x)")
                 return written
-            plan = predict_to_sinks(tiles, source, sinks, reach=receptive_reach(model),
-                                    batch_size=self.values["batch size"],
-                                    overlap=tuple(overlap) if overlap is not None else None,
+            plan = predict_to_sinks(tiles, source, sinks, reach=reach, batch_size=per_batch,
+                                    overlap=overlap,
                                     normalize=self.values["normalize samples"],
                                     progress=progress)
-            log.debug("tiles %s, overlap %s", plan.count(), plan.overlap)
+            log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
+                     plan.patch, per_batch, plan.overlap)
         return written
 
 

@@ -14,6 +14,10 @@ What a run does, in order (the original's steps, with its defects fixed):
 5. on SIGINT/SIGTERM save ``<name>-latest.h5`` after the current batch and return;
 6. draw the training curves into ``<name>-curves.png``.
 
+A cerberus config (:class:`unetsl.cerberus.CerberusTraining`) trains the same way: its
+model is built by ``cerberus.build_cerberus``, each head gets its own target from the label
+bit fields (``cerberus.CerberusTargets``), its own "loss function" and "loss weights".
+
 Several GPUs (``devices.distribution_strategy``) and a fixed "seed" (deterministic ops)
 are set up here as well. Nothing here prints menus or exits; errors are UnetslError.
 """
@@ -119,7 +123,9 @@ def check_training_config(cfg: Any) -> None:
     from unetsl.model import get_loss, get_optimizer
 
     cfg.validate()
-    get_loss(cfg["loss function"])
+    losses = cfg["loss function"]
+    for name in losses.values() if isinstance(losses, dict) else [losses]:
+        get_loss(name)
     get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
 
 
@@ -137,7 +143,7 @@ def sample_paths(cfg: Any) -> list[Path]:
     return paths
 
 
-def _first_batch_check(dataset: Any, model: keras.Model, n_labels: int) -> bool:
+def _first_batch_check(dataset: Any, model: keras.Model) -> bool:
     """Check one batch against the model; True when batches carry sample weights."""
     batch = dataset[0]
     x, y = batch[0], batch[1]
@@ -145,11 +151,20 @@ def _first_batch_check(dataset: Any, model: keras.Model, n_labels: int) -> bool:
     if tuple(np.shape(x)[1:]) != want:
         raise UnetslError(f"training batches have patches of shape {tuple(np.shape(x)[1:])} "
                           f"(z, y, x, c) but the model takes {want}")
-    targets = y.values() if isinstance(y, dict) else [y]
-    for target in targets:
-        if np.shape(target)[-1] != n_labels:
-            raise UnetslError(f"training targets have {np.shape(target)[-1]} channels but the "
-                              f'model has {n_labels} outputs ("n labels")')
+    shapes = {name: tuple(int(s) for s in out.shape[1:])
+              for name, out in zip(model.output_names, model.outputs)}
+    targets = y.items() if isinstance(y, dict) else [(model.output_names[-1], y)]
+    for name, target in targets:
+        if name not in shapes:
+            raise UnetslError(f"training targets for {name!r} but the model has no such output "
+                              f"(outputs: {', '.join(shapes)})")
+        got, wanted = tuple(np.shape(target)[1:]), shapes[name]
+        if got[-1] != wanted[-1]:
+            raise UnetslError(f"training targets have {got[-1]} channels but the model has "
+                              f'{wanted[-1]} outputs ("n labels")')
+        if got != wanted:
+            raise UnetslError(f"training targets of output {name} have shape {got} "
+                              f"(z, y, x, n) but the model gives {wanted}")
     return len(batch) > 2 and batch[2] is not None
 
 
@@ -196,19 +211,32 @@ def compile_model(model: keras.Model, cfg: Any, *, weighted: bool = False,
 
     weighted : batches carry (batch, z, y, x) voxel weights; the loss is wrapped so that
         they apply (:class:`unetsl.metrics.VoxelWeightedLoss`).
+    "loss function" is one name for every output, or {output name: name} (cerberus heads);
+    "loss weights", when present, is {output name: weight of its loss in the total}.
     """
     from unetsl.metrics import VoxelWeightedLoss, compile_metrics
     from unetsl.model import get_loss, get_optimizer, output_activations
 
-    def loss() -> keras.losses.Loss:
-        inner = get_loss(cfg["loss function"])
+    names = list(model.output_names)
+    config_losses = cfg["loss function"]
+
+    def loss(output: str) -> keras.losses.Loss:
+        name = config_losses
+        if isinstance(config_losses, dict):
+            if output not in config_losses:
+                raise UnetslError(f'{cfg.path}: "loss function" has no entry for model output '
+                                  f'"{output}"')
+            name = config_losses[output]
+        inner = get_loss(name)
         return VoxelWeightedLoss(inner) if weighted else inner
 
-    names = list(model.output_names)
-    losses: Any = loss() if len(names) == 1 else {name: loss() for name in names}
+    losses: Any = loss(names[0]) if len(names) == 1 else {name: loss(name) for name in names}
+    weights = cfg.get("loss weights")
+    loss_weights = ({name: float(weights.get(name, 1)) for name in names}
+                    if isinstance(weights, dict) and len(names) > 1 else None)
     if optimizer is None:
         optimizer = get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
-    model.compile(optimizer=optimizer, loss=losses,
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=loss_weights,
                   metrics=compile_metrics(names, output_activations(model)))
 
 
@@ -304,6 +332,13 @@ class EpochLine(keras.callbacks.Callback):
 # -------------------------------------------------------------------------------- train
 
 
+def _cerberus(cfg: Any) -> Any:
+    """The :class:`unetsl.cerberus.CerberusConfig` of a cerberus training config, else None."""
+    from unetsl.cerberus import CerberusTraining
+
+    return cfg.cerberus if isinstance(cfg, CerberusTraining) else None
+
+
 def _load_or_build(cfg: Any, source: Path, *, save: bool = True) -> keras.Model:
     from unetsl.model import load_model
 
@@ -311,11 +346,17 @@ def _load_or_build(cfg: Any, source: Path, *, save: bool = True) -> keras.Model:
         return load_model(source)
     from unetsl import model as model_module
 
-    if not hasattr(model_module, "build_model_from_config"):
+    cerberus = _cerberus(cfg)
+    if cerberus is None and not hasattr(model_module, "build_model_from_config"):
         raise UnetslError(f"model file {source} does not exist; create it with "
                           f"create_model -c {cfg.path}")
     log.info(f"model file {source} does not exist: building it from {cfg.path}")
-    model = model_module.build_model_from_config(cfg)
+    if cerberus is not None:
+        from unetsl.cerberus import build_cerberus
+
+        model = build_cerberus(cerberus)
+    else:
+        model = model_module.build_model_from_config(cfg)
     if save:  # not on the other workers of a multi-worker training: the chief writes it
         model_module.save_model(model, source)
     return model
@@ -400,7 +441,15 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         model = _load_or_build(cfg, source, save=chief)
     patch_shape = model_patch_shape(model)
     n_labels = int(model.outputs[-1].shape[-1])
-    if cfg["n labels"] != n_labels:
+    cerberus = _cerberus(cfg)
+    targets = None
+    if cerberus is not None:
+        from unetsl.cerberus import CerberusTargets, check_cerberus_model
+
+        check_cerberus_model(model, cerberus, source)
+        targets = CerberusTargets(cerberus.heads, cfg["pooling"])
+        n_labels = 1  # the data sources give the raw label ("linear labels"), one channel
+    elif cfg["n labels"] != n_labels:
         log.warning(f'{cfg.path}: "n labels" is {cfg["n labels"]} but {source.name} has '
                     f"{n_labels} output channels; training the model as it is")
     if tuple(cfg["input shape"]) != patch_shape:
@@ -413,14 +462,19 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
 
         datasets = make_datasets(cfg, patch_shape=patch_shape, n_labels=n_labels,
                                  output_names=output_names, batch_size=cfg["batch size"],
-                                 seed=cfg["seed"], **(data_options or {}))
+                                 seed=cfg["seed"], targets=targets, **(data_options or {}))
     train_data, val_data = datasets
     if val_data is not None and len(val_data) == 0:
         val_data = None
     if len(train_data) == 0:
         raise UnetslError(f"{cfg.path}: the data sources give no training patches")
-    check_label_bits(getattr(train_data, "volumes", []), n_labels)
-    weighted = _first_batch_check(train_data, model, n_labels)
+    if cerberus is not None:
+        from unetsl.cerberus import check_cerberus_labels
+
+        check_cerberus_labels(getattr(train_data, "volumes", []), cerberus.heads, str(cfg.path))
+    else:
+        check_label_bits(getattr(train_data, "volumes", []), n_labels)
+    weighted = _first_batch_check(train_data, model)
     monitor = _resolve_monitor(cfg, output_names, val_data is not None)
 
     with strategy.scope():

@@ -42,7 +42,7 @@ def import_tensorflow_quietly() -> None:
     stderr is pointed at /dev/null at the file-descriptor level while TensorFlow
     loads and looks for devices. Python exceptions still propagate normally.
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from unetsl.cerberus import CerberusTraining
 from unetsl.cli.common import (
     batch_option,
     define_option,
@@ -49,6 +50,9 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     snapshot training-log_NAME-<id>.json and NAME-curves.png. Ctrl-C or SIGTERM saves
     NAME-latest.h5 and stops; --resume continues from it. Without -b the settings editor
     opens first; its finish button (and any -D value) saves NAME.json.
+
+    A cerberus (multi-head) config trains every head on its bits of the label image;
+    its "training" section is written into NAME.json when missing.
     """
     from unetsl.cli.common import import_tensorflow_quietly
     from unetsl.multiworker import cluster_strategy, in_cluster, is_chief
@@ -63,20 +67,31 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     if strategy is not None:
         batch = True  # workers cannot share an editor
     path = Path(config_file)
-    config = Config.load(path)
+    config = Config.load(path)  # a cerberus file gives its CerberusTraining view
+    cerberus = isinstance(config, CerberusTraining)
     config.apply_overrides(overrides)
-    changed = bool(overrides)
+    # the original's "cerberus train" wrote the training section (defaults) into the file
+    changed = bool(overrides) or (cerberus and not config.had_training)
     if interactive(batch):
         from unetsl.cli.tui import edit_values
 
-        def validate(values: dict) -> None:
-            check_training_config(Config(values, path=path))
+        if cerberus:
+            current = config
 
-        edited = edit_values(config.as_dict(), title=f"train {path}", validate=validate)
+            def validate(values: dict) -> None:
+                check_training_config(current.with_training(values))
+
+            edited = edit_values(config.training_section(), title=f"train {path} (training)",
+                                 validate=validate)
+        else:
+            def validate(values: dict) -> None:
+                check_training_config(Config(values, path=path))
+
+            edited = edit_values(config.as_dict(), title=f"train {path}", validate=validate)
         if edited is None:
             click.echo("cancelling...")
             return
-        config = Config(edited, path=path)
+        config = config.with_training(edited) if cerberus else Config(edited, path=path)
         changed = True
     check_training_config(config)  # before saving: a bad -D value never reaches the file
     if changed and chief:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU check on a machine that has Python, JAX with CUDA and the usual scientific packages but
+# no TensorFlow and no network (this workplace's lent GPU machines): Keras runs with the JAX
+# backend, the remaining wheels come from .whl/ (keras, namex, optree, urwid, wcwidth).
+# Runs the demo (train on the GPU, predict, evaluate) and the prediction benchmark;
+# copies logs and results to $OUT.
+set -uo pipefail
+out="${OUT:-/tmp/device-out}"
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD/src" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+bin=/tmp/unetsl-bin
+mkdir -p "$bin"
+for cmd in create_model attach_data_sources train_model predict_image evaluate_prediction; do
+    printf '#!/bin/sh\nexec python3 -m unetsl.cli.%s "$@"\n' "$cmd" > "$bin/$cmd"
+    chmod +x "$bin/$cmd"
+done
+ln -sf "$(command -v python3)" "$bin/python"
+export PATH="$bin:$PATH"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
+    | tee -a "$out/gpu.txt"
+start=$(date +%s)
+DEMO_DIR=/tmp/demo DEMO_EPOCHS="${DEMO_EPOCHS:-15}" bash examples/demo.sh > "$out/demo.log" 2>&1
+echo "demo exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/gpu.txt"
+tail -n 25 "$out/demo.log"
+cp /tmp/demo/evaluation.json "$out/" 2>/dev/null
+cp /tmp/demo/training-log_*.txt "$out/" 2>/dev/null
+timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/predict_throughput.py \
+    --output "$out/predict_throughput.json" ${BENCH_ARGS:-} 2>&1 | grep -v "^W0000\|^I0000" \
+    | tee "$out/bench.log"
