@@ -3,7 +3,8 @@
 # no TensorFlow and no network (this workplace's lent GPU machines): Keras runs with the JAX
 # backend, the remaining wheels come from .whl/ (keras, namex, optree, urwid, wcwidth).
 # Runs the demo (train on the GPU, predict, evaluate) and the prediction benchmark;
-# copies logs and results to $OUT.
+# copies logs and results to $OUT. Every step has its own time limit: on 2026-11-26 a second
+# run on a warm H200 hung before JAX listed its devices and spent the session's device time.
 set -uo pipefail
 out="${OUT:-/tmp/device-out}"
 mkdir -p "$out"
@@ -17,13 +18,14 @@ for cmd in create_model attach_data_sources train_model predict_image evaluate_p
     printf '#!/bin/sh\nexec python3 -m unetsl.cli.%s "$@"\n' "$cmd" > "$bin/$cmd"
     chmod +x "$bin/$cmd"
 done
-ln -sf "$(command -v python3)" "$bin/python"
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > "$bin/python"; chmod +x "$bin/python"
 export PATH="$bin:$PATH"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
+timeout 120 python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
     | tee -a "$out/gpu.txt"
 start=$(date +%s)
-DEMO_DIR=/tmp/demo DEMO_EPOCHS="${DEMO_EPOCHS:-15}" bash examples/demo.sh > "$out/demo.log" 2>&1
+DEMO_DIR=/tmp/demo DEMO_EPOCHS="${DEMO_EPOCHS:-15}" timeout "${DEMO_TIMEOUT:-240}" \
+    bash examples/demo.sh > "$out/demo.log" 2>&1
 echo "demo exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/gpu.txt"
 tail -n 25 "$out/demo.log"
 cp /tmp/demo/evaluation.json "$out/" 2>/dev/null

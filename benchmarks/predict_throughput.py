@@ -136,7 +136,6 @@ def main() -> None:
     import keras
 
     from unetsl.devices import keras_backend, visible_gpus
-
     from unetsl.model import build_unet, model_patch_shape, save_model, to_model_layout
     from unetsl.predict import model_for_tiles, plan_tiles, receptive_reach
     from unetsl.predict_job import PredictionJob

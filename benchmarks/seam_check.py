@@ -69,8 +69,8 @@ def main() -> None:
 
     import keras
 
-    from unetsl.model import build_unet
-    from unetsl.predict import plan_tiles, predict, receptive_reach
+    from unetsl.model import build_unet, model_patch_shape
+    from unetsl.predict import model_for_tiles, plan_tiles, predict, receptive_reach
     from unetsl.synthetic import epithelium_stack, epithelium_time_series
 
     keras.utils.set_random_seed(0)
@@ -92,7 +92,8 @@ def main() -> None:
         image = (image - image.mean()) / image.std()
         tiled = predict(model, image)
         reach = receptive_reach(model)
-        plan = plan_tiles(image.shape[2:], patch[1:], reach)
+        tile_net, _ = model_for_tiles(model, image.shape[2:], batch_size=16, reach=reach)
+        plan = plan_tiles(image.shape[2:], model_patch_shape(tile_net)[1:], reach)
         if name.startswith("2d"):
             # The network sees 3 frames: compare frame 1 with the whole-xy prediction of
             # frames 0-2, the only z tile that covers it, so that only xy tiling differs.

@@ -100,3 +100,19 @@ def test_mirrored_training_and_resume_on_two_devices(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MIRRORED OK" in result.stdout
+
+
+def test_other_keras_backends_run_on_one_device(monkeypatch, caplog):
+    """With KERAS_BACKEND=jax/torch (the lent GPU machines have JAX, not TensorFlow) the
+    strategy is one device: several GPUs are refused with a warning, not an error."""
+    monkeypatch.setattr(devices, "keras_backend", lambda: "jax")
+    monkeypatch.setattr(devices, "visible_gpus", lambda: ["gpu0", "gpu1"])
+    with caplog.at_level(logging.INFO, logger="unetsl"):
+        strategy = devices.distribution_strategy(2)
+    assert isinstance(strategy, devices.OneDevice) and strategy.num_replicas_in_sync == 1
+    with strategy.scope():
+        pass
+    assert "need the TensorFlow backend" in caplog.text and "first GPU" in caplog.text
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: pytest.fail("TensorFlow determinism asked for under jax"))
+    devices.set_deterministic(3)

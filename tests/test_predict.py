@@ -479,3 +479,14 @@ def test_default_tiles_make_a_deep_model_exact():
     np.testing.assert_allclose(auto, whole, atol=1e-4)
     patch_tiles = predict(model, image, tile=(1, 64, 64))
     assert np.abs(patch_tiles - whole).max() > 1e-3
+
+
+def test_tiles_grow_only_where_the_patch_covers_the_receptive_field():
+    """A 2-D time-series U-Net sees 3 frames but reaches 10 frames in z: it was trained on
+    outputs that all saw the zero padding in z, so its tiles keep 3 frames (as the original)."""
+    from unetsl.model import model_patch_shape
+    from unetsl.predict import model_for_tiles
+
+    model = _unet((1, 3, 64, 64), depth=3)
+    tiled, _ = model_for_tiles(model, (5, 300, 400), batch_size=16)
+    assert model_patch_shape(tiled)[1] == 3 and model_patch_shape(tiled)[2:] != (64, 64)

@@ -486,9 +486,11 @@ def model_for_tiles(model, shape: Sequence[int], *, batch_size: int,
     """The model to tile a (z, y, x) volume with, and how many of its tiles go in a batch.
 
     tile : (z, y, x) tile size; default ``choose_tile`` within the memory of ``batch_size``
-        training patches. The model is rebuilt for that size (``model.with_input_patch``,
-        shared weights); a model that cannot be resized keeps its training patch (default)
-        or raises UnetslError (a tile was asked for).
+        training patches, growing only along axes where the training patch covers the
+        receptive field (so that the result is what the trained network gives). The model
+        is rebuilt for that size (``model.with_input_patch``, shared weights); a model that
+        cannot be resized keeps its training patch (default) or raises UnetslError (a tile
+        was asked for).
     Returns (model, tiles per batch).
     """
     from unetsl.model import model_patch_shape, with_input_patch
@@ -497,7 +499,11 @@ def model_for_tiles(model, shape: Sequence[int], *, batch_size: int,
     reach = reach or receptive_reach(model)
     budget = int(batch_size) * math.prod(patch)
     if tile is None:
-        fixed = (patch[0] == 1, False, False)  # 2-D models stay 2-D
+        # An axis along which the training patch is narrower than the receptive field never
+        # grows: every voxel the network learned from saw the zero padding along it, and a
+        # larger tile would show it more context than it was trained with (and change the
+        # result). 2-D models stay 2-D.
+        fixed = tuple(p == 1 or p < 2 * r + 1 for p, r in zip(patch, reach.reach))
         chosen = choose_tile(shape, patch, reach, budget=budget, overlap=overlap, fixed=fixed)
     else:
         chosen = tuple(int(t) for t in tile)
