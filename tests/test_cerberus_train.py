@@ -66,7 +66,7 @@ def write_data(root: Path, *, n_images: int = 2, shape=(2, 48, 48), dtype=np.uin
     for i in range(n_images):
         sample = synthetic.make_sample("2d", shape, seed=i)
         synthetic.write_imagej(root / "images" / f"e{i}.tif", sample.image)
-        labels = synthetic.pack_cerberus_labels(sample).astype(dtype)
+        labels = synthetic.pack_cerberus_labels(sample.labels, sample.distance).astype(dtype)
         synthetic.write_imagej(root / "labels" / f"e{i}.tif", labels)
 
 
@@ -123,7 +123,7 @@ def test_resamplers_pool_and_crop_to_head_resolution():
 
 def test_targets_of_every_head_for_one_patch():
     sample = synthetic.make_sample("2d", (3, 16, 16), seed=3)
-    label = synthetic.pack_cerberus_labels(sample)
+    label = synthetic.pack_cerberus_labels(sample.labels, sample.distance)
     made = CerberusTargets(heads_of(3), (1, 2, 2))(label)
     assert list(made) == NAMES
     assert made["distance"].shape == (1, 3, 16, 16)

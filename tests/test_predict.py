@@ -490,3 +490,13 @@ def test_tiles_grow_only_where_the_patch_covers_the_receptive_field():
     model = _unet((1, 3, 64, 64), depth=3)
     tiled, _ = model_for_tiles(model, (5, 300, 400), batch_size=16)
     assert model_patch_shape(tiled)[1] == 3 and model_patch_shape(tiled)[2:] != (64, 64)
+
+
+def test_multi_head_model_with_a_list_input_is_rebuilt_for_larger_tiles():
+    from unetsl.cerberus import CerberusConfig, build_cerberus
+    from unetsl.model import with_input_patch
+
+    model = build_cerberus(CerberusConfig.load(REPO / "examples" / "cerberus.json"))
+    big = with_input_patch(model, (3, 128, 192))
+    assert [tuple(o.shape)[1:] for o in big.outputs] == [
+        (3, 128, 192, 1), (3, 64, 96, 2), (3, 128, 192, 2)]  # the scale head stays at half

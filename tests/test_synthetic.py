@@ -185,7 +185,7 @@ def test_bad_input_raises_one_line_error():
 
 
 def test_pack_cerberus_labels(series):
-    packed = synthetic.pack_cerberus_labels(series)
+    packed = synthetic.pack_cerberus_labels(series.labels, series.distance)
     assert packed.dtype == np.uint8
     assert np.array_equal(packed & 3, series.labels)
     assert np.array_equal(packed >> 2, np.minimum(series.distance, 63))

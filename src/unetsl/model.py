@@ -723,6 +723,9 @@ def with_input_patch(model: keras.Model, patch: Sequence[int]) -> keras.Model:
     inputs = keras.Input(shape=(*patch, c), batch_size=model.inputs[0].shape[0],
                          dtype=model.inputs[0].dtype, name=model.inputs[0].name.split(":")[0])
     try:
+        structure = model.input  # a single tensor, or a one-element list (cerberus models)
+        if isinstance(structure, (list, tuple)):
+            inputs = type(structure)([inputs])
         resized = keras.models.clone_model(model, input_tensors=inputs,
                                            clone_function=lambda layer: layer,
                                            call_function=call)

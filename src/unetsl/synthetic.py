@@ -38,6 +38,9 @@ PIXEL_SIZE_UM = 0.2
 Z_SPACING_UM = 0.5
 FRAME_INTERVAL_S = 60.0
 
+#: Largest distance a cerberus label carries (6 bits, bits 2-7; :func:`pack_cerberus_labels`).
+CERBERUS_MAX_DISTANCE = 63
+
 
 @dataclass
 class Sample:
@@ -157,13 +160,17 @@ def write_dataset(
     shape: tuple[int, int, int] | None = None,
     seed: int = 0,
     distance: bool = True,
+    cerberus: bool = False,
 ) -> dict[str, list[Path]]:
-    """Write a paired-directory training set: ``images/``, ``labels/`` (and ``labels-dist/``).
+    """Write a paired-directory training set: ``images/``, ``labels/`` (and ``labels-dist/``,
+    ``labels-packed/``).
 
-    Files in the three folders share their names (``epi-000.tif`` ...), which is how a paired
+    Files in the folders share their names (``epi-000.tif`` ...), which is how a paired
     directory data source matches image and label. ``kind`` "2d" writes TYX time series,
-    "3d" ZYX stacks. Image i uses seed ``seed + i``. Returns {"images": [...], "labels": [...],
-    "labels-dist": [...]} (the last only with ``distance``).
+    "3d" ZYX stacks. Image i uses seed ``seed + i``. ``cerberus`` also writes the bit-packed
+    labels of a cerberus model (:func:`pack_cerberus_labels`). Returns {"images": [...],
+    "labels": [...], "labels-dist": [...], "labels-packed": [...]} (the last two only with
+    ``distance`` / ``cerberus``).
     """
     if kind not in ("2d", "3d"):
         raise UnetslError(f"kind {kind!r} must be '2d' or '3d'")
@@ -173,9 +180,11 @@ def write_dataset(
     written: dict[str, list[Path]] = {"images": [], "labels": []}
     if distance:
         written["labels-dist"] = []
+    if cerberus:
+        written["labels-packed"] = []
     for i in range(n_images):
         sample = make_sample(kind, shape, seed + i)
-        paths = write_sample(sample, root, f"epi-{i:03d}.tif", kind, distance)
+        paths = write_sample(sample, root, f"epi-{i:03d}.tif", kind, distance, cerberus)
         for key, path in paths.items():
             written[key].append(path)
     return written
@@ -191,13 +200,17 @@ def make_sample(kind: str, shape: tuple[int, int, int] | None, seed: int) -> Sam
 
 
 def write_sample(
-    sample: Sample, root: str | os.PathLike, name: str, kind: str = "2d", distance: bool = True
+    sample: Sample,
+    root: str | os.PathLike,
+    name: str,
+    kind: str = "2d",
+    distance: bool = True,
+    cerberus: bool = False,
 ) -> dict[str, Path]:
-    """Write ``sample`` as root/images/name, root/labels/name (and root/labels-dist/name)."""
+    """Write ``sample`` as root/images/name, root/labels/name (and root/labels-dist/name,
+    root/labels-packed/name), the folders of :func:`sample_targets`."""
     root = Path(root)
-    arrays = {"images": sample.image, "labels": sample.labels}
-    if distance:
-        arrays["labels-dist"] = sample.distance
+    arrays = {"images": sample.image, **sample_targets(sample, distance, cerberus)}
     paths = {}
     for sub, array in arrays.items():
         path = root / sub / name
@@ -225,14 +238,40 @@ def write_imagej(path: str | os.PathLike, array: np.ndarray, kind: str = "2d") -
         tifffile.imwrite(tmp, array, imagej=True, resolution=resolution, metadata=metadata)
 
 
-def pack_cerberus_labels(sample: Sample) -> np.ndarray:
-    """Bit-pack labels and distance into one uint8 image for the cerberus heads.
+def pack_cerberus_labels(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Bit-pack multiclass labels and a distance map into one uint8 label image for cerberus.
 
-    Bits 0-1 carry membrane/vertex, bits 2-7 the distance clipped at 63 (the original's
-    default head layout), so a single "linear labels" source feeds all heads.
+    A cerberus model reads all its heads' targets from one "linear labels" image, each head
+    its own bit field; with the original's default heads bits 0-1 are membrane/vertex and
+    bits 2-7 a distance 0..63. So a pixel is ``(min(rint(distance), 63) << 2) | labels``:
+    label 1 at distance 5 gives 21. Labels must be 0..3 (two bits); distances (any real or
+    integer dtype, e.g. :attr:`Sample.distance`) are rounded and clipped to 0..63.
     """
-    dist = np.minimum(sample.distance, 63).astype(np.uint8)
-    return (sample.labels | (dist << 2)).astype(np.uint8)
+    labels = np.asarray(labels)
+    distance = np.asarray(distance)
+    if labels.shape != distance.shape:
+        raise UnetslError(f"cerberus labels {labels.shape} and distance {distance.shape} "
+                          "must have the same shape")
+    if labels.dtype != np.bool_ and not np.issubdtype(labels.dtype, np.integer):
+        raise UnetslError(f"cerberus labels must be integers 0..3, got dtype {labels.dtype}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 3):
+        raise UnetslError(f"cerberus labels must be 0..3 (bits 0-1), got "
+                          f"{int(labels.min())}..{int(labels.max())}")
+    steps = np.clip(np.rint(distance.astype(np.float64)), 0, CERBERUS_MAX_DISTANCE)
+    return ((steps.astype(np.uint8) << 2) | labels.astype(np.uint8)).astype(np.uint8)
+
+
+def sample_targets(sample: Sample, distance: bool = True, cerberus: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """The label images written for ``sample``, by folder name: "labels" (multiclass),
+    "labels-dist" (with ``distance``) and "labels-packed" (with ``cerberus``,
+    :func:`pack_cerberus_labels`); one place, so training and held-out sets agree."""
+    targets = {"labels": sample.labels}
+    if distance:
+        targets["labels-dist"] = sample.distance
+    if cerberus:
+        targets["labels-packed"] = pack_cerberus_labels(sample.labels, sample.distance)
+    return targets
 
 
 # --------------------------------------------------------------------------- internals
