@@ -11,6 +11,7 @@ SCRIPTS = {
     "inspect_data_sources": "unetsl.cli.inspect_data_sources:main",
     "transfer_weights": "unetsl.cli.transfer_weights:main",
     "export_model": "unetsl.cli.export_model:main",
+    "cerberus": "unetsl.cli.cerberus:main",
 }
 
 # Big images and clusters: OME-Zarr in/out, Dask prediction (--dask), Slurm worker jobs

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from matplotlib.figure import Figure
 
 from conftest import assert_one_line_error
 from unetsl.config import Config
-from unetsl.inspect import build_pages, draw, save_figure
+from unetsl.inspect import build_pages, draw, panels, save_figure
 from unetsl.synthetic import write_dataset
 
 
@@ -149,3 +153,126 @@ def test_window_pages_with_keys(project, monkeypatch):
     image_axes = [ax for ax in fig.axes if ax.images]
     assert len(image_axes) == 2 * 4  # two patches: input, label, two targets
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- cerberus
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+HEAD_TITLES = ["distance", "membrane-scale 0", "membrane-scale 1", "membrane-crop 0",
+               "membrane-crop 1"]
+
+
+@pytest.fixture(scope="module")
+def cerberus_project(tmp_path_factory):
+    """``make_example_data.py OUT --cerberus --n 1`` and examples/cerberus.json with
+    images/ + labels-packed/ attached as the README does (linear labels)."""
+    from unetsl.cli.attach_data_sources import main as attach
+
+    root = tmp_path_factory.mktemp("inspect-cerberus")
+    made = subprocess.run([sys.executable, str(EXAMPLES / "make_example_data.py"), str(root),
+                           "--cerberus", "--n", "1"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    shutil.copy(EXAMPLES / "cerberus.json", root / "cerberus.json")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        attached = CliRunner().invoke(attach, ["-c", "cerberus.json", "--paired", "images",
+                                               "labels-packed", "--labeller", "linear", "-b"])
+    finally:
+        os.chdir(cwd)
+    assert attached.exit_code == 0, attached.output
+    return root
+
+
+def cerberus_page(root):
+    cfg = Config.load(root / "cerberus.json")
+    [page] = build_pages(cfg, patch_shape=(1, 3, 64, 64), n_labels=1)
+    return page
+
+
+def test_cerberus_panels_are_the_training_targets(cerberus_project):
+    from unetsl.cerberus import CerberusConfig, CerberusTargets
+
+    page = cerberus_page(cerberus_project)
+    config = CerberusConfig.load(cerberus_project / "cerberus.json")
+    patch = page.patches(0, 1)[0]
+    shown = panels(page, patch)
+    assert [p.title.split("\n")[0] for p in shown] == ["input", "label (raw bits)",
+                                                        *HEAD_TITLES]
+    np.testing.assert_array_equal(shown[1].image, patch.label)  # the packed label itself
+    expected = CerberusTargets(config.heads, config.unet["pooling"])(patch.label)
+    by_head = {"distance": shown[2:3], "membrane-scale": shown[3:5], "membrane-crop": shown[5:7]}
+    for name, mine in by_head.items():
+        np.testing.assert_array_equal(np.stack([p.image for p in mine]), expected[name])
+    assert expected["membrane-scale"].shape == (2, 3, 32, 32)  # depth 1: half resolution
+    assert [p.extent for p in by_head["membrane-scale"]] == [(-0.5, 63.5, 63.5, -0.5)] * 2
+    assert "1/2 res, max pool" in shown[3].title and "full res" in shown[2].title
+    assert all(p.extent is None for p in shown[:3] + shown[5:])
+    np.testing.assert_array_equal(shown[5].image, (patch.label & 1) > 0)  # membrane bit 0
+    summary = "\n".join(page.summary)
+    assert "head membrane-scale: bits 0..1, multiclass labels, 1/2 res, max pool" in summary
+    assert "head distance: bits 2..7, linear labels, full res" in summary
+
+
+def test_cerberus_figure_has_one_axes_per_head_channel(cerberus_project):
+    page = cerberus_page(cerberus_project)
+    fig = Figure()
+    draw(fig, [(page, 0, 2)], z=1)
+    assert len(fig.axes) == 2 * 7
+    assert [a.get_title().split("\n")[0] for a in fig.axes[2:7]] == HEAD_TITLES
+    patch = page.patches(0, 1)[0]
+    for ax, panel in zip(fig.axes[:7], panels(page, patch), strict=True):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), panel.image[1])
+        # every panel spans the input patch, so a half-resolution head lines up with it
+        assert ax.get_xlim() == (-0.5, 63.5) and ax.get_ylim() == (63.5, -0.5)
+    assert tuple(fig.axes[3].images[0].get_extent()) == (-0.5, 63.5, 63.5, -0.5)
+    assert fig.axes[3].images[0].get_array().shape == (32, 32)
+
+
+def test_cerberus_command_saves_the_view(cerberus_project, tmp_path):
+    from unetsl.cli.inspect_data_sources import main
+
+    out = tmp_path / "cerberus.png"
+    cwd = os.getcwd()
+    os.chdir(cerberus_project)
+    try:
+        result = CliRunner().invoke(main, ["-c", "cerberus.json", "--save", str(out),
+                                           "--patches", "2"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_cerberus_window_shows_the_heads(cerberus_project, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unetsl.inspect import show
+
+    monkeypatch.setattr(plt, "show", lambda: None)
+    show([cerberus_page(cerberus_project)], patches=1)
+    fig = plt.gcf()
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes if ax.images]
+    assert titles == ["input", "label (raw bits)", *HEAD_TITLES]
+    plt.close(fig)
+
+
+def test_head_grid_follows_the_resampler():
+    from unetsl.cerberus import Head
+    from unetsl.inspect import _head_grid
+
+    def head(depth, resampler):
+        return Head("h", 1, 2, 0, "sigmoid", depth, resampler, "multiclass labels")
+
+    pooled = _head_grid(head(1, "max pool"), (2, 2, 2), (4, 8, 8))
+    assert pooled.shape == (2, 4, 4) and pooled.z_map.tolist() == [0, 0, 1, 1]
+    assert pooled.extent == (-0.5, 7.5, 7.5, -0.5)
+    cropped = _head_grid(head(1, "crop"), (2, 2, 2), (4, 8, 8))
+    assert cropped.shape == (2, 4, 4) and cropped.z_map.tolist() == [-1, 0, 1, -1]
+    assert cropped.extent == (1.5, 5.5, 5.5, 1.5)
+    flat = _head_grid(head(1, "min pool"), (1, 2, 2), (1, 8, 8))  # a 2-D patch: z not pooled
+    assert flat.shape == (1, 4, 4) and flat.z_map.tolist() == [0]

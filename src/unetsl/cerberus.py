@@ -57,6 +57,10 @@ UNET_KEYS = ("input shape", "kernel shape", "pooling", "depth", "n filters",
              "spatial dropout rate", "batch normalization")
 """Model keys the ``unet`` section may hold (defaults from ``unetsl.config.FIELDS``)."""
 
+ORIGINAL_UNET_KEYS = UNET_KEYS[:-1]
+"""The ``unet`` keys the original's default cerberus config wrote ("batch normalization" is
+new in unetsl and left out, so a new file looks like the original's)."""
+
 RESAMPLERS = ("max pool", "min pool", "crop")
 """Target resamplers unetsl knows; the original's "region crop"/"shuffle" are not ported."""
 
@@ -246,6 +250,14 @@ class CerberusConfig:
         if not is_cerberus_config(data):
             raise UnetslError(f'{p}: not a cerberus config (needs "unet" and "heads")')
         return cls(data, p)
+
+    @classmethod
+    def default(cls, path: str | os.PathLike | None = None) -> CerberusConfig:
+        """The original's ``cerberus create`` start for a missing file: the six ``unet`` keys
+        of the original (§5) at their defaults and the three default heads."""
+        unet = {k: copy.deepcopy(FIELD_BY_KEY[k].default) for k in ORIGINAL_UNET_KEYS}
+        data = {"unet": unet, "heads": copy.deepcopy(DEFAULT_HEADS), "data sources": []}
+        return cls(data, Path(path) if path is not None else None)
 
     @property
     def name(self) -> str:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
 from unetsl.config import Config
 from unetsl.errors import UnetslError
+
+if TYPE_CHECKING:
+    from unetsl.cerberus import CerberusConfig
 
 
 def _validate_edit(path: Path):
@@ -37,7 +41,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     from unetsl.cerberus import is_cerberus_file
 
     if is_cerberus_file(path):
-        _create_cerberus(path, overrides, batch)
+        create_cerberus(path, overrides, batch)
         return
     config = Config.load(path, must_exist=False)
     config.apply_overrides(overrides)
@@ -66,14 +70,19 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     click.echo(describe_model(model))
 
 
-def _create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool) -> None:
+def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
+                     config: CerberusConfig | None = None) -> None:
     """A cerberus (multi-head) config: editors for the unet section, then each head, as
-    the original's ``cerberus create``; writes NAME.h5 (and NAME.json when changed)."""
+    the original's ``cerberus create``; writes NAME.h5 (and NAME.json when changed).
+
+    ``config`` is the starting config when it is not read from ``path``: ``cerberus create``
+    passes the defaults for a new file, which is then always written.
+    """
     from unetsl.cerberus import CerberusConfig, build_cerberus
 
-    config = CerberusConfig.load(path)
+    config = CerberusConfig.load(path) if config is None else config
     config.apply_overrides(overrides)
-    changed = bool(overrides)
+    changed = bool(overrides) or not path.exists()
     if interactive(batch):
         from unetsl.cli.tui import edit_values
 
@@ -99,9 +108,10 @@ def _create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool) -> Non
 
     model = build_cerberus(config)
     if changed:
-        shutil.copyfile(path, path.with_name(path.name[:-5] + "-json.bak"
-                                             if path.name.endswith(".json")
-                                             else path.name + ".bak"))
+        if path.exists():
+            shutil.copyfile(path, path.with_name(path.name[:-5] + "-json.bak"
+                                                 if path.name.endswith(".json")
+                                                 else path.name + ".bak"))
         config.save(path)
     save_model(model, config.model_path)
     click.echo(f"config: {path}")

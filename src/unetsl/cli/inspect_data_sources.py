@@ -33,7 +33,11 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
     the patch shape of NAME.h5 when it exists, else the config's "input shape". The
     window pages with the arrow keys (left/right: patches, up/down: sources) and has a
     slider over z. --save renders the same view to a file, for clusters and reports.
+
+    A cerberus config (with "unet" and "heads") shows each head's target channels as
+    training makes them from the raw label bits, at the head's own resolution.
     """
+    from unetsl.cerberus import CerberusTraining
     from unetsl.config import Config
     from unetsl.inspect import build_pages, save_figure, show
 
@@ -46,6 +50,8 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
         model = load_model(cfg.model_path)
         patch_shape = list(model_patch_shape(model))
         n_labels = int(model.outputs[-1].shape[-1])
+    if isinstance(cfg, CerberusTraining):
+        n_labels = 1  # the sources pass the raw label on; each head makes its own target
     n_sources = len(cfg["data sources"])
     for index in sources:
         if not 0 <= index < n_sources:

@@ -72,7 +72,7 @@ class Progress:
 @one_line_errors
 def main(model_file: str, image_file: str, output_file: str | None, overrides: tuple[str, ...],
          batch: bool, gpus: int, all_outputs: bool, probabilities: bool, dask: str | None,
-         levels: int) -> None:
+         levels: int) -> list[Path] | None:
     """Predict IMAGE_FILE with MODEL_FILE (.h5 or .keras) and write a label TIFF.
 
     IMAGE_FILE is a TIFF, a zarr / OME-Zarr folder or a .npy file of any size; it is read
@@ -103,7 +103,7 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
                              validate=job.check_settings)
         if edited is None:
             click.echo("cancelling...")
-            return
+            return None
         job.update(edited)
     progress = Progress()
     try:
@@ -113,6 +113,7 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
         progress.close()
     for path in written:
         click.echo(f"wrote {path}")
+    return list(written)  # for wrappers (cerberus predict); click ignores it
 
 
 if __name__ == "__main__":
