@@ -185,6 +185,7 @@ def test_gpus_from_environment_on_a_cpu_machine(work):
     (["m2d.h5", "ts.tif", "-D", "output index=3"], ['"output index"', "1 output"]),
     (["m2d.h5", "ts.tif", "-D", "tile shape=[3, 31, 32]"], ['"tile shape"', "[1, 2, 2]"]),
     (["m2d.h5", "ts.tif", "-D", "tile shape=[0, 32, 32]"], ['"tile shape"']),
+    (["casc.keras", "ts.tif", "-D", "tile shape=[2, 32, 32]"], ['"tile shape"', "Reshape"]),
     (["m2d.h5", "two-channels.tif"], ["two-channels.tif", "2 channel"]),
     (["m2d.h5", "m3d.keras"], ["m3d.keras"]),
 ])

@@ -518,7 +518,7 @@ def model_for_tiles(model, shape: Sequence[int], *, batch_size: int,
                 resized = with_input_patch(model, chosen)
         except UnetslError as exc:
             if tile is not None:
-                raise
+                raise UnetslError(f'"tile shape" {list(chosen)}: {exc}') from None
             log.info("tiles of the training patch %s: %s", tuple(patch), exc)
         else:
             # kept per model: a new model would trace its predict function again
