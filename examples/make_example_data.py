@@ -5,7 +5,8 @@ Usage:
         [--shape A Y X] [--no-distance] [--cerberus] [--held-out]
 
 --held-out also writes one image with an unrelated seed, for evaluating a trained model:
-OUT_FOLDER/held-out/epi-holdout.tif with held-out/labels/ and held-out/labels-dist/ beside it.
+OUT_FOLDER/held-out/epi-holdout.tif with held-out/labels/ and held-out/labels-dist/ beside it,
+and held-out/cells/: the true cell ids (the same cell keeps its id in every frame).
 
 --cerberus also writes labels-packed/ (and held-out/labels-packed/): uint8 labels for a
 cerberus model (examples/cerberus.json) with membrane/vertex in bits 0-1 and the distance to
@@ -42,6 +43,10 @@ def write_held_out(
     for sub, array in targets.items():
         path = folder / sub / image_path.name
         synthetic.write_imagej(path, array, kind)
+        written.append(path)
+    if sample.cells is not None:  # true cell ids, tracked over time: the truth for cells
+        path = folder / "cells" / image_path.name
+        synthetic.write_imagej(path, sample.cells, kind)
         written.append(path)
     return written
 

@@ -49,11 +49,15 @@ class Sample:
     image : (t, y, x) or (z, y, x) uint16 camera counts.
     labels : same shape, uint8 multiclass bit mask (0 background, 1 membrane, 3 vertex).
     distance : same shape, uint8 Euclidean distance to the nearest label pixel, per 2D plane.
+    cells : same shape, uint16 true cell ids (the tessellation, membranes included); a cell
+        keeps its id over frames (2d) or slices (3d), so it is the truth for cell instances
+        and tracking. Ids are renumbered 1..n in order of first appearance.
     """
 
     image: np.ndarray
     labels: np.ndarray
     distance: np.ndarray
+    cells: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ def epithelium_time_series(
     signal = ndi.gaussian_filter(signal, (0, params.psf_sigma, params.psf_sigma), mode="reflect")
     attenuation = (1.0 - params.bleaching) ** np.arange(n_t, dtype=np.float64)
     image = _camera(rng, signal, attenuation, cell_diameter, params)
-    return Sample(image, labels, _distance(skeleton_distance, params.max_distance))
+    return Sample(image, labels, _distance(skeleton_distance, params.max_distance),
+                  _renumber(regions))
 
 
 def epithelium_stack(
@@ -150,7 +155,8 @@ def epithelium_stack(
     signal = ndi.gaussian_filter(signal, sigma, mode="reflect")
     attenuation = np.exp(-params.bleaching * np.arange(n_z, dtype=np.float64))
     image = _camera(rng, signal, attenuation, cell_diameter, params)
-    return Sample(image, labels, _distance(skeleton_distance, params.max_distance))
+    return Sample(image, labels, _distance(skeleton_distance, params.max_distance),
+                  _renumber(regions))
 
 
 def write_dataset(
@@ -275,6 +281,14 @@ def sample_targets(sample: Sample, distance: bool = True, cerberus: bool = False
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _renumber(regions: np.ndarray) -> np.ndarray:
+    """Cell ids 1..n (uint16) in order of first appearance, the same cell the same id."""
+    ids, first, inverse = np.unique(regions, return_index=True, return_inverse=True)
+    rank = np.empty(ids.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, ids.size + 1)
+    return rank[inverse].reshape(regions.shape).astype(np.uint16)
 
 
 def _check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
