@@ -7,6 +7,7 @@ SCRIPTS = {
     "predict_image": "unetsl.cli.predict_image:main",
     "train_model": "unetsl.cli.train_model:main",
     "evaluate_prediction": "unetsl.cli.evaluate_prediction:main",
+    "segment_cells": "unetsl.cli.segment_cells:main",
     "attach_data_sources": "unetsl.cli.attach_data_sources:main",
     "inspect_data_sources": "unetsl.cli.inspect_data_sources:main",
     "transfer_weights": "unetsl.cli.transfer_weights:main",
@@ -46,6 +47,8 @@ setup(
         "h5py>=3.9",
         "tqdm>=4.65",
         "zarr>=3.0; python_version >= '3.11'",  # lazy reading of compressed TIFF, zarr
+        "roifile>=2024.1.10",  # ImageJ ROI sets of cell outlines
+        "trimesh>=4.0",  # cell meshes (PLY/STL/OBJ)
         "pyyaml>=6.0",
     ],
     extras_require={

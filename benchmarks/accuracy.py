@@ -1,8 +1,8 @@
 """Accuracy on the example: train the 2D time-series example, score a held-out sequence.
 
-Trains ``examples/epithelium-2d.json`` on generated epithelium (``unetsl.synthetic``) for a
+Trains ``examples/epithelium-2d.json`` on generated epithelium (``unetsl.data.synthetic``) for a
 number of epochs (the CPU budget), predicts a held-out sequence generated with another
-seed, and scores it with ``unetsl.evaluate``: membrane and vertex F1 within a tolerance
+seed, and scores it with ``unetsl.evaluate.scores``: membrane and vertex F1 within a tolerance
 (1 px = the 4 direct neighbours, 1.5 px = the 8 neighbours) and cell-instance F1
 (4-connected regions between predicted membranes, matched at IoU > 0.5).
 
@@ -38,12 +38,13 @@ def cpu_seconds() -> float:
 def run(epochs: int, n_images: int, seed: int) -> dict:
     import numpy as np
 
-    from unetsl import synthetic
-    from unetsl.config import Config
-    from unetsl.evaluate import evaluate
-    from unetsl.model import load_model
-    from unetsl.predict import predict, reduce
-    from unetsl.train import train
+    from unetsl.config.model_config import Config
+    from unetsl.data import synthetic
+    from unetsl.evaluate.scores import evaluate
+    from unetsl.nets.model_files import load_model
+    from unetsl.predict.engine import predict
+    from unetsl.predict.reduce import reduce
+    from unetsl.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

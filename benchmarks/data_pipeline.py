@@ -85,10 +85,11 @@ def load_average() -> list[float] | None:
 def measure(name: str, steps: int, rounds: int, folder: Path, batch_size: int) -> dict:
     """Alternate short runs of every feed, ``rounds`` times, so that drift of a shared
     machine hits all feeds alike; report medians of the per-step times."""
-    from unetsl.config import Config
-    from unetsl.data import make_datasets
-    from unetsl.model import build_model_from_config, get_loss, get_optimizer
-    from unetsl.synthetic import write_dataset
+    from unetsl.config.model_config import Config
+    from unetsl.data.dataset import make_datasets
+    from unetsl.data.synthetic import write_dataset
+    from unetsl.nets.losses import get_loss, get_optimizer
+    from unetsl.nets.model_files import build_model_from_config
 
     spec = MODELS[name]
     root = folder / name

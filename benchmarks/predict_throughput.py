@@ -88,7 +88,7 @@ def original_window(patch: tuple[int, int, int]) -> np.ndarray:
 
 def predict_original(model, image: np.ndarray, batch_size: int) -> np.ndarray:
     """(c, z, y, x) uint16 image -> (z, y, x) uint8 multiclass labels, as the original."""
-    from unetsl.model import from_model_layout, model_patch_shape, to_model_layout
+    from unetsl.nets.shapes import from_model_layout, model_patch_shape, to_model_layout
 
     _, *patch = model_patch_shape(model)
     window = original_window(tuple(patch))
@@ -135,11 +135,14 @@ def main() -> None:
 
     import keras
 
-    from unetsl.devices import keras_backend, visible_gpus
-    from unetsl.model import build_unet, model_patch_shape, save_model, to_model_layout
-    from unetsl.predict import model_for_tiles, plan_tiles, receptive_reach
-    from unetsl.predict_job import PredictionJob
-    from unetsl.synthetic import epithelium_stack, write_imagej
+    from unetsl.data.synthetic import epithelium_stack, write_imagej
+    from unetsl.nets.devices import keras_backend, visible_gpus
+    from unetsl.nets.model_files import save_model
+    from unetsl.nets.shapes import model_patch_shape, to_model_layout
+    from unetsl.nets.unet import build_unet
+    from unetsl.predict.job import PredictionJob
+    from unetsl.predict.reach import receptive_reach
+    from unetsl.predict.tiling import model_for_tiles, plan_tiles
 
     keras.utils.set_random_seed(0)
     patch = (1, *args.patch)
@@ -252,7 +255,7 @@ def main() -> None:
     b, c = results["b"]["seconds"], results["c"]["seconds"]
     a_cpu = min(results["a1"]["cpu_seconds"], results["a2"]["cpu_seconds"])
     b_cpu, c_cpu = results["b"]["cpu_seconds"], results["c"]["cpu_seconds"]
-    from unetsl.io import read_image
+    from unetsl.io.tiff import read_image
 
     labels_b = read_image(out_path).data[0, 0]
     agree = float((labels_b == labels_c[0]).mean())

@@ -64,7 +64,7 @@ def du(path: Path) -> int:
 def generate(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int],
              seed: int = 0) -> dict:
     """A uint16 volume of blobs, ridges and noise, written one chunk row (along z) at a time."""
-    from unetsl.zarr_io import OutputOmeZarr, atomic_dir
+    from unetsl.io.omezarr_write import OutputOmeZarr, atomic_dir
 
     z, y, x = shape
     rng = np.random.default_rng(seed)
@@ -92,7 +92,8 @@ def generate(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, in
 def make_model(path: Path, patch: int, seed: int = 0) -> dict:
     import keras
 
-    from unetsl.model import build_unet, save_model
+    from unetsl.nets.model_files import save_model
+    from unetsl.nets.unet import build_unet
 
     keras.utils.set_random_seed(seed)
     model = build_unet((1, 1, patch, patch), n_labels=1, depth=2, n_filters=2,
@@ -115,7 +116,7 @@ def child(mode: str, work: Path, workers: int, batch_size: int, volume: str) -> 
     from unetsl.cli.common import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from unetsl.predict_job import PredictionJob
+    from unetsl.predict.job import PredictionJob
 
     out = work / f"{mode}.ome.zarr"
     job = PredictionJob.create(work / "model.h5", work / volume, out)
@@ -123,14 +124,15 @@ def child(mode: str, work: Path, workers: int, batch_size: int, volume: str) -> 
     report: dict = {"mode": mode}
     start = time.perf_counter()
     if mode != "dask":
-        from unetsl.model import load_model
+        from unetsl.nets.model_files import load_model
 
         model = load_model(work / "model.h5")
         ready = time.perf_counter()
         job.run(probabilities=True, model=model)
         done = time.perf_counter()
     else:
-        from unetsl.distributed import dask_client, worker_model
+        from unetsl.predict.dask_blocks import worker_model
+        from unetsl.predict.dask_cluster import dask_client
 
         with dask_client(f"local:{workers}") as client:
             client.run(worker_model, str(work / "model.h5"), [0])  # TensorFlow up everywhere
@@ -159,7 +161,7 @@ def run_child(mode: str, work: Path, workers: int, batch_size: int,
 
 def compare(work: Path, z_step: int) -> dict:
     """Largest probability difference and differing labels of (a) and (b), row by row."""
-    from unetsl.zarr_io import open_zarr
+    from unetsl.io.omezarr import open_zarr
 
     worst, differing = 0.0, 0
     pa, pb = open_zarr(work / "one-prob.ome.zarr").data, open_zarr(work / "dask-prob.ome.zarr").data

@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 
 
 def whole_image(model_args: dict, model, image: np.ndarray) -> np.ndarray:
-    from unetsl.model import build_unet, from_model_layout, to_model_layout
+    from unetsl.nets.shapes import from_model_layout, to_model_layout
+    from unetsl.nets.unet import build_unet
 
     big = build_unet((image.shape[1], *image.shape[2:]), **model_args)
     big.set_weights(model.get_weights())
@@ -69,9 +70,12 @@ def main() -> None:
 
     import keras
 
-    from unetsl.model import build_unet, model_patch_shape
-    from unetsl.predict import model_for_tiles, plan_tiles, predict, receptive_reach
-    from unetsl.synthetic import epithelium_stack, epithelium_time_series
+    from unetsl.data.synthetic import epithelium_stack, epithelium_time_series
+    from unetsl.nets.shapes import model_patch_shape
+    from unetsl.nets.unet import build_unet
+    from unetsl.predict.engine import predict
+    from unetsl.predict.reach import receptive_reach
+    from unetsl.predict.tiling import model_for_tiles, plan_tiles
 
     keras.utils.set_random_seed(0)
     cases = [

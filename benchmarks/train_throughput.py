@@ -6,7 +6,7 @@ Adam, the Dice loss, the accuracy metrics):
 
 - ``steps``: ``model.fit`` on batches already in memory: the network's forward and
   backward pass and the optimiser update, nothing else;
-- ``train()``: :func:`unetsl.train.train` end to end on synthetic TIFFs: patch sampling
+- ``train()``: :func:`unetsl.training.train.train` end to end on synthetic TIFFs: patch sampling
   from ``make_datasets``, the batch and epoch logs and the checkpoints written every epoch.
 
 FLOPs per patch are counted from the layers (2 x multiply-adds of every convolution,
@@ -121,7 +121,7 @@ def forward_flops(model) -> float:
 
 
 def make_config(folder: Path, keys: dict, batch_size: int, epochs: int):
-    from unetsl.config import Config
+    from unetsl.config.model_config import Config
 
     cfg = Config(path=folder / "bench.json")
     cfg.update({**keys, "batch size": batch_size, "epochs": epochs, "seed": 1,
@@ -133,8 +133,8 @@ def time_steps(cfg, steps: int, batch_size: int) -> tuple[float, object]:
     """Seconds per training step on in-memory batches (after one warm-up epoch)."""
     import keras
 
-    from unetsl.model import build_model_from_config
-    from unetsl.train import compile_model
+    from unetsl.nets.model_files import build_model_from_config
+    from unetsl.training.setup import compile_model
 
     model = build_model_from_config(cfg)
     compile_model(model, cfg)
@@ -168,9 +168,9 @@ def time_train(cfg, folder: Path, n_images: int) -> tuple[float, int]:
     """
     import io
 
-    from unetsl.model import build_model_from_config, save_model
-    from unetsl.synthetic import write_dataset
-    from unetsl.train import train
+    from unetsl.data.synthetic import write_dataset
+    from unetsl.nets.model_files import build_model_from_config, save_model
+    from unetsl.training.train import train
 
     c, z, y, x = (int(v) for v in cfg["input shape"])
     kind = "2d" if z == 3 else "3d"

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unetsl import synthetic
+from unetsl.data import synthetic
 from unetsl.errors import UnetslError
 
 HOLD_OUT_SEED_OFFSET = 1_000_003  # far from the training seeds seed .. seed + n - 1

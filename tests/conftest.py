@@ -23,20 +23,20 @@ def compat() -> Path:
     return COMPAT
 
 
-def script(name: str) -> str:
+def _script(name: str) -> str:
     """Path of an installed console script in the running interpreter's environment."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
 
-def run_script(name: str, *args: str, cwd: Path | None = None, timeout: int = 300,
+def _run_script(name: str, *args: str, cwd: Path | None = None, timeout: int = 300,
                input: str | None = None) -> subprocess.CompletedProcess:
     """Run a console script as a user would (no terminal on stdin)."""
-    return subprocess.run([script(name), *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([_script(name), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, input=input if input is not None else "")
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     """Non-zero exit, no traceback, one 'error:' line naming the culprit."""
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -44,3 +44,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert needle in errors[0], errors[0]
+
+
+@pytest.fixture
+def run_script():
+    """``run_script(name, *args, cwd=, timeout=, input=)``: a console script run as a user
+    would run it (no terminal on stdin); returns the CompletedProcess."""
+    return _run_script
+
+
+@pytest.fixture
+def assert_one_line_error():
+    """``assert_one_line_error(result, *needles)``: non-zero exit, no traceback, exactly one
+    'error:' line, which contains every needle."""
+    return _assert_one_line_error

@@ -55,9 +55,9 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
     the config's folder when they are inside it (the project can be moved), else absolute.
     Rotation angles are degrees.
     """
-    from unetsl.attach import AttachDialogue, add_source, remove_sources, source_lines
-    from unetsl.config import Config, parse_overrides
-    from unetsl.sources import (
+    from unetsl.config.model_config import Config, parse_overrides
+    from unetsl.data.attach import AttachDialogue, add_source, remove_sources, source_lines
+    from unetsl.data.sources import (
         FILES,
         PAIRED,
         SOURCE_SETTINGS,

@@ -1,7 +1,7 @@
 """The urwid screen of attach_data_sources: a line-by-line transcript with one input line.
 
 It looks and answers like the original's plain prompts: the questions of
-:class:`unetsl.attach.AttachDialogue` scroll up as a transcript, the current question is
+:class:`unetsl.data.attach.AttachDialogue` scroll up as a transcript, the current question is
 the caption of the input line, Enter answers it, Tab completes file names (twice shows the
 choices, like readline), Esc or Ctrl-C leaves without saving.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import urwid
 
-from unetsl.attach import AttachDialogue, complete_path
+from unetsl.data.attach import AttachDialogue, complete_path
 
 PALETTE = [
     ("error", "light red", ""),

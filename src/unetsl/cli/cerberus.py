@@ -78,7 +78,7 @@ def create(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     (three heads: distance, membrane-scale, membrane-crop) instead of a plain U-Net, and a
     plain (non-cerberus) config is refused.
     """
-    from unetsl.cerberus import CerberusConfig
+    from unetsl.config.cerberus_layout import CerberusConfig
 
     path = Path(config_file)
     if not path.parent.is_dir():

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import click
 
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
-from unetsl.config import Config
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 
 if TYPE_CHECKING:
-    from unetsl.cerberus import CerberusConfig
+    from unetsl.config.cerberus_layout import CerberusConfig
 
 
 def _validate_edit(path: Path):
@@ -38,7 +38,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     path = Path(config_file)
     if not path.parent.is_dir():
         raise UnetslError(f"{path}: folder {path.parent} does not exist")
-    from unetsl.cerberus import is_cerberus_file
+    from unetsl.config.cerberus_layout import is_cerberus_file
 
     if is_cerberus_file(path):
         create_cerberus(path, overrides, batch)
@@ -56,7 +56,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
         config = Config(edited, path=path)
     config.validate()
 
-    from unetsl.model import build_model_from_config, describe_model, save_model
+    from unetsl.nets.model_files import build_model_from_config, describe_model, save_model
 
     model = build_model_from_config(config)
     if path.exists():
@@ -78,7 +78,8 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
     ``config`` is the starting config when it is not read from ``path``: ``cerberus create``
     passes the defaults for a new file, which is then always written.
     """
-    from unetsl.cerberus import CerberusConfig, build_cerberus
+    from unetsl.config.cerberus_layout import CerberusConfig
+    from unetsl.nets.heads import build_cerberus
 
     config = CerberusConfig.load(path) if config is None else config
     config.apply_overrides(overrides)
@@ -104,7 +105,7 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
         config = CerberusConfig({**data, "heads": heads}, path)
         changed = True
 
-    from unetsl.model import describe_model, save_model
+    from unetsl.nets.model_files import describe_model, save_model
 
     model = build_cerberus(config)
     if changed:

@@ -35,17 +35,26 @@ CELL_METHODS = ("components", "watershed", "none")
               help="Also draw the middle plane of --image with the prediction and the truth.")
 @click.option("--image", "image_file", type=click.Path(dir_okay=False),
               help="The image that was predicted (for --overlay).")
+@click.option("--instances", is_flag=True,
+              help="PREDICTION is a cell label image (segment_cells' output): score cell "
+                   "instances (F1, AP, adapted Rand error, VOI, identity kept over time) "
+                   "against TRUTH's cell ids (or the cells its membrane labels enclose).")
 @one_line_errors(tensorflow=False)
 def main(prediction: str, truth: str, labeller: str, n_labels: int | None, tolerance: float,
          cells: str, min_cell_size: int, iou_threshold: float, json_file: str | None,
-         overlay_file: str | None, image_file: str | None) -> None:
+         overlay_file: str | None, image_file: str | None, instances: bool) -> None:
     """Score PREDICTION (a label image from predict_image) against TRUTH (the true labels).
 
     Prints per label IoU, Dice/F1, precision and recall, the same within --tolerance pixels
     for skeleton labels (membranes), and cell-instance precision, recall, F1 and mean IoU
     of the cells matched at IoU > 0.5. Both images must have the same shape.
     """
-    from unetsl.evaluate import evaluate_files, write_json
+    if overlay_file and not image_file:
+        raise click.UsageError("--overlay needs --image (the image that was predicted)")
+    if instances:
+        _instances(prediction, truth, json_file, overlay_file, image_file)
+        return
+    from unetsl.evaluate.scores import evaluate_files, write_json
 
     result = evaluate_files(prediction, truth, labeller=labeller, n_labels=n_labels,
                             tolerance=tolerance, cells=None if cells == "none" else cells,
@@ -55,13 +64,31 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
         write_json(result, json_file)
         click.echo(f"wrote {json_file}")
     if overlay_file:
-        from unetsl.io import read_image
-        from unetsl.overlay import overlay_png
+        from unetsl.evaluate.overlay import overlay_png
+        from unetsl.io.tiff import read_image
 
-        if not image_file:
-            raise click.UsageError("--overlay needs --image (the image that was predicted)")
         overlay_png(overlay_file, read_image(image_file).data, read_image(prediction).data,
                     read_image(truth).data)
+        click.echo(f"wrote {overlay_file}")
+
+
+def _instances(prediction: str, truth: str, json_file: str | None, overlay_file: str | None,
+               image_file: str | None) -> None:
+    import json
+
+    from unetsl.atomic import atomic_write_text
+    from unetsl.evaluate.instances import evaluate_instance_files, instance_table
+
+    scores = evaluate_instance_files(prediction, truth)
+    click.echo(instance_table(scores))
+    if json_file:
+        atomic_write_text(json_file, json.dumps(scores, indent=2) + "\n")
+        click.echo(f"wrote {json_file}")
+    if overlay_file:
+        from unetsl.evaluate.overlay import cells_png
+        from unetsl.io.tiff import read_image
+
+        cells_png(overlay_file, read_image(image_file).data, read_image(prediction).data)
         click.echo(f"wrote {overlay_file}")
 
 

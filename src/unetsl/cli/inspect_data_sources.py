@@ -37,15 +37,16 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
     A cerberus config (with "unet" and "heads") shows each head's target channels as
     training makes them from the raw label bits, at the head's own resolution.
     """
-    from unetsl.cerberus import CerberusTraining
-    from unetsl.config import Config
-    from unetsl.inspect import build_pages, save_figure, show
+    from unetsl.config.cerberus_layout import CerberusTraining
+    from unetsl.config.model_config import Config
+    from unetsl.data.inspect import build_pages, save_figure, show
 
     cfg = Config.load(Path(config_file))
     cfg.apply_overrides(overrides)
     patch_shape, n_labels = list(cfg["input shape"]), int(cfg["n labels"])
     if cfg.model_path.exists():
-        from unetsl.model import load_model, model_patch_shape
+        from unetsl.nets.model_files import load_model
+        from unetsl.nets.shapes import model_patch_shape
 
         model = load_model(cfg.model_path)
         patch_shape = list(model_patch_shape(model))

@@ -69,10 +69,15 @@ class Progress:
                    "(tcp://host:8786) or a scheduler file (scheduler.json).")
 @click.option("--levels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Resolution levels of an OME-Zarr output (each halves y and x).")
+@click.option("--cells", is_flag=True,
+              help="Then segment cells from the probabilities as segment_cells does (implies "
+                   '--probabilities): cells-<output>, tracked; cell keys as -D "cell ...".')
+@click.option("--table", type=click.Path(dir_okay=False), metavar="FILE.csv",
+              help="With --cells: write the cell measurements as CSV.")
 @one_line_errors
 def main(model_file: str, image_file: str, output_file: str | None, overrides: tuple[str, ...],
          batch: bool, gpus: int, all_outputs: bool, probabilities: bool, dask: str | None,
-         levels: int) -> list[Path] | None:
+         levels: int, cells: bool, table: str | None) -> list[Path] | None:
     """Predict IMAGE_FILE with MODEL_FILE (.h5 or .keras) and write a label TIFF.
 
     IMAGE_FILE is a TIFF, a zarr / OME-Zarr folder or a .npy file of any size; it is read
@@ -83,13 +88,20 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     OUTPUT_FILE ending in .zarr or .ome.zarr is written as OME-Zarr.
     """
     from unetsl.errors import UnetslError
-    from unetsl.predict_job import PredictionJob
+    from unetsl.predict.job import PredictionJob
 
+    overrides, cell_overrides = _split_cell_overrides(overrides)
+    if table and not cells:
+        raise UnetslError("--table needs --cells (the measurements are of the cells)")
+    if cells:
+        from unetsl.cli.segment_cells import cell_settings
+
+        cell_settings(cell_overrides, None)  # a bad cell key stops here, before predicting
     for name, what in ((model_file, "model file"), (image_file, "image")):
         if not Path(name).exists():
             raise UnetslError(f"{name}: no such {what}")
     if dask is not None:
-        from unetsl.distributed import parse_scheduler
+        from unetsl.predict.dask_cluster import parse_scheduler
 
         parse_scheduler(dask)  # a bad value stops here, before the model loads
     job = PredictionJob.create(Path(model_file), Path(image_file),
@@ -107,13 +119,30 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
         job.update(edited)
     progress = Progress()
     try:
-        written = job.run(probabilities=probabilities, gpus=gpus, progress=progress,
+        written = job.run(probabilities=probabilities or cells, gpus=gpus, progress=progress,
                           dask=dask, levels=levels)
     finally:
         progress.close()
     for path in written:
         click.echo(f"wrote {path}")
-    return list(written)  # for wrappers (cerberus predict); click ignores it
+    written = list(written)
+    if cells:
+        from unetsl.cli.segment_cells import run_cells
+
+        maps = [p for p in written if Path(p).name.split(".")[0].endswith("-prob")]
+        if not maps:
+            raise UnetslError("--cells: the prediction wrote no probability map")
+        result = run_cells(maps[0], None, mode="membrane", channel=0, overrides=cell_overrides,
+                           min_size=None, table=table, rois=None, meshes=None,
+                           mesh_format="ply", no_tracking=False)
+        written.extend(result.written)
+    return written  # for wrappers (cerberus predict); click ignores it
+
+
+def _split_cell_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """-D values for the prediction and those for --cells (keys that start with "cell")."""
+    cell = tuple(o for o in overrides if o.strip().lower().startswith("cell"))
+    return tuple(o for o in overrides if o not in cell), cell
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from unetsl.cerberus import CerberusTraining
 from unetsl.cli.common import (
     batch_option,
     define_option,
@@ -16,7 +15,8 @@ from unetsl.cli.common import (
     interactive,
     one_line_errors,
 )
-from unetsl.config import Config
+from unetsl.config.cerberus_layout import CerberusTraining
+from unetsl.config.model_config import Config
 
 
 def _explicit_gpus(gpus: int) -> int | None:
@@ -55,13 +55,14 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     its "training" section is written into NAME.json when missing.
     """
     from unetsl.cli.common import import_tensorflow_quietly
-    from unetsl.multiworker import cluster_strategy, in_cluster, is_chief
+    from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
     # under srun with several tasks, or TF_CONFIG: one worker of a multi-worker training;
     # TensorFlow needs that strategy before anything else starts it
     strategy = cluster_strategy() if in_cluster() else None
     import_tensorflow_quietly()
-    from unetsl.train import check_training_config, train
+    from unetsl.training.setup import check_training_config
+    from unetsl.training.train import train
 
     chief = is_chief(strategy)
     if strategy is not None:

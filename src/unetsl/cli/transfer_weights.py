@@ -25,8 +25,8 @@ def main(origin: str, target: str, output: str, inverted: bool, quiet: bool) -> 
     the remaining layers with weights. Every copy and skip is listed. OUTPUT defaults to
     transferred.h5; .keras works too. Models of the original (Keras 2) load as they are.
     """
-    from unetsl.model import load_model, save_model
-    from unetsl.transfer import describe_layers, transfer_weights
+    from unetsl.nets.model_files import load_model, save_model
+    from unetsl.nets.transfer import describe_layers, transfer_weights
 
     source_path, target_path = (target, origin) if inverted else (origin, target)
     source = load_model(source_path)

@@ -1,0 +1,117 @@
+"""segment_cells: cells from a probability map, tracked over time, measured, exported."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from unetsl.cli.common import define_option, one_line_errors
+
+
+def cell_options(func):
+    """The options segment_cells and predict_image --cells share."""
+    options = [
+        click.option("--from", "mode", type=click.Choice(("membrane", "foreground")),
+                     default="membrane", show_default=True,
+                     help="membrane: cells are the regions enclosed by membranes; "
+                          "foreground: objects such as nuclei on a foreground map."),
+        click.option("--channel", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Channel of the membrane (or foreground) probability."),
+        click.option("--min-size", type=click.IntRange(min=0), default=None, metavar="N",
+                     help='Smallest cell in pixels (voxels in 3D); same as -D "cell min size=N".'),
+        click.option("--table", type=click.Path(dir_okay=False), metavar="FILE.csv",
+                     help="Write the measurements, one row per cell per time point."),
+        click.option("--rois", type=click.Path(dir_okay=False), metavar="FILE.zip",
+                     help="Write the cell outlines as an ImageJ ROI set (2D, 2D+time)."),
+        click.option("--meshes", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Write one mesh per cell (3D stacks), PLY unless --mesh-format."),
+        click.option("--mesh-format", type=click.Choice(("ply", "stl", "obj")), default="ply",
+                     show_default=True, help="File format of --meshes."),
+        click.option("--no-tracking", is_flag=True,
+                     help="Do not link cells over time points (ids restart per frame)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def cell_settings(overrides: tuple[str, ...], min_size: int | None):
+    """The cell settings from -D "key=value" (cell keys only) and --min-size."""
+    from unetsl.cells.settings import CellSettings
+    from unetsl.config.model_config import parse_overrides
+
+    values = parse_overrides(overrides)
+    if min_size is not None:
+        values["cell min size"] = min_size
+    return CellSettings.from_overrides(values)
+
+
+class FrameProgress:
+    """One line per time point when not on a terminal, a tqdm bar on one."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="frame", file=sys.stderr, leave=False)
+            self.bar.update(done - self.bar.n)
+        elif total > 1:
+            click.echo(f"time point {done}/{total} segmented", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_cells(probabilities, output, *, mode, channel, overrides, min_size, table, rois,
+              meshes, mesh_format, no_tracking):
+    """Segment and report; shared by segment_cells and predict_image --cells."""
+    from unetsl.cells.files import segment_file
+
+    progress = FrameProgress()
+    try:
+        result = segment_file(probabilities, output, mode=mode, channel=channel,
+                              settings=cell_settings(overrides, min_size), table=table,
+                              rois=rois, meshes=meshes, mesh_format=mesh_format,
+                              tracking=not no_tracking, progress=progress)
+    finally:
+        progress.close()
+    n_cells = len(set(result.table["id"].tolist())) if len(result.table["id"]) else 0
+    frames = result.labels.shape[0]
+    tracked = f", {len(result.tracks)} tracks" if result.tracks else ""
+    click.echo(f"cells: {n_cells} in {frames} time point(s){tracked}")
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    return result
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("probabilities", type=click.Path())
+@click.argument("output", required=False, type=click.Path())
+@cell_options
+@define_option
+@one_line_errors(tensorflow=False)
+def main(probabilities: str, output: str | None, mode: str, channel: int, min_size: int | None,
+         table: str | None, rois: str | None, meshes: str | None, mesh_format: str,
+         no_tracking: bool, overrides: tuple[str, ...]) -> None:
+    """Turn PROBABILITIES into cells and write them as a label image (OUTPUT).
+
+    PROBABILITIES is the float map that predict_image --probabilities writes (channel 0 =
+    membrane) or any float TIFF / zarr in [0, 1]. A time series is tracked: a cell keeps
+    its id in every frame, a division ends the parent and starts two daughters (written to
+    <output>-res_track.txt, the Cell Tracking Challenge format). The default OUTPUT is
+    cells-<input>.tif (.ome.zarr for a zarr input: napari opens it as a Labels layer).
+    Settings are -D "key=value" (see the README's cell keys).
+    """
+    run_cells(probabilities, output, mode=mode, channel=channel, overrides=overrides,
+              min_size=min_size, table=table, rois=rois, meshes=meshes,
+              mesh_format=mesh_format, no_tracking=no_tracking)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The one model/training config: the JSON file, -D overrides, validation and saving.
+
+Keys keep the original ActiveUnetSegmentation spelling ("input shape", "n labels", ...)
+so that its users' JSON files load unchanged; :mod:`unetsl.config.fields` holds them.
+A file in another on-disk layout (the original's cerberus files) is read by the layout that
+recognises it (:data:`LAYOUTS`), so this module needs to know none of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from unetsl.atomic import atomic_write_text
+from unetsl.config.fields import (
+    FIELD_BY_KEY,
+    OBSOLETE,
+    OPTIONAL_KEYS,
+    canonical_key,
+    check_value,
+    closest_key,
+    defaults,
+)
+from unetsl.errors import UnetslError
+
+log = logging.getLogger("unetsl")
+
+#: Other on-disk layouts of a config: (recognises the JSON object, builds the Config).
+#: :mod:`unetsl.config.cerberus_layout` adds the original's multi-head files on import.
+LAYOUTS: list[tuple[Callable[[dict], bool], Callable[[dict, Path], Config]]] = []
+
+
+class Config:
+    """A model config: the original's keys with defaults filled in, tied to its JSON file.
+
+    ``Config`` behaves like a mapping of the JSON keys. Unknown keys are kept (and
+    written back) after one warning that names the closest known key.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None,
+                 path: str | os.PathLike | None = None):
+        self.path: Path | None = Path(path) if path is not None else None
+        self.values: dict[str, Any] = defaults()
+        self._warned: set[str] = set()
+        if values:
+            self.update(values)
+
+    # mapping protocol -------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self.values[canonical_key(key)]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and canonical_key(key) in self.values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(canonical_key(key), default)
+
+    def keys(self) -> Iterable[str]:
+        return self.values.keys()
+
+    def as_dict(self) -> dict[str, Any]:
+        """A deep copy of the values, in file order."""
+        return copy.deepcopy(self.values)
+
+    # updates ----------------------------------------------------------------------
+    def update(self, values: Mapping[str, Any], *, source: str | None = None) -> None:
+        """Set keys (aliases accepted), checking each value; warns once per unknown key."""
+        where = source or (str(self.path) if self.path else "config")
+        for raw_key, value in values.items():
+            key = canonical_key(raw_key)
+            if key in OBSOLETE:
+                self._warn_once(key, f'{where}: key "{key}" is ignored: {OBSOLETE[key]}')
+                continue
+            if key not in FIELD_BY_KEY and key not in OPTIONAL_KEYS:
+                hint = closest_key(key)
+                tip = f' (did you mean "{hint}"?)' if hint else ""
+                self._warn_once(key, f'{where}: unknown key "{key}" kept as is{tip}')
+            check_value(key, value, source=where)
+            self.values[key] = copy.deepcopy(value)
+
+    def apply_overrides(self, overrides: Iterable[str]) -> dict[str, Any]:
+        """Apply ``-D "key=json"`` texts; returns what was set. The value must be JSON."""
+        parsed = parse_overrides(overrides)
+        self.update(parsed, source="-D")
+        return parsed
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    # derived values ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The model's base name: the config file name without .json."""
+        if self.path is None:
+            return "model"
+        return self.path.name[:-5] if self.path.name.endswith(".json") else self.path.stem
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent if self.path is not None else Path(".")
+
+    @property
+    def model_path(self) -> Path:
+        """``<name>.h5`` beside the config, or the "model file" key when present."""
+        explicit = self.values.get("model file")
+        if explicit:
+            p = Path(os.path.expandvars(os.path.expanduser(explicit)))
+            return p if p.is_absolute() else self.folder / p
+        return self.folder / f"{self.name}.h5"
+
+    def sibling(self, suffix: str) -> Path:
+        """A file named after the model, e.g. sibling("-latest.h5") -> <name>-latest.h5."""
+        model = self.model_path
+        base = model.name[: -len(model.suffix)] if model.suffix else model.name
+        return model.parent / f"{base}{suffix}"
+
+    # validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every key and the relations between them; one-line UnetslError on failure."""
+        where = str(self.path) if self.path else "config"
+        for key, value in self.values.items():
+            check_value(key, value, source=where)
+        depth = self.values["depth"]
+        pooling = self.values["pooling"]
+        shape = self.values["input shape"]
+        for axis, size, pool in zip("zyx", shape[1:], pooling):
+            factor = pool ** (depth - 1)
+            if size % factor:
+                raise UnetslError(
+                    f'{where}: "input shape" {axis} size {size} is not divisible by '
+                    f'"pooling" {pool} ^ ("depth" {depth} - 1) = {factor}'
+                )
+
+    # files ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> Config:
+        """Defaults updated with the JSON file's keys (a missing file gives the defaults).
+
+        A cerberus file (with "unet" and "heads") gives a
+        :class:`unetsl.config.cerberus_layout.CerberusTraining`, which saves in its own layout.
+        """
+        p = Path(path)
+        if not p.exists():
+            if must_exist:
+                raise UnetslError(f"{p}: config file does not exist")
+            return cls(path=p)
+        if p.is_dir():
+            raise UnetslError(f"{p}: is a folder, expected a .json config file")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UnetslError(
+                f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UnetslError(f"{p}: cannot read config: {err}") from None
+        if not isinstance(data, dict):
+            raise UnetslError(
+                f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
+        for recognises, build in LAYOUTS:  # e.g. a multi-head config: its training view
+            if recognises(data):
+                return build(data, p)
+        cfg = cls(path=p)
+        cfg.update(data, source=str(p))
+        return cfg
+
+    def to_json(self) -> str:
+        """The original's layout: 4-space indent, no trailing newline."""
+        return json.dumps(self.values, indent=4)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the JSON atomically (temp file + rename)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise UnetslError("config has no file name to save to")
+        atomic_write_text(target, self.to_json())
+        return target
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=json`` override, e.g. ``batch size=128`` or ``stride=[0,3,16,16]``."""
+    if "=" not in text:
+        raise UnetslError(f'-D "{text}": expected "key=value", e.g. -D "batch size=16"')
+    key, _, value = text.partition("=")
+    key = canonical_key(key)
+    if not key:
+        raise UnetslError(f'-D "{text}": missing key before "="')
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise UnetslError(
+            f'-D "{text}": could not parse value {value!r} of key "{key}" as JSON '
+            '(strings need quotes: -D \'key="text"\')'
+        ) from None
+    return key, parsed
+
+
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """Parse several ``-D`` texts; later ones win."""
+    result: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        result[key] = value
+    return result
+
+

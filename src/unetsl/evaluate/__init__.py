@@ -1,0 +1,1 @@
+"""Scores of a prediction against true labels (pixel, tolerant skeleton, cells) and overlays."""

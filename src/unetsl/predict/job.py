@@ -1,0 +1,353 @@
+"""One predict_image run: its settings (the original's keys), loading, predicting, writing.
+
+The settings are a flat key/value table, as in the original, so that -D and the editor
+work on them the same way. ``PredictionJob.run`` reads the image lazily and writes each
+output file block by block while the tiles are predicted (see ``unetsl.predict.engine``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetsl.config.model_config import parse_overrides
+from unetsl.errors import UnetslError
+
+log = logging.getLogger("unetsl")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _reduction_ok(v: Any) -> bool:
+    if v is None or (_is_int(v) and v in (0, 1, 2)):
+        return True
+    return isinstance(v, dict) and all(_is_int(x) and x in (0, 1, 2) for x in v.values())
+
+
+SETTING_CHECKS = {
+    "model file": (lambda v: isinstance(v, str) and v != "", "a file name"),
+    "image to predict": (lambda v: isinstance(v, str) and v != "", "a file name"),
+    "output image": (lambda v: isinstance(v, str) and v != "", "a file name"),
+    "reduction type": (_reduction_ok, "0 (categorical), 1 (multiclass), 2 (linear), null (from "
+                       "the output activation) or {output name: 0|1|2}"),
+    "output index": (lambda v: _is_int(v) or v == "all", 'an integer (-1 = last) or "all"'),
+    "normalize samples": (lambda v: isinstance(v, bool), "true or false"),
+    "batch size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
+                                        and all(_is_int(i) and i >= 0 for i in v)),
+                "null (from the receptive field) or 3 integers >= 0 (z, y, x)"),
+    "tile shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
+                                           and all(_is_int(i) and i >= 1 for i in v)),
+                   "null (chosen for the image and batch size) or 3 integers >= 1 (z, y, x)"),
+}
+
+
+_ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+
+
+def training_config_path(model: Path) -> Path | None:
+    """The JSON config a model was made from: NAME.json beside NAME[-best|-latest].h5."""
+    base = model.name[: -len(model.suffix)] if model.suffix else model.name
+    for suffix in ("-best", "-latest", "-batch"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    candidate = model.with_name(base + ".json")
+    return candidate if candidate.is_file() else None
+
+
+def _training_setting(model: Path, key: str, default: Any) -> Any:
+    """A setting the model was trained with, so prediction sees inputs as training did."""
+    path = training_config_path(Path(model))
+    if path is None:
+        return default
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    if not isinstance(data, dict):
+        return default
+    if "unet" in data and "heads" in data:  # a cerberus config keeps them under "training"
+        data = data.get("training") if isinstance(data.get("training"), dict) else {}
+    return data.get(key, default)
+
+
+def _zarr_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in _ZARR_SUFFIXES if name.endswith(s)), None)
+
+
+def default_output_path(model_path: Path, image_path: Path) -> Path:
+    """pred-<model name without suffix>-<image file name>, in the working folder: a .tif, or
+    an .ome.zarr for a zarr image."""
+    model_path, image_path = Path(model_path), Path(image_path)
+    base = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
+    image = image_path.name.rstrip("/")
+    zarr_suffix = _zarr_suffix(image_path)
+    if zarr_suffix is not None:
+        image = image[: -len(zarr_suffix)] + ".ome.zarr"
+    elif not image.lower().endswith((".tif", ".tiff")):
+        image = (image[: -len(image_path.suffix)] if image_path.suffix else image) + ".tif"
+    return Path(f"pred-{base}-{image}")
+
+
+def _with_suffix(path: Path, extra: str) -> Path:
+    """out.tif + "-prob" -> out-prob.tif (out.ome.zarr -> out-prob.ome.zarr)."""
+    zarr_suffix = _zarr_suffix(path)
+    if zarr_suffix is not None:
+        return path.with_name(f"{path.name[: -len(zarr_suffix)]}{extra}"
+                              f"{path.name[-len(zarr_suffix):]}")
+    suffix = path.suffix if path.suffix.lower() in (".tif", ".tiff") else ".tif"
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(f"{stem}{extra}{suffix}")
+
+
+class _FileSink:
+    """Reduces finished blocks of one output and writes labels (and probabilities)."""
+
+    def __init__(self, labels, reduction: str, probabilities=None):
+        self.labels, self.reduction, self.probabilities = labels, reduction, probabilities
+
+    def write(self, t: int, region, block: np.ndarray) -> None:
+        from unetsl.predict.reduce import reduce
+
+        self.labels.write(t, region, reduce(block, self.reduction, channel_axis=0))
+        if self.probabilities is not None:
+            self.probabilities.write(t, region, block)
+
+    def parallel(self) -> _FileSink | None:
+        """A twin that Dask workers write themselves (zarr outputs), else None."""
+        parts = [self.labels] + ([self.probabilities] if self.probabilities is not None else [])
+        if not all(hasattr(p, "parallel") for p in parts):
+            return None
+        return _FileSink(self.labels.parallel(), self.reduction,
+                         self.probabilities.parallel() if self.probabilities is not None
+                         else None)
+
+
+def _strategy(gpus: int):
+    """A MirroredStrategy over ``gpus`` GPUs (unetsl.nets.devices), or None for one device."""
+    if gpus <= 1:
+        return None
+    from unetsl.nets.devices import distribution_strategy, visible_gpus
+
+    if len(visible_gpus()) <= 1:
+        return None
+    strategy = distribution_strategy(gpus)
+    return strategy if strategy.num_replicas_in_sync > 1 else None
+
+
+@dataclass
+class PredictionJob:
+    """Settings of one prediction, editable as the original's key/value table."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: Path, image: Path, output: Path | None = None, *,
+               all_outputs: bool = False) -> PredictionJob:
+        return cls({
+            "model file": str(model),
+            "image to predict": str(image),
+            "output image": str(output or default_output_path(model, image)),
+            "reduction type": None,
+            "output index": "all" if all_outputs else -1,
+            "normalize samples": bool(_training_setting(model, "normalize samples", False)),
+            "batch size": 16,
+            "overlap": None,
+            "tile shape": None,
+        })
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def check_settings(self, values: dict[str, Any]) -> None:
+        """UnetslError naming the first unknown key or bad value."""
+        for key, value in values.items():
+            if key not in SETTING_CHECKS:
+                raise UnetslError(f'unknown prediction setting "{key}"; known: '
+                                  + ", ".join(f'"{k}"' for k in SETTING_CHECKS))
+            check, kind = SETTING_CHECKS[key]
+            if not check(value):
+                raise UnetslError(f'prediction setting "{key}" must be {kind}, got {value!r}')
+
+    def update(self, values: dict[str, Any]) -> None:
+        self.check_settings(values)
+        self.values.update(values)
+
+    def apply_overrides(self, overrides: tuple[str, ...] | list[str]) -> None:
+        self.update(parse_overrides(overrides))
+
+    # ---------------------------------------------------------------------------------
+    def _reductions(self, model, indices: list[int]) -> list[str]:
+        from unetsl.nets.shapes import output_activations
+        from unetsl.predict.reduce import reduction_for_activation, reduction_name
+
+        activations = output_activations(model)
+        names = list(model.output_names)
+        setting = self.values["reduction type"]
+        if isinstance(setting, dict):
+            unknown = sorted(set(setting) - set(names))
+            if unknown:
+                raise UnetslError(f'"reduction type": unknown output {unknown[0]!r}; the model '
+                                  f"outputs are {', '.join(names)}")
+        result = []
+        for index in indices:
+            value = setting.get(names[index]) if isinstance(setting, dict) else setting
+            result.append(reduction_for_activation(activations[index]) if value is None
+                          else reduction_name(value))
+        return result
+
+    def output_paths(self, model) -> list[Path]:
+        """The label file of each selected output (one per output with "all")."""
+        out = Path(self.values["output image"])
+        indices = self._indices(model)
+        if len(indices) == 1 and self.values["output index"] != "all" or len(model.outputs) == 1:
+            return [out]
+        return [_with_suffix(out, f"-{model.output_names[i]}") for i in indices]
+
+    def _indices(self, model) -> list[int]:
+        n = len(model.outputs)
+        index = self.values["output index"]
+        if index == "all":
+            return list(range(n))
+        if not -n <= index < n:
+            raise UnetslError(f'"output index" {index} is out of range: the model has {n} '
+                              "output(s)")
+        return [index % n]
+
+    def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None,
+            model=None, dask: Any = None, levels: int = 1) -> list[Path]:
+        """Load, predict every time point, reduce and write; returns the files written.
+
+        model : an already loaded Keras model to use instead of "model file" (benchmarks,
+            notebooks). progress : see ``unetsl.predict.engine.Progress``.
+        dask : a --dask value ("local:N", "slurm:N", a scheduler address or file) or a
+            ``distributed.Client``: the blocks are predicted on its workers
+            (``unetsl.predict.dask_blocks``), each loading "model file" itself.
+        levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
+        """
+        from unetsl.atomic import atomic_path
+        from unetsl.io.arrays import ArraySource
+        from unetsl.io.lazy import OutputTiff, open_image
+        from unetsl.io.tiff import match_channels, read_image
+        from unetsl.nets.model_files import load_model
+        from unetsl.nets.shapes import model_patch_shape
+        from unetsl.predict.adapter import KerasTiles
+        from unetsl.predict.engine import predict_to_sinks
+        from unetsl.predict.reach import receptive_reach
+        from unetsl.predict.reduce import label_dtype
+        from unetsl.predict.tiling import model_for_tiles
+
+        self.check_settings(self.values)
+        strategy = None
+        if model is None:
+            strategy = _strategy(gpus)
+            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+            with scope:
+                model = load_model(self.values["model file"])
+        c, z, _, _ = model_patch_shape(model)
+        source_name = self.values["image to predict"]
+        image = open_image(source_name, depth_wanted=z)
+        source = image.data
+        if source.shape[1] != c:  # the original's channel rules need the whole array
+            eager = read_image(source_name, depth_wanted=z)
+            source = ArraySource(match_channels(eager.data, c, source=source_name))
+        indices = self._indices(model)
+        reductions = self._reductions(model, indices)
+        reach = receptive_reach(model)
+        overlap = self.values["overlap"]
+        overlap = tuple(overlap) if overlap is not None else None
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            model, per_batch = model_for_tiles(
+                model, source.shape[2:], batch_size=self.values["batch size"], overlap=overlap,
+                tile=self.values.get("tile shape"), reach=reach)
+        tiles = KerasTiles(model, indices, distributed=strategy is not None)
+        paths = self.output_paths(model)
+        t, _, zs, ys, xs = source.shape
+        written: list[Path] = []
+        like = _zarr_like(source_name, z)
+        with contextlib.ExitStack() as stack:
+            client = None
+            if dask is not None:  # first in, last out: the outputs close before the cluster
+                from unetsl.predict.dask_cluster import dask_client
+
+                client = stack.enter_context(dask_client(dask) if isinstance(dask, str)
+                                             else contextlib.nullcontext(dask))
+            sinks = []
+            for path, n, reduction in zip(paths, tiles.channels, reductions):
+                label_channels = n if reduction == "linear" else 1
+                files = [(path, (t, label_channels, zs, ys, xs), label_dtype(reduction, n))]
+                if probabilities:
+                    files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
+                opened = []
+                for k, (target, shape, dtype) in enumerate(files):
+                    if _zarr_suffix(Path(target)) is not None:
+                        opened.append(_open_zarr_output(
+                            stack, Path(target), shape, dtype, image, like, levels=levels,
+                            labels=k == 0 and np.dtype(dtype).kind in "ui", client=client))
+                    else:
+                        tmp = stack.enter_context(atomic_path(target))
+                        opened.append(stack.enter_context(OutputTiff(
+                            tmp, shape, dtype, spacing=image.spacing, unit=image.unit,
+                            time_as_depth=image.time_as_depth)))
+                    written.append(target)
+                sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
+            if client is not None:
+                from unetsl.predict.dask_blocks import predict_to_sinks_dask
+
+                run = predict_to_sinks_dask(
+                    client, self.values["model file"],
+                    source_name if source is image.data else source, sinks, tile_model=tiles,
+                    reach=reach, output_indices=tiles.indices,
+                    depth_wanted=z, batch_size=per_batch, overlap=overlap,
+                    normalize=self.values["normalize samples"], progress=progress,
+                    shape=source.shape)
+                self.last_dask_run = run
+                log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
+                         f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
+                         f"{run.tiles} ({run.redundancy:.2f}x)")
+                return written
+            plan = predict_to_sinks(tiles, source, sinks, reach=reach, batch_size=per_batch,
+                                    overlap=overlap,
+                                    normalize=self.values["normalize samples"],
+                                    progress=progress)
+            log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
+                     plan.patch, per_batch, plan.overlap)
+        return written
+
+
+def _zarr_like(name: str, depth_wanted: int):
+    """The zarr input's axes and chunks, which zarr outputs copy (None for other inputs)."""
+    from unetsl.io.omezarr import is_zarr_path, open_zarr
+
+    if not is_zarr_path(name):
+        return None
+    try:
+        return open_zarr(name, depth_wanted=depth_wanted)
+    except UnetslError:
+        return None
+
+
+def _open_zarr_output(stack: contextlib.ExitStack, target: Path, shape, dtype, image, like, *,
+                      levels: int, labels: bool, client: Any):
+    """An OME-Zarr output written to a temporary folder that replaces ``target`` when done."""
+    from unetsl.io.omezarr_write import OutputOmeZarr, atomic_dir, output_axes
+
+    tmp = stack.enter_context(atomic_dir(target))
+    axes = output_axes(like.axes if like is not None else None, shape, image.time_as_depth)
+    chunks = (1, 1, *like.chunks[2:]) if like is not None else None
+    out = OutputOmeZarr(tmp, shape, dtype, axes=axes, chunks=chunks, spacing=image.spacing,
+                        unit=image.unit, time_as_depth=image.time_as_depth, levels=levels,
+                        labels=labels, name=target.name.split(".")[0])
+    out.client = client  # lower resolution levels as Dask tasks too
+    return stack.enter_context(out)
