@@ -1,0 +1,162 @@
+"""Cell results in the formats people open them with: Fiji (TIFF, ROI sets) and mesh viewers.
+
+Every writer goes through a temporary file in the destination folder and ``os.replace``, so an
+interrupted run never leaves a truncated file that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import roifile
+import tifffile
+import trimesh
+from scipy import ndimage as ndi
+from skimage.measure import find_contours, marching_cubes
+
+from unetsl.cells.segment import check_spacing
+from unetsl.errors import UnetslError
+
+MESH_FORMATS = ("ply", "stl", "obj")
+_FLOAT32_EXACT = 2**24  # float32 holds every integer up to this exactly
+
+
+def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> Path:
+    """Run write(temp path) in path's folder, then move the temp file onto path."""
+    if not path.parent.is_dir():
+        raise UnetslError(f"folder for {path} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _labels4d(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 4 or not np.issubdtype(labels.dtype, np.integer):
+        raise UnetslError(f"labels must be integer (t, z, y, x), got shape {labels.shape} "
+                          f"dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise UnetslError(f"labels must be >= 0, got minimum {labels.min()}")
+    return labels
+
+
+def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray,
+                      spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "micron") -> Path:
+    """Write (t, z, y, x) labels as an ImageJ TZYX hyperstack with its scale.
+
+    ImageJ TIFFs hold uint8/16 or float32 but not 32-bit integers, so ids up to 65535 are
+    written as uint16 and larger ones as float32, which keeps ids exact (below 2**24) and keeps
+    track ids equal to those of the CSV tables (renumbering would break that link).
+    """
+    labels = _labels4d(labels)
+    z, y, x = check_spacing(spacing)
+    top = int(labels.max()) if labels.size else 0
+    if top <= np.iinfo(np.uint16).max:
+        data = labels.astype(np.uint16)
+    elif top < _FLOAT32_EXACT:
+        data = labels.astype(np.float32)
+    else:
+        raise UnetslError(f"label id {top} too large for an ImageJ TIFF {path} (max 2**24)")
+    metadata = {"axes": "TZYX", "spacing": z, "unit": unit}
+
+    def write(tmp: str) -> None:
+        tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
+                         metadata=metadata)
+
+    return _atomic(Path(path), write, ".tif")
+
+
+def cell_outline(mask: np.ndarray) -> np.ndarray:
+    """The longest outline (n, 2) as (y, x) of a 2D mask, half-way between in and out pixels."""
+    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    return max(contours, key=len) - 1.0
+
+
+def write_roi_zip(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an ImageJ ROI set: one polygon per cell per frame, named by its id, at its frame.
+
+    Entry names in the zip are ``<id>-t<frame>`` (unique); each ROI's own name is the id.
+    Polygon vertices are in ImageJ pixel coordinates (pixel i spans i..i+1). 2D only: a 3D
+    cell has no single outline.
+    """
+    labels = _labels4d(labels)
+    if labels.shape[1] != 1:
+        raise UnetslError(f"ROI sets hold 2D outlines; labels {labels.shape} have "
+                          f"{labels.shape[1]} z planes (use write_meshes for 3D)")
+    rois, names = [], []
+    n_t = labels.shape[0]
+    for t in range(n_t):
+        frame = labels[t, 0]
+        for index, box in enumerate(ndi.find_objects(frame)):
+            if box is None:
+                continue
+            cell = index + 1
+            outline = cell_outline(frame[box] == cell)
+            points = outline[:, ::-1] + [box[1].start + 0.5, box[0].start + 0.5]
+            roi = roifile.ImagejRoi.frompoints(points, name=str(cell),
+                                               t=t if n_t > 1 else None)  # 0-based
+            roi.roitype = roifile.ROI_TYPE.POLYGON
+            rois.append(roi)
+            names.append(f"{cell}-t{t + 1}")
+    if not rois:
+        raise UnetslError(f"no cells to write to {path}: labels are all zero")
+
+    def write(tmp: str) -> None:
+        roifile.roiwrite(tmp, rois, name=names, mode="w")
+
+    return _atomic(Path(path), write, ".zip")
+
+
+def cell_mesh(mask: np.ndarray, spacing: Sequence[float], offset: Sequence[float] = (0, 0, 0)
+              ) -> trimesh.Trimesh:
+    """A closed triangle mesh of a 3D mask in physical units (z, y, x vertex order)."""
+    verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5,
+                                        spacing=tuple(spacing))
+    verts = verts - np.asarray(spacing) + np.asarray(offset) * np.asarray(spacing)
+    mesh = trimesh.Trimesh(verts, faces, process=True)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def write_meshes(folder: str | os.PathLike, labels: np.ndarray,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0), fmt: str = "ply") -> list[Path]:
+    """Write one mesh per 3D cell per frame, ``cell-<id>-t<frame>.<fmt>``; returns the paths.
+
+    Vertices are (z, y, x) in physical units (marching cubes with the spacing), so volumes and
+    areas measured in a mesh tool match the CSV table.
+    """
+    labels = _labels4d(labels)
+    spacing = check_spacing(spacing)
+    if fmt not in MESH_FORMATS:
+        raise UnetslError(f"mesh format {fmt!r} must be one of {MESH_FORMATS}")
+    if labels.shape[1] < 2:
+        raise UnetslError(f"meshes need 3D labels; labels {labels.shape} have one z plane")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in range(labels.shape[0]):
+        frame = labels[t]
+        for index, box in enumerate(ndi.find_objects(frame)):
+            if box is None:
+                continue
+            cell = index + 1
+            mesh = cell_mesh(frame[box] == cell, spacing, [s.start for s in box])
+            payload = mesh.export(file_type=fmt)
+            data = payload.encode() if isinstance(payload, str) else payload
+
+            def write(tmp: str, data: bytes = data) -> None:
+                Path(tmp).write_bytes(data)
+
+            written.append(_atomic(folder / f"cell-{cell:05d}-t{t:03d}.{fmt}", write))
+    return written
