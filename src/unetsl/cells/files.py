@@ -119,7 +119,10 @@ def segment_file(
     maps = np.empty((n_t, *image.shape[2:]), dtype=np.float32)
     for t in range(n_t):
         maps[t] = image.data.read(t, *whole)[channel]
-    labels = segment(maps, mode=mode, spacing=image.spacing, settings=settings)
+    try:
+        labels = segment(maps, mode=mode, spacing=image.spacing, settings=settings)
+    except UnetslError as err:  # name the file: the message speaks of "probabilities"
+        raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
     if progress is not None:
         progress(n_t, n_t)
     tracks: list[Any] = []

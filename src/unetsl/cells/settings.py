@@ -8,6 +8,7 @@ unetsl) can override them through :meth:`CellSettings.from_overrides`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +69,10 @@ class CellSettings:
         values: dict[str, Any] = {}
         for key, value in (overrides or {}).items():
             if key not in CELL_KEYS:
-                known = ", ".join(sorted(CELL_KEYS))
-                raise UnetslError(f"unknown cell setting {key!r}; known keys: {known}")
+                close = difflib.get_close_matches(key, CELL_KEYS, n=1)
+                hint = (f'did you mean "{close[0]}"?' if close
+                        else "known keys: " + ", ".join(sorted(CELL_KEYS)))
+                raise UnetslError(f"unknown cell setting {key!r}; {hint}")
             field = CELL_KEYS[key][0]
             values[field] = _coerce(key, field, value)
         return cls(**values)

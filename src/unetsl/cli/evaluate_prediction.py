@@ -26,7 +26,8 @@ CELL_METHODS = ("components", "watershed", "none")
               help="Cells for the instance scores: connected non-membrane regions, the same "
                    "grown over the membrane by watershed, or none.")
 @click.option("--min-cell-size", type=click.IntRange(min=0), default=0, show_default=True,
-              metavar="PX", help="Regions smaller than this are not cells.")
+              metavar="PX", help="Regions smaller than this are not cells (with --instances: "
+                                 "left out of both images, e.g. slivers at the border).")
 @click.option("--iou-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.5,
               show_default=True, help="Cells match when their IoU is above this.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), metavar="OUT.json",
@@ -52,7 +53,7 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
     if overlay_file and not image_file:
         raise click.UsageError("--overlay needs --image (the image that was predicted)")
     if instances:
-        _instances(prediction, truth, json_file, overlay_file, image_file)
+        _instances(prediction, truth, json_file, overlay_file, image_file, min_cell_size)
         return
     from unetsl.evaluate.scores import evaluate_files, write_json
 
@@ -73,13 +74,13 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
 
 
 def _instances(prediction: str, truth: str, json_file: str | None, overlay_file: str | None,
-               image_file: str | None) -> None:
+               image_file: str | None, min_size: int) -> None:
     import json
 
     from unetsl.atomic import atomic_write_text
     from unetsl.evaluate.instances import evaluate_instance_files, instance_table
 
-    scores = evaluate_instance_files(prediction, truth)
+    scores = evaluate_instance_files(prediction, truth, min_size=min_size)
     click.echo(instance_table(scores))
     if json_file:
         atomic_write_text(json_file, json.dumps(scores, indent=2) + "\n")
