@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,30 @@ def test_predict_image_cells(tmp_path, run_script):
     assert (tmp_path / "cells.csv").exists()
     cells = read_image(tmp_path / "cells-pred.tif").data
     assert cells.shape == (2, 1, 1, 48, 48)
+
+
+def test_ome_zarr_output_is_a_label_image(movie, tmp_path, run_script):
+    pytest.importorskip("zarr")
+    result = run_script("segment_cells", str(movie / "prob.tif"), "cells.ome.zarr", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    from unetsl.io.omezarr import open_zarr
+
+    cells = open_zarr(tmp_path / "cells.ome.zarr")
+    tiff = tmp_path / "cells.tif"
+    assert run_script("segment_cells", str(movie / "prob.tif"), str(tiff),
+                      cwd=tmp_path).returncode == 0
+    np.testing.assert_array_equal(cells.data[:], read_image(tiff).data)
+    assert cells.spacing[1:] == pytest.approx((PIXEL, PIXEL))
+    metadata = json.dumps(json.loads((tmp_path / "cells.ome.zarr" / "zarr.json").read_text())
+                          if (tmp_path / "cells.ome.zarr" / "zarr.json").exists()
+                          else json.loads((tmp_path / "cells.ome.zarr" / ".zattrs").read_text()))
+    assert "image-label" in metadata  # napari's reader opens it as a Labels layer
+
+
+def test_readme_cell_key_table_is_current():
+    from unetsl.cells.settings import cell_key_table_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert cell_key_table_markdown() in readme, (
+        "README's cell key table is out of date; regenerate it with python -c 'from "
+        "unetsl.cells.settings import cell_key_table_markdown as k; print(k())'")

@@ -174,7 +174,7 @@ def _write_labels(output: Path, labels: np.ndarray, image: LazyImage) -> Path:
         axes = ("t" if data.shape[0] > 1 else "") + ("z" if data.shape[2] > 1 else "") + "yx"
         dtype = np.uint16 if labels.max() < 2**16 else np.uint32
         write_ome_zarr(output, data.astype(dtype), axes=axes, spacing=image.spacing,
-                       unit=image.unit)
+                       unit=image.unit, labels=True)  # napari opens a Labels layer
         return output
     write_labels_tiff(output, labels, image.spacing, unit=image.unit)
     return output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +152,12 @@ def _check(key: str, field: str, value: Any) -> None:
 def field_names() -> list[str]:
     """Names of all CellSettings fields (for notebooks listing the tunables)."""
     return [f.name for f in dataclasses.fields(CellSettings)]
+
+
+def cell_key_table_markdown() -> str:
+    """The README's table of cell keys, generated from ``CELL_KEYS`` and the defaults."""
+    defaults = CellSettings()
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for key, (field, doc) in CELL_KEYS.items():
+        rows.append(f"| `{key}` | `{json.dumps(getattr(defaults, field))}` | {doc} |")
+    return "\n".join(rows)
