@@ -89,6 +89,22 @@ def cell_labels(membrane: np.ndarray, *, method: str = "components",
     return cells.reshape(membrane.shape)
 
 
+def overlapping_pairs(truth: np.ndarray, predicted: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true ids, predicted ids, IoU) of every overlapping pair of non-zero labels (sparse, so
+    stacks with many thousands of cells stay cheap)."""
+    t = truth.ravel().astype(np.int64)
+    p = predicted.ravel().astype(np.int64)
+    area_t = np.bincount(t)
+    area_p = np.bincount(p)
+    both = (t > 0) & (p > 0)
+    base = int(p.max()) + 1
+    keys, inter = np.unique(t[both] * base + p[both], return_counts=True)
+    tid, pid = keys // base, keys % base
+    iou = inter / (area_t[tid] + area_p[pid] - inter)
+    return tid, pid, iou
+
+
 def match_cells(truth_cells: np.ndarray, predicted_cells: np.ndarray, *,
                 iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
     """One-to-one matches between true and predicted cells of one plane with IoU > threshold.
@@ -117,13 +133,7 @@ def match_cells(truth_cells: np.ndarray, predicted_cells: np.ndarray, *,
         return []
     if t.min() < 0 or p.min() < 0:
         raise UnetslError("cell labels must be >= 0")
-    t_sizes = np.bincount(t)
-    p_sizes = np.bincount(p)
-    both = (t > 0) & (p > 0)
-    stride = int(p.max()) + 1
-    keys, overlap = np.unique(t[both] * stride + p[both], return_counts=True)
-    ti, pi = keys // stride, keys % stride
-    iou = overlap / (t_sizes[ti] + p_sizes[pi] - overlap)
+    ti, pi, iou = overlapping_pairs(t, p)
     candidate = iou > iou_threshold
     ti, pi, iou = ti[candidate], pi[candidate], iou[candidate]
     if iou_threshold < 0.5 and ti.size:

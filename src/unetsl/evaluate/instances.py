@@ -13,24 +13,10 @@ import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unetsl.errors import UnetslError
+from unetsl.evaluate.cell_scores import overlapping_pairs
+from unetsl.evaluate.label_files import read_label_pair
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
-
-
-def overlapping_pairs(truth: np.ndarray, predicted: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(true ids, predicted ids, IoU) of every overlapping pair of non-zero labels (sparse, so
-    stacks with many thousands of cells stay cheap)."""
-    t = truth.ravel().astype(np.int64)
-    p = predicted.ravel().astype(np.int64)
-    area_t = np.bincount(t)
-    area_p = np.bincount(p)
-    both = (t > 0) & (p > 0)
-    base = int(p.max()) + 1
-    keys, inter = np.unique(t[both] * base + p[both], return_counts=True)
-    tid, pid = keys // base, keys % base
-    iou = inter / (area_t[tid] + area_p[pid] - inter)
-    return tid, pid, iou
 
 
 def match(truth: np.ndarray, predicted: np.ndarray, threshold: float = 0.5
@@ -207,18 +193,8 @@ def evaluate_instance_files(prediction_path: str | os.PathLike,
     """Instance scores of a cell label image (segment_cells' output) against the truth
     (instance ids, or a membrane label mask: see :func:`truth_instances`); objects smaller
     than ``min_size`` pixels are left out of both."""
-    from unetsl.io.tiff import read_image
-
-    prediction = read_image(prediction_path).data
-    truth = read_image(truth_path).data
-    if prediction.shape != truth.shape:
-        raise UnetslError(
-            f"{prediction_path} has shape (t, c, z, y, x) = {prediction.shape} but {truth_path} "
-            f"has {truth.shape}; the cells and the truth must be the same size")
+    prediction, truth = read_label_pair(prediction_path, truth_path, "cells")
     for name, data in ((prediction_path, prediction), (truth_path, truth)):
-        if data.shape[1] != 1:
-            raise UnetslError(f"{name} has {data.shape[1]} channels; expected a one-channel "
-                              "label image")
         if not np.issubdtype(data.dtype, np.integer) and np.any(data != np.round(data)):
             raise UnetslError(f"{name} holds fractional values; --instances compares label "
                               "images of cell ids (segment_cells' output)")

@@ -45,6 +45,7 @@ from unetsl.evaluate.cell_scores import (
     _same_shape,
     cell_scores,
 )
+from unetsl.evaluate.label_files import read_label_pair
 
 __all__ = [
     "CELL_METHODS",
@@ -339,19 +340,8 @@ def evaluate_files(prediction_path: str | os.PathLike, truth_path: str | os.Path
     Both must have the same (t, c, z, y, x) shape and one channel; errors name both files.
     ``options`` are those of :func:`evaluate`.
     """
-    from unetsl.io.tiff import read_image
-
     pred_name, true_name = str(prediction_path), str(truth_path)
-    prediction = read_image(prediction_path).data
-    truth = read_image(truth_path).data
-    if prediction.shape != truth.shape:
-        raise UnetslError(
-            f"{pred_name} has shape (t, c, z, y, x) = {prediction.shape} but {true_name} has "
-            f"{truth.shape}; the prediction and the truth must be the same size")
-    for name, data in ((pred_name, prediction), (true_name, truth)):
-        if data.shape[1] != 1:
-            raise UnetslError(f"{name} has {data.shape[1]} channels; expected a one-channel "
-                              "label image (predict_image's output, not a probability map)")
+    prediction, truth = read_label_pair(prediction_path, truth_path, "prediction")
     result = evaluate(prediction[:, 0], truth[:, 0], prediction_name=pred_name,
                       truth_name=true_name, **options)
     result.prediction, result.truth = pred_name, true_name

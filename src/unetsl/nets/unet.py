@@ -171,33 +171,10 @@ def build_unet(
     Returns a model (batch, z, y, x, c) -> (batch, z, y, x, n_labels). The head conv is
     ``output-conv`` and the activation layer (the model output) is ``output``.
     """
-    shape, kernel, pool = _check_args(
-        input_shape,
-        n_labels,
-        depth,
-        n_filters,
-        kernel_shape,
-        pooling,
-        activation,
-        spatial_dropout_rate,
-    )
-    c, z, y, x = shape
-    inputs = keras.Input(shape=(z, y, x, c), name="input")
-    outputs = _unet_stage(
-        inputs,
-        prefix="",
-        head_name="output-conv",
-        output_name="output",
-        n_labels=n_labels,
-        depth=depth,
-        n_filters=n_filters,
-        kernel=kernel,
-        pooling=pool,
-        activation=activation,
-        rate=float(spatial_dropout_rate),
-        batch_normalization=batch_normalization,
-    )
-    return keras.Model(inputs, outputs, name=name)
+    inputs, outputs = _chain(
+        input_shape, [("output-conv", "output")], n_labels, depth, n_filters, kernel_shape,
+        pooling, activation, spatial_dropout_rate, batch_normalization)
+    return keras.Model(inputs, outputs[0], name=name)
 
 
 def build_cascade(
@@ -223,41 +200,34 @@ def build_cascade(
     ``cascade_<k>-conv``.
     """
     n_stages = _positive_int(n_stages, "n stages")
-    shape, kernel, pool = _check_args(
-        input_shape,
-        n_labels,
-        depth,
-        n_filters,
-        kernel_shape,
-        pooling,
-        activation,
-        spatial_dropout_rate,
-    )
+    heads = [(f"cascade_{k}-conv", f"cascade_{k}") for k in range(n_stages)]
+    inputs, outputs = _chain(input_shape, heads, n_labels, depth, n_filters, kernel_shape,
+                             pooling, activation, spatial_dropout_rate, batch_normalization)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _chain(input_shape: Sequence[int], heads: Sequence[tuple[str, str]], n_labels: int,
+           depth: int, n_filters: int, kernel_shape: Sequence[int], pooling: Sequence[int],
+           activation: str, spatial_dropout_rate: float, batch_normalization: bool):
+    """The input and one U-Net stage per (head conv name, output name): stage 0 sees the
+    input, stage k > 0 concat(input, output of stage k-1), with layer names prefixed
+    ``cascade<k>-``. A plain U-Net is the one-stage chain."""
+    shape, kernel, pool = _check_args(input_shape, n_labels, depth, n_filters, kernel_shape,
+                                      pooling, activation, spatial_dropout_rate)
     c, z, y, x = shape
     inputs = keras.Input(shape=(z, y, x, c), name="input")
-    outputs = []
+    outputs: list = []
     stage_input = inputs
-    for k in range(n_stages):
+    for k, (head_name, output_name) in enumerate(heads):
         prefix = "" if k == 0 else f"cascade{k}-"
         if k > 0:
             stage_input = layers.Concatenate(axis=-1, name=f"{prefix}input")([inputs, outputs[-1]])
-        outputs.append(
-            _unet_stage(
-                stage_input,
-                prefix=prefix,
-                head_name=f"cascade_{k}-conv",
-                output_name=f"cascade_{k}",
-                n_labels=n_labels,
-                depth=depth,
-                n_filters=n_filters,
-                kernel=kernel,
-                pooling=pool,
-                activation=activation,
-                rate=float(spatial_dropout_rate),
-                batch_normalization=batch_normalization,
-            )
-        )
-    return keras.Model(inputs, outputs, name=name)
+        outputs.append(_unet_stage(
+            stage_input, prefix=prefix, head_name=head_name, output_name=output_name,
+            n_labels=n_labels, depth=depth, n_filters=n_filters, kernel=kernel, pooling=pool,
+            activation=activation, rate=float(spatial_dropout_rate),
+            batch_normalization=batch_normalization))
+    return inputs, outputs
 
 
 # --------------------------------------------------------------------------------------------
