@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from unetsl.errors import UnetslError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -19,6 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
+    check_writable([target])
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=folder)
     os.close(fd)
@@ -43,3 +46,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_writable(paths) -> None:
+    """Each path can be written: the nearest existing folder above it is a writable folder
+    (not a file, not read-only). Checked before long work, so nothing is computed for
+    nothing; a one-line UnetslError names the path and the culprit."""
+    for path in paths:
+        if path is None:
+            continue
+        folder = Path(os.path.abspath(path)).parent
+        for parent in (folder, *folder.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UnetslError(f"{path}: cannot write there, {parent} is a file")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise UnetslError(f"{path}: cannot write there, {parent} is read-only")
+                break

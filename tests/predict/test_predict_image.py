@@ -189,6 +189,7 @@ def test_gpus_from_environment_on_a_cpu_machine(work):
     (["casc.keras", "ts.tif", "-D", "tile shape=[2, 32, 32]"], ['"tile shape"', "Reshape"]),
     (["m2d.h5", "two-channels.tif"], ["two-channels.tif", "2 channel"]),
     (["m2d.h5", "m3d.keras"], ["m3d.keras"]),
+    (["m2d.h5", "ts.tif", "ts.tif/out.tif"], ["ts.tif/out.tif", "is a file"]),
 ])
 def test_bad_input_is_one_line_error(work, args, needles, assert_one_line_error):
     result = cli(work, *args, "-b")

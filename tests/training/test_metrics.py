@@ -79,7 +79,7 @@ def test_voxel_weights_and_accumulation_over_batches():
     metric.reset_state()
     assert result(metric, t, p) == pytest.approx(2 / 4)
     # a running mean over batches of equal patches: 2 + 1 right of 4 + 4 voxels
-    assert result(metric, t, voxels(0.0, 0.0, 0.0, 0.6)) == pytest.approx(3 / 8)
+    assert result(metric, t, voxels(0.0, 0.9, 0.0, 0.6)) == pytest.approx(3 / 8)
     # two patches in one batch, weighted per voxel: patch 0 counts only voxel 0 (right),
     # patch 1 only voxels 2 and 3 (wrong, right)
     metric.reset_state()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from unetsl.atomic import check_writable
 from unetsl.cells.export import write_labels_tiff, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
@@ -111,7 +112,7 @@ def segment_file(
     if meshes is not None and n_z == 1:
         raise UnetslError(f"--meshes: {probabilities} is 2D (z = 1); meshes are for 3D stacks, "
                           "use --rois for 2D outlines")
-    _check_writable([output, table, rois, meshes])
+    check_writable([output, table, rois, meshes])
 
     # Only the chosen channel is kept (t, z, y, x): segment() works frame by frame, with a
     # few neighbouring frames for membranes a frame missed (settings.time_window).
@@ -178,18 +179,3 @@ def _write_labels(output: Path, labels: np.ndarray, image: LazyImage) -> Path:
         return output
     write_labels_tiff(output, labels, image.spacing, unit=image.unit)
     return output
-
-
-def _check_writable(paths: list[Any]) -> None:
-    """Each output's folder exists (or can be made) and is a writable folder, not a file."""
-    for path in paths:
-        if path is None:
-            continue
-        folder = Path(path).resolve().parent
-        for parent in (folder, *folder.parents):
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UnetslError(f"{path}: cannot write there, {parent} is a file")
-                if not os.access(parent, os.W_OK):
-                    raise UnetslError(f"{path}: cannot write there, {parent} is read-only")
-                break

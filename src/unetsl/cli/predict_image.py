@@ -100,6 +100,10 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     for name, what in ((model_file, "model file"), (image_file, "image")):
         if not Path(name).exists():
             raise UnetslError(f"{name}: no such {what}")
+    if output_file:
+        from unetsl.atomic import check_writable
+
+        check_writable([output_file])  # before the model loads, not after the last tile
     if dask is not None:
         from unetsl.predict.dask_cluster import parse_scheduler
 

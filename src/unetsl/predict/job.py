@@ -235,7 +235,7 @@ class PredictionJob:
             (``unetsl.predict.dask_blocks``), each loading "model file" itself.
         levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
         """
-        from unetsl.atomic import atomic_path
+        from unetsl.atomic import atomic_path, check_writable
         from unetsl.io.arrays import ArraySource
         from unetsl.io.lazy import OutputTiff, open_image
         from unetsl.io.tiff import match_channels, read_image
@@ -273,6 +273,7 @@ class PredictionJob:
                 tile=self.values.get("tile shape"), reach=reach)
         tiles = KerasTiles(model, indices, distributed=strategy is not None)
         paths = self.output_paths(model)
+        check_writable([*paths, *(_with_suffix(p, "-prob") for p in paths if probabilities)])
         t, _, zs, ys, xs = source.shape
         written: list[Path] = []
         like = _zarr_like(source_name, z)
