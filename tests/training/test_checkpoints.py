@@ -163,11 +163,10 @@ def test_optimizer_state_is_restored_for_resume(tmp_path, suffix):
     again = load_model(path)
     again.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     assert restore_optimizer_state(again, path) is True
-    saved = {v.path: np.asarray(v) for v in net.optimizer.variables}
-    restored = {v.path: np.asarray(v) for v in again.optimizer.variables}
-    assert saved.keys() == restored.keys()
-    for name in saved:
-        np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
+    saved, restored = net.optimizer.variables, again.optimizer.variables
+    assert len(saved) == len(restored) > 2
+    for a, b in zip(saved, restored):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=a.path)
     assert read_state(path).epochs_done == 7
 
 

@@ -117,9 +117,12 @@ class _RawTiffArray:
     whole rows, so memory is bounded by the block asked for.
     """
 
-    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+                 byteorder: str = "="):
         self.path, self.offset = path, int(offset)
-        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype).newbyteorder("=")  # what reads return
+        self.file_dtype = np.dtype(dtype).newbyteorder(byteorder)  # as stored (Fiji: big-endian)
         self.fd: int | None = None
 
     def __getitem__(self, key: tuple) -> np.ndarray:
@@ -150,7 +153,7 @@ class _RawTiffArray:
             raw = os.pread(self.fd, nbytes, start)
             if len(raw) != nbytes:
                 raise UnetslError(f"{self.path}: file is truncated")
-            rows = np.frombuffer(raw, dtype=self.dtype).reshape(len(ys), width)
+            rows = np.frombuffer(raw, dtype=self.file_dtype).reshape(len(ys), width)
             out[idx] = rows[:, xs.start:xs.stop]
         return out.squeeze(axis=tuple(squeeze)) if squeeze else out
 
@@ -218,9 +221,8 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
             spacing, unit = (1.0, 1.0, 1.0), "pixel"
         axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
         offset = series.dataoffset
-        native = dtype is not None and np.dtype(dtype).isnative
-        if offset is not None and native and len(shape) >= 2:
-            array: Any = _RawTiffArray(name, offset, shape, dtype)
+        if offset is not None and dtype is not None and len(shape) >= 2:
+            array: Any = _RawTiffArray(name, offset, shape, dtype, tif.byteorder)
         else:
             try:
                 import zarr
