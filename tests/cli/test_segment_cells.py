@@ -199,3 +199,18 @@ def test_readme_cell_key_table_is_current():
     assert cell_key_table_markdown() in readme, (
         "README's cell key table is out of date; regenerate it with python -c 'from "
         "unetsl.cells.settings import cell_key_table_markdown as k; print(k())'")
+
+
+def test_foreground_mode_from_the_config_key(tmp_path, run_script):
+    """-D 'cell mode="foreground"' is honoured like --from foreground (nuclei: bright disks)."""
+    from skimage.draw import disk
+
+    prob = np.zeros((1, 1, 1, 48, 48), np.float32)
+    for centre in ((12, 12), (12, 30), (32, 20), (34, 38)):
+        prob[(0, 0, 0, *disk(centre, 6, shape=(48, 48)))] = 0.9
+    write_image(tmp_path / "prob.tif", prob)
+    for args in (["--from", "foreground"], ["-D", 'cell mode="foreground"']):
+        result = run_script("segment_cells", "prob.tif", "cells.tif", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        cells = read_image(tmp_path / "cells.tif").data
+        assert len(np.unique(cells[cells > 0])) == 4

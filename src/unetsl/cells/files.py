@@ -74,7 +74,7 @@ def segment_file(
     probabilities: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
-    mode: str = "membrane",
+    mode: str | None = None,
     channel: int = 0,
     settings: CellSettings | None = None,
     table: str | os.PathLike | None = None,
@@ -91,18 +91,20 @@ def segment_file(
     probabilities : TIFF / zarr / .npy float map, axes (t, c, z, y, x) as unetsl reads them
     output : label image to write (.tif: ImageJ; .zarr / .ome.zarr: OME-Zarr labels);
         default ``cells-<input>``
-    mode : "membrane" (cells enclosed by membranes) or "foreground" (objects such as nuclei)
+    mode : "membrane" (cells enclosed by membranes) or "foreground" (objects such as nuclei);
+        None: ``settings.mode`` ("cell mode", membrane by default)
     channel : the channel that holds the membrane (or foreground) probability
     table, rois, meshes : optional CSV of measurements, ImageJ ROI zip (2D), mesh folder (3D)
     tracking : link cells over time points (a time series); res_track.txt is written beside
         the output
     progress : callable(done, total) after every time point
     """
+    settings = settings or CellSettings()
+    mode = settings.mode if mode is None else mode
     if mode not in MODES:
         raise UnetslError(f"--from {mode!r} must be one of {', '.join(MODES)}")
     if mesh_format not in MESH_FORMATS:
         raise UnetslError(f"mesh format {mesh_format!r} must be one of {', '.join(MESH_FORMATS)}")
-    settings = settings or CellSettings()
     image = open_probabilities(probabilities, channel)
     n_t, _, n_z, _, _ = image.shape
     output = Path(output) if output is not None else default_output(probabilities)

@@ -136,7 +136,7 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
         maps = [p for p in written if Path(p).name.split(".")[0].endswith("-prob")]
         if not maps:
             raise UnetslError("--cells: the prediction wrote no probability map")
-        result = run_cells(maps[0], None, mode="membrane", channel=0, overrides=cell_overrides,
+        result = run_cells(maps[0], None, mode=None, channel=0, overrides=cell_overrides,
                            min_size=None, table=table, rois=None, meshes=None,
                            mesh_format="ply", no_tracking=False)
         written.extend(result.written)

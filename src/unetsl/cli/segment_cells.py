@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,9 +15,10 @@ def cell_options(func):
     """The options segment_cells and predict_image --cells share."""
     options = [
         click.option("--from", "mode", type=click.Choice(("membrane", "foreground")),
-                     default="membrane", show_default=True,
-                     help="membrane: cells are the regions enclosed by membranes; "
-                          "foreground: objects such as nuclei on a foreground map."),
+                     default=None,
+                     help="membrane (default): cells are the regions enclosed by membranes; "
+                          'foreground: objects such as nuclei (same as -D \'cell mode='
+                          '"foreground"\').'),
         click.option("--channel", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Channel of the membrane (or foreground) probability."),
         click.option("--min-size", type=click.IntRange(min=0), default=None, metavar="N",
@@ -29,14 +32,15 @@ def cell_options(func):
         click.option("--mesh-format", type=click.Choice(("ply", "stl", "obj")), default="ply",
                      show_default=True, help="File format of --meshes."),
         click.option("--no-tracking", is_flag=True,
-                     help="Do not link cells over time points (ids restart per frame)."),
+                     help="Do not link cells over time points (every cell of every frame "
+                          "gets its own id)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def cell_settings(overrides: tuple[str, ...], min_size: int | None):
+def cell_settings(overrides: tuple[str, ...], min_size: int | None) -> Any:
     """The cell settings from -D "key=value" (cell keys only) and --min-size."""
     from unetsl.cells.settings import CellSettings
     from unetsl.config.model_config import parse_overrides
@@ -68,8 +72,9 @@ class FrameProgress:
             self.bar.close()
 
 
-def run_cells(probabilities, output, *, mode, channel, overrides, min_size, table, rois,
-              meshes, mesh_format, no_tracking):
+def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None, channel: int,
+              overrides: tuple[str, ...], min_size: int | None, table: str | None,
+              rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool) -> Any:
     """Segment and report; shared by segment_cells and predict_image --cells."""
     from unetsl.cells.files import segment_file
 
@@ -96,9 +101,9 @@ def run_cells(probabilities, output, *, mode, channel, overrides, min_size, tabl
 @cell_options
 @define_option
 @one_line_errors(tensorflow=False)
-def main(probabilities: str, output: str | None, mode: str, channel: int, min_size: int | None,
-         table: str | None, rois: str | None, meshes: str | None, mesh_format: str,
-         no_tracking: bool, overrides: tuple[str, ...]) -> None:
+def main(probabilities: str, output: str | None, mode: str | None, channel: int,
+         min_size: int | None, table: str | None, rois: str | None, meshes: str | None,
+         mesh_format: str, no_tracking: bool, overrides: tuple[str, ...]) -> None:
     """Turn PROBABILITIES into cells and write them as a label image (OUTPUT).
 
     PROBABILITIES is the float map that predict_image --probabilities writes (channel 0 =
