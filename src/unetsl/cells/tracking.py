@@ -97,18 +97,25 @@ def _link(prev: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
           spans: dict[int, list[int]]) -> dict[int, int]:
     """{current label: track id} for frame t by optimal IoU assignment to the previous frame;
     cells left unmatched are absent from the result."""
-    prev_ids, cur_ids, inter, area_p, area_c = _overlaps(prev, cur)
     new_of: dict[int, int] = {}
+    _assign(prev, cur, t, settings, spans, new_of)
+    return new_of
+
+
+def _assign(before: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
+            spans: dict[int, list[int]], new_of: dict[int, int]) -> None:
+    """Optimal IoU assignment of the cells of ``cur`` (frame t) to those of ``before``; a
+    pair with IoU >= track_min_overlap gives the current cell the earlier cell's track id."""
+    before_ids, cur_ids, inter, area_b, area_c = _overlaps(before, cur)
     if inter.size == 0:
-        return new_of
-    iou = inter / np.maximum(area_p[:, None] + area_c[None, :] - inter, 1)
+        return
+    iou = inter / np.maximum(area_b[:, None] + area_c[None, :] - inter, 1)
     rows, cols = linear_sum_assignment(iou, maximize=True)
     for r, c in zip(rows, cols):
         if iou[r, c] >= settings.track_min_overlap:
-            cell = int(prev_ids[r])
+            cell = int(before_ids[r])
             new_of[int(cur_ids[c])] = cell
             spans[cell][1] = t
-    return new_of
 
 
 def _divisions(prev: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
@@ -148,16 +155,7 @@ def _resume(old: np.ndarray, cur: np.ndarray, t: int, t_old: int, settings: Cell
         return
     old = np.where(np.isin(old, lost), old, 0)
     cur = np.where(np.isin(cur, waiting), cur, 0)
-    old_ids, cur_ids, inter, area_o, area_c = _overlaps(old, cur)
-    if inter.size == 0:
-        return
-    iou = inter / np.maximum(area_o[:, None] + area_c[None, :] - inter, 1)
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    for r, c in zip(rows, cols):
-        if iou[r, c] >= settings.track_min_overlap:
-            cell = int(old_ids[r])
-            new_of[int(cur_ids[c])] = cell
-            spans[cell][1] = t
+    _assign(old, cur, t, settings, spans, new_of)
 
 
 def split_gaps(labels: np.ndarray, tracks: Sequence[Track]) -> tuple[np.ndarray, list[Track]]:
