@@ -32,7 +32,6 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,7 @@ def block_probabilities(tile_model, source, plan, t: int,
     region : (start, stop) per axis (z, y, x). Returns (one float32 (n, z, y, x) array per
     output of ``tile_model``, the number of tiles predicted).
     """
-    from unetsl.predict.engine import normalize_patches, read_padded
+    from unetsl.predict.engine import normalize_patches, read_padded, run_overlapped
 
     c, *patch = tile_model.patch
     chosen = _tiles_for(plan, region)
@@ -288,16 +287,7 @@ def block_probabilities(tile_model, source, plan, t: int,
             for a_out, out in zip(acc, outputs):
                 a_out[(slice(None), *dst)] += out[k][(slice(None), *src)] * w
 
-    # the network runs in a thread while the previous batch is blended, as in the engine
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetsl-block") as pool:
-        pending = None
-        for batch in batches:
-            future = pool.submit(run, batch)
-            if pending is not None:
-                blend(pending[0], pending[1].result())
-            pending = (batch, future)
-        if pending is not None:
-            blend(pending[0], pending[1].result())
+    run_overlapped(batches, run, blend)  # as in the engine: network and blending overlap
     count = len(order)
     weights = np.maximum(wsum, 1e-12)
     return [a / weights for a in acc], count

@@ -24,9 +24,10 @@ Axes: arrays are (t, c, z, y, x) as everywhere in unetsl; models are channels-la
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,34 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
+
+
+def run_overlapped(batches: Iterable[list], run: Callable[[list], Any],
+                   blend: Callable[[list, Any], None]) -> None:
+    """``blend(batch, run(batch))`` for every batch, with the network (``run``) working on the
+    next batch in a thread while the previous one is blended, so neither waits for the other.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetsl-predict") as pool:
+        pending = None
+        for batch in batches:
+            future = pool.submit(run, batch)
+            if pending is not None:
+                blend(pending[0], pending[1].result())
+            pending = (batch, future)
+        if pending is not None:
+            blend(pending[0], pending[1].result())
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list]:
+    """Lists of ``size`` consecutive items (the last one shorter)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def normalize_patches(batch: np.ndarray) -> np.ndarray:
@@ -234,23 +263,7 @@ def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
                                   f"of {tuple(patch)}; expected {(len(batch), n, *patch)}")
         return outputs
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetsl-predict") as pool:
-        pending = None
-        batch: list[_Tile] = []
-        for tile in _tiles(source, plan):
-            batch.append(tile)
-            if len(batch) == batch_size:
-                future = pool.submit(run, batch)
-                if pending is not None:
-                    blend(pending[0], pending[1].result())
-                pending, batch = (batch, future), []
-        if batch:
-            future = pool.submit(run, batch)
-            if pending is not None:
-                blend(pending[0], pending[1].result())
-            pending = (batch, future)
-        if pending is not None:
-            blend(pending[0], pending[1].result())
+    run_overlapped(_batched(_tiles(source, plan), batch_size), run, blend)
     if state["row"] is not None:
         buffer.flush(plan.shape[plan.stream_axis])
         state["frames"] += 1
