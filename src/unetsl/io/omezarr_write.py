@@ -135,6 +135,16 @@ class _Layout:
 _PIECE_BYTES = 32 * 2**20
 
 
+def _write_block(array: Any, layout: Any, shape: tuple[int, ...], dtype: np.dtype, key: tuple,
+                 block: np.ndarray) -> None:
+    """Write a 5-D internal (t, c, z, y, x) block at 5-D slices ``key`` into a zarr array
+    stored in ``layout``'s axes (shared by the sink and its picklable Dask twin)."""
+    key = tuple(key) + (slice(None),) * (5 - len(key))
+    full = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, shape))
+    file_key, file_block = layout.to_file(full, np.asarray(block, dtype=dtype))
+    _write_pieces(array, file_key, file_block)
+
+
 def _write_pieces(array: Any, key: tuple, block: np.ndarray) -> None:
     """``array[key] = block`` in pieces of whole chunks along the last axis, so that zarr
     (which encodes all chunks of one call at once) holds at most ~32 MB of them in memory."""
@@ -179,10 +189,7 @@ class ZarrTarget:
         return self._array
 
     def __setitem__(self, key: tuple, block: np.ndarray) -> None:
-        key = tuple(key) + (slice(None),) * (5 - len(key))
-        full = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
-        file_key, file_block = self.layout.to_file(full, np.asarray(block, dtype=self.dtype))
-        _write_pieces(self.array, file_key, file_block)
+        _write_block(self.array, self.layout, self.shape, self.dtype, key, block)
 
     def write(self, t: int, region: tuple[slice, slice, slice], block: np.ndarray) -> None:
         """The sink interface: ``block`` (c, z, y, x) at time point ``t``, (zs, ys, xs)."""
@@ -305,10 +312,7 @@ class OutputOmeZarr:
     # ---------------------------------------------------------------------------- writes
     def __setitem__(self, key: tuple, block: np.ndarray) -> None:
         """Write a 5-D internal block at 5-D slices ``key`` (bypasses the row buffer)."""
-        key = tuple(key) + (slice(None),) * (5 - len(key))
-        full = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
-        file_key, file_block = self.layout.to_file(full, np.asarray(block, dtype=self.dtype))
-        _write_pieces(self.array, file_key, file_block)
+        _write_block(self.array, self.layout, self.shape, self.dtype, key, block)
 
     def write(self, t: int, region: tuple[slice, slice, slice], block: np.ndarray) -> None:
         """Write ``block`` (c, z, y, x) at time point ``t`` and (zs, ys, xs) of the internal
