@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
-from unetsl.config.model_config import Config
+from unetsl.config.model_config import Config, back_up_config
 from unetsl.errors import UnetslError
 
 if TYPE_CHECKING:
@@ -59,10 +58,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     from unetsl.nets.model_files import build_model_from_config, describe_model, save_model
 
     model = build_model_from_config(config)
-    if path.exists():
-        backup = path.with_name(path.name[:-5] + "-json.bak" if path.name.endswith(".json")
-                                else path.name + ".bak")
-        shutil.copyfile(path, backup)
+    back_up_config(path)
     config.save(path)
     save_model(model, config.model_path)
     click.echo(f"config: {path}")
@@ -109,10 +105,7 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
 
     model = build_cerberus(config)
     if changed:
-        if path.exists():
-            shutil.copyfile(path, path.with_name(path.name[:-5] + "-json.bak"
-                                                 if path.name.endswith(".json")
-                                                 else path.name + ".bak"))
+        back_up_config(path)
         config.save(path)
     save_model(model, config.model_path)
     click.echo(f"config: {path}")

@@ -214,3 +214,13 @@ def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
     return result
 
 
+def back_up_config(path: str | os.PathLike) -> Path | None:
+    """Copy an existing config to ``NAME-json.bak`` (the original's name for it) before it is
+    rewritten, atomically; returns the backup, or None when there is nothing to back up."""
+    source = Path(path)
+    if not source.exists():
+        return None
+    name = source.name
+    backup = source.with_name(name[:-5] + "-json.bak" if name.endswith(".json") else name + ".bak")
+    atomic_write_text(backup, source.read_text(encoding="utf-8"))
+    return backup
