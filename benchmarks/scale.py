@@ -131,8 +131,8 @@ def child(mode: str, work: Path, workers: int, batch_size: int, volume: str) -> 
         job.run(probabilities=True, model=model)
         done = time.perf_counter()
     else:
-        from unetsl.predict.dask_blocks import worker_model
         from unetsl.predict.dask_cluster import dask_client
+        from unetsl.predict.dask_workers import worker_model
 
         with dask_client(f"local:{workers}") as client:
             client.run(worker_model, str(work / "model.h5"), [0])  # TensorFlow up everywhere

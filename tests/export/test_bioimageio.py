@@ -11,7 +11,8 @@ import pytest
 import tifffile
 import yaml
 
-from unetsl.export.bioimageio import export_bioimageio, find_config, validate_package
+from unetsl.export.bioimageio import export_bioimageio, validate_package
+from unetsl.export.inputs import find_config
 from unetsl.nets.model_files import load_model, save_model
 from unetsl.nets.unet import build_unet
 

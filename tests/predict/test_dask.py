@@ -19,7 +19,7 @@ from unetsl.errors import UnetslError
 from unetsl.io import omezarr
 from unetsl.io.arrays import ArraySink, ArraySource
 from unetsl.predict import dask_blocks as dd
-from unetsl.predict import dask_cluster
+from unetsl.predict import dask_cluster, dask_workers
 from unetsl.predict.engine import predict_to_sinks
 from unetsl.predict.reach import Reach
 from unetsl.predict.tiling import plan_tiles
@@ -201,7 +201,7 @@ def test_local_workers_load_the_model_once_and_match_predict(work):
         run = dd.predict_to_sinks_dask(c, str(work / "m.h5"), str(work / "img.npy"), [sink],
                                        tile_model=tiles, reach=receptive_reach(model),
                                        output_indices=[0], shape=image.shape, block=(2, 32, 32))
-        loads = c.run(dd.models_loaded)
+        loads = c.run(dask_workers.models_loaded)
     assert run.workers == 2 and run.blocks == 4 * 3 * 3
     assert sorted(loads.values()) == [1, 1]  # each worker process loaded the model once
     np.testing.assert_allclose(sink.array, expected, rtol=0, atol=1e-5)

@@ -33,6 +33,14 @@ import yaml
 import unetsl
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
+from unetsl.export.inputs import (
+    _config_settings,
+    _preprocess,
+    _preprocessing_rdf,
+    _sample_tile,
+    _synthetic_tile,
+    find_config,
+)
 from unetsl.export.package_files import _cover, _sha256, _write_weights
 
 __all__ = ["ExportResult", "WEIGHT_FORMATS", "export_bioimageio", "validate_package"]
@@ -73,109 +81,7 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs of the export: settings from the config, the test tile
-# --------------------------------------------------------------------------------------------
-
-
-def find_config(model_path: Path) -> Path | None:
-    """The config beside a model: <name>.json for <name>.h5, <name>-best.h5, <name>-latest.h5."""
-    stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-    candidates = [stem] + [stem[: -len(s)] for s in ("-best", "-latest") if stem.endswith(s)]
-    for name in reversed(candidates):
-        path = model_path.with_name(name + ".json")
-        if path.is_file():
-            return path
-    return None
-
-
-def _config_settings(config_path: Path | None) -> dict[str, Any]:
-    settings: dict[str, Any] = {"normalize samples": False, "normalization percentiles": None,
-                                "labeller": None}
-    if config_path is None:
-        return settings
-    import json
-
-    from unetsl.config.model_config import Config
-
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnetslError(f"{config_path}: cannot read config: {err}") from None
-    if isinstance(data, dict) and "unet" in data and "heads" in data:  # a cerberus config
-        training = data.get("training") if isinstance(data.get("training"), dict) else {}
-        settings["normalize samples"] = bool(training.get("normalize samples", False))
-        return settings
-    cfg = Config.load(config_path)
-    settings["normalize samples"] = bool(cfg.get("normalize samples", False))
-    settings["normalization percentiles"] = cfg.get("normalization percentiles")
-    labellers = {s.get("labeller") for s in cfg.get("data sources", []) or []
-                 if isinstance(s, dict)} - {None}
-    if len(labellers) == 1:
-        settings["labeller"] = labellers.pop()
-    return settings
-
-
-def _synthetic_tile(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
-    """(c, z, y, x) smooth random intensities in 0..1000 when no sample image is given."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(size=shape).astype(np.float32)
-    sigma = (0,) + tuple(0 if s == 1 else 2 for s in shape[1:])
-    smooth = ndimage.gaussian_filter(noise, sigma)
-    smooth -= smooth.min()
-    return (1000.0 * smooth / max(float(smooth.max()), 1e-6)).astype(np.float32)
-
-
-def _sample_tile(sample: Path, patch: tuple[int, int, int, int]):
-    """The central (c, z, y, x) patch of the sample's first time point, and the image."""
-    from unetsl.io.tiff import match_channels, read_image
-
-    c, z, y, x = patch
-    image = read_image(sample, depth_wanted=z)
-    data = match_channels(image.data, c, source=str(sample))[0].astype(np.float32)
-    pads = [(0, 0)]
-    for size, p in zip(data.shape[1:], patch[1:]):
-        extra = max(0, p - size)
-        pads.append((extra // 2, extra - extra // 2))
-    if any(sum(p) for p in pads):
-        data = np.pad(data, pads, mode="edge")
-    starts = [(size - p) // 2 for size, p in zip(data.shape[1:], patch[1:])]
-    tile = data[:, starts[0]:starts[0] + z, starts[1]:starts[1] + y, starts[2]:starts[2] + x]
-    return np.ascontiguousarray(tile), image
-
-
-def _preprocess(tile: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """(1, z, y, x, c) raw tile -> what the model sees, as bioimage.io tools will compute it."""
-    x = tile.astype(np.float32)
-    axes = (1, 2, 3)  # per sample and channel, over z, y, x
-    percentiles = settings["normalization percentiles"]
-    if percentiles is not None:
-        lo = np.percentile(x, percentiles[0], axis=axes, keepdims=True)
-        hi = np.percentile(x, percentiles[1], axis=axes, keepdims=True)
-        x = (x - lo) / (hi - lo + 1e-6)
-    if settings["normalize samples"]:
-        mean = x.mean(axis=axes, keepdims=True)
-        std = x.std(axis=axes, keepdims=True)
-        x = (x - mean) / (std + 1e-6)
-    return x.astype(np.float32)
-
-
-def _preprocessing_rdf(settings: dict[str, Any], space_ids: list[str]) -> list[dict]:
-    steps: list[dict] = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
-    percentiles = settings["normalization percentiles"]
-    if percentiles is not None:
-        steps.append({"id": "scale_range", "kwargs": {
-            "axes": space_ids, "min_percentile": float(percentiles[0]),
-            "max_percentile": float(percentiles[1]), "eps": 1e-6}})
-    if settings["normalize samples"]:
-        steps.append({"id": "zero_mean_unit_variance", "kwargs": {"axes": space_ids,
-                                                                  "eps": 1e-6}})
-    return steps
-
-
-# --------------------------------------------------------------------------------------------
-# The description
+# The description (its inputs: unetsl.export.inputs; its files: unetsl.export.package_files)
 # --------------------------------------------------------------------------------------------
 
 

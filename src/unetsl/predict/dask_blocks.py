@@ -30,15 +30,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unetsl.errors import UnetslError
+from unetsl.predict.dask_workers import worker_model, worker_source
 
 log = logging.getLogger("unetsl")
 
@@ -52,94 +51,6 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_VOXELS = 16 * 2**20  # a block's accumulators: 64 MB per output channel
-THREADS_ENV = "UNETSL_TF_THREADS"  # TensorFlow threads per worker process
-
-
-# ----------------------------------------------------------------------- per-worker caches
-
-_CACHE_LOCK = threading.Lock()
-_MODELS: dict[tuple, Any] = {}
-_SOURCES: dict[tuple, Any] = {}
-_LOADS = {"models": 0}
-
-
-def _file_key(path: str) -> tuple:
-    p = Path(path)
-    if p.is_dir():  # a SavedModel / .keras folder
-        stat = p.stat()
-        return (str(p.resolve()), stat.st_mtime_ns, 0)
-    stat = p.stat()
-    return (str(p.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-def _set_threads() -> None:
-    threads = os.environ.get(THREADS_ENV)
-    if not threads:
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-    except RuntimeError:  # TensorFlow already started in this process
-        pass
-
-
-def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] | None = None):
-    """The ``KerasTiles`` of a model file, loaded once per process (per file version).
-
-    model : a model file path, or a ``TileModel`` (used as is; tests, in-process clusters).
-    tile : the (z, y, x) tile the client planned; the model is rebuilt for it
-        (``unetsl.nets.model_files.with_input_patch``) when it differs from the training patch.
-    """
-    from unetsl.predict.adapter import KerasTiles
-
-    if not isinstance(model, (str, os.PathLike)):
-        return model
-    if not os.path.exists(model):
-        import socket
-
-        raise UnetslError(f"{os.fspath(model)}: no such model file on worker host "
-                          f"{socket.gethostname()} (the model must be on a shared file system)")
-    key = (*_file_key(os.fspath(model)), tuple(output_indices),
-           tuple(tile) if tile is not None else None)
-    with _CACHE_LOCK:
-        tiles = _MODELS.get(key)
-        if tiles is None:
-            from unetsl.nets.model_files import load_model, with_input_patch
-            from unetsl.nets.shapes import model_patch_shape
-
-            _set_threads()
-            keras_model = load_model(os.fspath(model))
-            if tile is not None:
-                keras_model = with_input_patch(keras_model, tile)
-            tiles = KerasTiles(keras_model, list(output_indices))
-            c, *patch = model_patch_shape(keras_model)
-            tiles(np.zeros((1, c, *patch), dtype=np.float32))  # build the predict function
-            _MODELS[key] = tiles
-            _LOADS["models"] += 1
-    return tiles
-
-
-def models_loaded() -> int:
-    """How many models this process has loaded (tests check: once per worker)."""
-    return _LOADS["models"]
-
-
-def _worker_source(source: Any, depth_wanted: int):
-    if not isinstance(source, (str, os.PathLike)):
-        return source
-    key = (os.fspath(source), depth_wanted)
-    with _CACHE_LOCK:
-        opened = _SOURCES.get(key)
-        if opened is None:
-            from unetsl.io.lazy import open_image
-
-            opened = open_image(os.fspath(source), depth_wanted=depth_wanted).data
-            _SOURCES[key] = opened
-    return opened
-
-
 # ----------------------------------------------------------------------------- the blocks
 
 
@@ -298,7 +209,7 @@ def _block_task(model: Any, output_indices: Sequence[int], source: Any, depth_wa
                 normalize: bool, sinks: Sequence[Any] | None) -> tuple[int, Any]:
     """A Dask task: predict one block; write it with ``sinks`` (on the worker) or return it."""
     tile_model = worker_model(model, output_indices, plan.patch)
-    opened = _worker_source(source, depth_wanted)
+    opened = worker_source(source, depth_wanted)
     blocks, count = block_probabilities(tile_model, opened, plan, t, region,
                                         batch_size=batch_size, normalize=normalize)
     if sinks is None:

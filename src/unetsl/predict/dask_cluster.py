@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unetsl.errors import UnetslError
-from unetsl.predict.dask_blocks import THREADS_ENV
+from unetsl.predict.dask_workers import THREADS_ENV
 
 log = logging.getLogger("unetsl")
 
