@@ -82,7 +82,6 @@ def segment_file(
     meshes: str | os.PathLike | None = None,
     mesh_format: str = "ply",
     tracking: bool = True,
-    progress: Any = None,
 ) -> CellsResult:
     """Segment, track and measure the cells of one probability file and write the results.
 
@@ -97,7 +96,6 @@ def segment_file(
     table, rois, meshes : optional CSV of measurements, ImageJ ROI zip (2D), mesh folder (3D)
     tracking : link cells over time points (a time series); res_track.txt is written beside
         the output
-    progress : callable(done, total) after every time point
     """
     settings = settings or CellSettings()
     mode = settings.mode if mode is None else mode
@@ -126,8 +124,6 @@ def segment_file(
         labels = segment(maps, mode=mode, spacing=image.spacing, settings=settings)
     except UnetslError as err:  # name the file: the message speaks of "probabilities"
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
-    if progress is not None:
-        progress(n_t, n_t)
     tracks: list[Any] = []
     if tracking and n_t > 1:
         labels, tracks = track(labels, settings)

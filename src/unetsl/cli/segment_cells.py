@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,41 +50,15 @@ def cell_settings(overrides: tuple[str, ...], min_size: int | None) -> Any:
     return CellSettings.from_overrides(values)
 
 
-class FrameProgress:
-    """One line per time point when not on a terminal, a tqdm bar on one."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="frame", file=sys.stderr, leave=False)
-            self.bar.update(done - self.bar.n)
-        elif total > 1:
-            click.echo(f"time point {done}/{total} segmented", err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None, channel: int,
               overrides: tuple[str, ...], min_size: int | None, table: str | None,
               rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool) -> Any:
     """Segment and report; shared by segment_cells and predict_image --cells."""
     from unetsl.cells.files import segment_file
 
-    progress = FrameProgress()
-    try:
-        result = segment_file(probabilities, output, mode=mode, channel=channel,
-                              settings=cell_settings(overrides, min_size), table=table,
-                              rois=rois, meshes=meshes, mesh_format=mesh_format,
-                              tracking=not no_tracking, progress=progress)
-    finally:
-        progress.close()
+    result = segment_file(probabilities, output, mode=mode, channel=channel,
+                          settings=cell_settings(overrides, min_size), table=table, rois=rois,
+                          meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking)
     n_cells = len(set(result.table["id"].tolist())) if len(result.table["id"]) else 0
     frames = result.labels.shape[0]
     tracked = f", {len(result.tracks)} tracks" if result.tracks else ""
