@@ -10,7 +10,7 @@ STAMP := $(VENV)/.unetsl-installed
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,napari]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,6 +15,9 @@ SCRIPTS = {
     "cerberus": "unetsl.cli.cerberus:main",
 }
 
+# The napari plugin (unetsl.napari): a Qt front end, kept out of the core install
+NAPARI = ["napari>=0.5", "magicgui", "qtpy", "PyQt5"]
+
 # Big images and clusters: OME-Zarr in/out, Dask prediction (--dask), Slurm worker jobs
 SCALE = [
     "zarr>=3.0; python_version >= '3.11'",
@@ -57,6 +60,9 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "bioimageio": ["bioimageio.spec>=0.5.12"],
         "scale": SCALE,
+        "napari": NAPARI,
     },
-    entry_points={"console_scripts": [f"{k}={v}" for k, v in SCRIPTS.items()]},
+    package_data={"unetsl.napari": ["napari.yaml"]},
+    entry_points={"console_scripts": [f"{k}={v}" for k, v in SCRIPTS.items()],
+                  "napari.manifest": ["unetsl = unetsl.napari:napari.yaml"]},
 )

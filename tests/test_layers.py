@@ -16,6 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: sits below training because training predicts its "samples to predict" every epoch.
 LAYERS = ("errors", "atomic", "config", "io", "data", "nets", "predict", "training", "cells",
           "evaluate", "export", "cli")
+#: The front ends share the top layer: the console scripts (cli) and the napari plugin. Each
+#: may import every library layer, none imports another front end.
+FRONT_ENDS = ("cli", "napari")
 MAX_LINES = 500  # a module over this is split by concept
 
 
@@ -54,7 +57,14 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 
 def _layer(module: str) -> int:
     parts = module.split(".")
+    if len(parts) > 1 and parts[1] in FRONT_ENDS:
+        return len(LAYERS) - 1
     return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else -1
+
+
+def _front_end(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in FRONT_ENDS else None
 
 
 MODULES = _modules()
@@ -70,6 +80,13 @@ def test_layers_import_only_downwards():
     upward = [f"{m} -> {d}" for m, deps in GRAPH.items() for d in deps
               if _layer(d) > _layer(m) and not m.endswith(".__init__")]
     assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
+
+
+def test_front_ends_do_not_import_each_other():
+    crossing = [f"{m} -> {d}" for m, deps in GRAPH.items() for d in deps
+                if _front_end(d) is not None and _front_end(m) != _front_end(d)]
+    assert not crossing, "a front end (or the library) imports a front end:\n" + "\n".join(
+        sorted(crossing))
 
 
 def test_no_import_circles():
@@ -122,3 +139,5 @@ def test_the_layer_test_sees_a_circle_and_an_upward_import(tmp_path):
     graph = {m: _imports(p, modules) for m, p in modules.items()}
     assert graph == {"unetsl.config.a": {"unetsl.io.b"}, "unetsl.io.b": {"unetsl.config.a"}}
     assert _layer("unetsl.io.b") > _layer("unetsl.config.a")
+    assert _layer("unetsl.napari.x") == _layer("unetsl.cli.y") > _layer("unetsl.export.z")
+    assert _front_end("unetsl.napari.x") == "napari" and _front_end("unetsl.cells.y") is None

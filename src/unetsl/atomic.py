@@ -48,13 +48,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def check_writable(paths) -> None:
+def check_writable(paths, *, folders: bool = False) -> None:
     """Each path can be written: the nearest existing folder above it is a writable folder
-    (not a file, not read-only). Checked before long work, so nothing is computed for
-    nothing; a one-line UnetslError names the path and the culprit."""
+    (not a file, not read-only), and the path itself is not an existing folder unless
+    ``folders`` (outputs that are folders) or it is a .zarr store (replaced whole). Checked
+    before long work, so nothing is computed for nothing; a one-line UnetslError names the
+    path and the culprit."""
     for path in paths:
         if path is None:
             continue
+        if (not folders and os.path.isdir(path)
+                and not os.fspath(path).rstrip("/").lower().endswith(".zarr")):
+            raise UnetslError(f"{path}: is a folder; give a file name")
         folder = Path(os.path.abspath(path)).parent
         for parent in (folder, *folder.parents):
             if parent.exists():

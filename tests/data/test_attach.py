@@ -384,3 +384,26 @@ def test_missing_config(tmp_path, assert_one_line_error):
     result = Ran(CliRunner().invoke(main, ["-c", str(tmp_path / "nothing.json"), "--list"]))
     assert_one_line_error(result, "nothing.json", "create_model")
     assert not Path(tmp_path / "nothing.json").exists()
+
+
+def test_arrays_in_memory_become_a_paired_source(tmp_path):
+    from unetsl.data.attach import add_array_pair
+    from unetsl.errors import UnetslError
+    from unetsl.io.tiff import read_image
+
+    image = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 1, 1, 16, 16)
+    label = (image % 7 == 0).astype(np.uint8)
+    entries: list[dict] = []
+    entry, n_pairs = add_array_pair(entries, tmp_path, "my movie", image, label, "multiclass",
+                                    spacing=(1.0, 0.2, 0.2), unit="micron")
+    assert n_pairs == 1 and entries == [entry]
+    assert entry["input folders"] == ["my-movie/images"]
+    assert entry["label folders"] == ["my-movie/labels"]
+    written = read_image(tmp_path / "my-movie" / "images" / "my-movie.tif")
+    np.testing.assert_array_equal(written.data, image)
+    assert written.spacing[1:] == pytest.approx((0.2, 0.2)) and written.unit == "micron"
+    again, _ = add_array_pair(entries, tmp_path, "my movie", image, label, "multiclass")
+    assert again == entry and len(entries) == 1  # rewritten, not added twice
+    with pytest.raises(UnetslError, match=r"other\.tif has \(t, z, y, x\) = \(3, 1, 16, 16\)"):
+        add_array_pair(entries, tmp_path, "other", image, label[:, :, :, :8], "multiclass")
+    assert len(entries) == 1

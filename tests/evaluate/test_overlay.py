@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 
+from unetsl.config.model_config import config_for_model
 from unetsl.evaluate.overlay import overlay_png
 from unetsl.io.tiff import write_image
-from unetsl.predict.job import PredictionJob, training_config_path
+from unetsl.predict.job import PredictionJob
 
 
 def test_overlay_colours_hits_extras_and_misses(tmp_path):
@@ -49,10 +50,10 @@ def test_prediction_normalises_as_training_did(tmp_path):
     (tmp_path / "net.json").write_text(json.dumps({"normalize samples": True}))
     for name in ("net.h5", "net-best.h5", "net-latest.h5"):
         model = tmp_path / name
-        assert training_config_path(model) == tmp_path / "net.json"
+        assert config_for_model(model) == tmp_path / "net.json"
         job = PredictionJob.create(model, tmp_path / "img.tif")
         assert job.values["normalize samples"] is True
-    assert training_config_path(tmp_path / "other.h5") is None
+    assert config_for_model(tmp_path / "other.h5") is None
     assert PredictionJob.create(tmp_path / "other.h5", tmp_path / "i.tif").values[
         "normalize samples"] is False
 

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 import yaml
 
+from unetsl.config.model_config import config_for_model
 from unetsl.export.bioimageio import export_bioimageio, validate_package
-from unetsl.export.inputs import find_config
 from unetsl.nets.model_files import load_model, save_model
 from unetsl.nets.unet import build_unet
 
@@ -87,7 +87,7 @@ def test_preprocessing_from_the_config(tmp_path: Path) -> None:
     (tmp_path / "net.json").write_text(json.dumps({
         "input shape": [1, 4, 16, 16], "pooling": [2, 2, 2], "n labels": 3,
         "normalize samples": True, "normalization percentiles": [1, 99.8]}))
-    assert find_config(tmp_path / "net-best.h5") == tmp_path / "net.json"
+    assert config_for_model(tmp_path / "net-best.h5") == tmp_path / "net.json"
     out = tmp_path / "net.zip"
     result = export_bioimageio(tmp_path / "net-best.h5", out, weight_formats=["keras_v3"],
                                description="Three classes.", tags=["Test"])

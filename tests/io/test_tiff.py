@@ -318,3 +318,18 @@ def test_original_sample_2d_time_series():
     assert image.data.shape == (1, 1, 3, 200, 200)
     assert image.data.dtype == np.uint16
     assert image.time_as_depth
+
+
+def test_arrays_with_named_axes_and_frames_as_depth():
+    from unetsl.io.tiff import frames_as_depth, to_tczyx
+
+    tyx = ramp((3, 5, 6))
+    data = to_tczyx(tyx, "tyx")
+    assert data.shape == (3, 1, 1, 5, 6)
+    assert to_tczyx(np.zeros((5, 6, 3)), "YXC").shape == (1, 3, 1, 5, 6)
+    deep, moved = frames_as_depth(data, 3)
+    assert moved and deep.shape == (1, 1, 3, 5, 6)
+    np.testing.assert_array_equal(deep[0, 0], tyx)
+    assert frames_as_depth(data, 1) == (data, False)
+    with pytest.raises(UnetslError, match="layer 'a': cannot map axes 'TQX'"):
+        to_tczyx(np.zeros((3, 5, 6)), "TQX", source="layer 'a'")

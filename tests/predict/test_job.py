@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unetsl.config.model_config import config_for_model
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import read_image, write_image
 from unetsl.predict.engine import predict
@@ -15,7 +16,6 @@ from unetsl.predict.job import (
     SETTING_CHECKS,
     PredictionJob,
     default_output_path,
-    training_config_path,
 )
 from unetsl.predict.reduce import reduce
 
@@ -70,6 +70,7 @@ def test_create_gives_the_original_defaults(tmp_path):
         "batch size": 16,
         "overlap": None,
         "tile shape": None,
+        "normalization percentiles": None,
     }
     assert set(job.settings()) == set(SETTING_CHECKS)
     job.check_settings(job.settings())  # the defaults pass their own checks
@@ -96,10 +97,10 @@ def test_default_output_names(model, image, expected):
 def test_normalize_samples_comes_from_the_training_config(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"normalize samples": True}))
     for name in ("m.h5", "m-best.h5", "m-latest.keras", "m-batch.h5"):
-        assert training_config_path(tmp_path / name) == tmp_path / "m.json"
+        assert config_for_model(tmp_path / name) == tmp_path / "m.json"
         assert PredictionJob.create(tmp_path / name, tmp_path / "i.tif").values[
             "normalize samples"] is True
-    assert training_config_path(tmp_path / "other.h5") is None
+    assert config_for_model(tmp_path / "other.h5") is None
     assert PredictionJob.create(tmp_path / "other.h5", tmp_path / "i.tif").values[
         "normalize samples"] is False
     # a multi-head (cerberus) config keeps it under "training"

@@ -140,10 +140,10 @@ def test_failing_state_write_leaves_previous_checkpoint(tmp_path, model, monkeyp
     save_checkpoint(model, path, old)
     before = path.read_bytes()
 
-    def broken(target, state):
+    def broken(target, name, text):
         raise KeyboardInterrupt  # Ctrl-C after the model, before the state
 
-    monkeypatch.setattr(checkpoints, "_write_state", broken)
+    monkeypatch.setattr(checkpoints, "write_record", broken)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(model, path, TrainingState(epochs_done=4))
     assert path.read_bytes() == before

@@ -455,7 +455,12 @@ def test_cli_one_line_errors_and_saved_overrides(tmp_path, assert_one_line_error
     result = run_script("train_model", "-c", str(cfg.path), "-b", "-D", "epochs=1",
                         cwd=tmp_path)
     assert_one_line_error(result, "data sources", "attach_data_sources")
-    assert json.loads(cfg.path.read_text())["epochs"] == 1  # -D values are saved (fixed defect)
+    assert cfg.path.read_text() == before  # -D applies to the run only ...
+    result = run_script("train_model", "-c", str(cfg.path), "-b", "-D", "epochs=1",
+                        "--save-config", cwd=tmp_path)
+    assert_one_line_error(result, "data sources", "attach_data_sources")
+    assert json.loads(cfg.path.read_text())["epochs"] == 1  # ... unless asked
+    assert (tmp_path / "m-json.bak").read_text() == before  # with a backup
 
 
 def test_early_stopping_and_plateau(tmp_path, caplog):

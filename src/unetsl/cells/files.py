@@ -1,8 +1,9 @@
 """Cells from a probability file: read, check, segment frame by frame, track, measure, write.
 
-The one file-level path behind ``segment_cells`` and ``predict_image --cells`` (and the
-napari plugin later): the pure functions of :mod:`unetsl.cells` on the (t, c, z, y, x) image
-that :mod:`unetsl.io` reads, with every check done before the long computation.
+The one file-level path behind ``segment_cells`` and ``predict_image --cells``: the pure
+functions of :mod:`unetsl.cells` on the (t, c, z, y, x) image that :mod:`unetsl.io` reads,
+with every check done before the long computation. Its array-level core,
+:func:`segment_array`, is what the napari plugin calls on a layer.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def segment_file(
     if meshes is not None and n_z == 1:
         raise UnetslError(f"--meshes: {probabilities} is 2D (z = 1); meshes are for 3D stacks, "
                           "use --rois for 2D outlines")
-    check_writable([output, table, rois, meshes])
+    check_writable([output, table, rois])
+    check_writable([meshes], folders=True)
 
     # Only the chosen channel is kept (t, z, y, x): segment() works frame by frame, with a
     # few neighbouring frames for membranes a frame missed (settings.time_window).
@@ -121,16 +123,11 @@ def segment_file(
     for t in range(n_t):
         maps[t] = image.data.read(t, *whole)[channel]
     try:
-        labels = segment(maps, mode=mode, spacing=image.spacing, settings=settings)
+        result = segment_array(maps, image.spacing, mode=mode, settings=settings,
+                               tracking=tracking)
     except UnetslError as err:  # name the file: the message speaks of "probabilities"
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
-    tracks: list[Any] = []
-    if tracking and n_t > 1:
-        labels, tracks = track(labels, settings)
-    else:
-        labels = _unique_ids(labels)
-    membrane = maps if mode == "membrane" else None
-    measured = measure(labels, image.spacing, membrane=membrane, tracks=tracks or None)
+    labels, measured, tracks = result.labels, result.table, result.tracks
 
     written = [_write_labels(output, labels, image)]
     if tracks:  # the CTC format wants gap-free tracks: a gap starts a child track
@@ -145,6 +142,39 @@ def segment_file(
         write_meshes(meshes, labels, image.spacing, fmt=mesh_format)
         written.append(Path(meshes))
     return CellsResult(labels, measured, tracks, [Path(p) for p in written])
+
+
+def segment_array(
+    maps: np.ndarray,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    *,
+    mode: str | None = None,
+    settings: CellSettings | None = None,
+    tracking: bool = True,
+) -> CellsResult:
+    """Segment, track and measure the cells of a (t, z, y, x) probability map in memory.
+
+    The steps of :func:`segment_file` after reading (segment_file calls it), for a map that
+    is already an array, such as a napari layer. ``spacing`` is (z, y, x) in physical
+    units; nothing is written (``written`` stays empty).
+    """
+    settings = settings or CellSettings()
+    mode = settings.mode if mode is None else mode
+    if mode not in MODES:
+        raise UnetslError(f"--from {mode!r} must be one of {', '.join(MODES)}")
+    maps = np.asarray(maps)
+    if not np.issubdtype(maps.dtype, np.floating):
+        raise UnetslError(f"holds {maps.dtype.name} pixels, not probabilities; give a float "
+                          "map in [0, 1] such as predict's probabilities")
+    labels = segment(maps, mode=mode, spacing=spacing, settings=settings)
+    tracks: list[Any] = []
+    if tracking and labels.shape[0] > 1:
+        labels, tracks = track(labels, settings)
+    else:
+        labels = _unique_ids(labels)
+    membrane = maps if mode == "membrane" else None
+    measured = measure(labels, spacing, membrane=membrane, tracks=tracks or None)
+    return CellsResult(labels, measured, tracks)
 
 
 def _unique_ids(labels: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ Examples:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXAMPLES)
 @click.option("-c", "--config-file", "config_file", required=True,
-              type=click.Path(dir_okay=False), help="Model config NAME.json (must exist).")
+              type=click.Path(), help="Model config NAME.json (must exist).")
 @click.option("--paired", nargs=2, metavar="IMAGES LABELS", default=None,
               help="Add a paired directories source.")
 @click.option("--weighted", nargs=3, metavar="IMAGES LABELS WEIGHTS", default=None,
@@ -56,7 +56,13 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
     Rotation angles are degrees.
     """
     from unetsl.config.model_config import Config, parse_overrides
-    from unetsl.data.attach import AttachDialogue, add_source, remove_sources, source_lines
+    from unetsl.data.attach import (
+        AttachDialogue,
+        add_source,
+        model_channels,
+        remove_sources,
+        source_lines,
+    )
     from unetsl.data.sources import (
         FILES,
         PAIRED,
@@ -84,7 +90,7 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
                               "--remove or --list (see attach_data_sources --help)")
         from unetsl.cli.attach_menu import run_menu
 
-        dialogue = AttachDialogue(entries, cfg.folder)
+        dialogue = AttachDialogue(entries, cfg.folder, n_labels=model_channels(cfg))
         if run_menu(dialogue, title=f"attach data sources: {path}"):
             cfg["data sources"] = dialogue.entries
             cfg.save()
@@ -109,7 +115,7 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
                               f"{', '.join(SOURCE_SETTINGS)}")
         stored = [stored_path(p, cfg.folder) for p in typed]
         entry = make_entry(kind, stored, labeller, parse_angles(angles), own)
-        n_pairs = add_source(entries, entry, cfg.folder)
+        n_pairs = add_source(entries, entry, cfg.folder, n_labels=model_channels(cfg))
         click.echo(f"added source {len(entries) - 1} ({n_pairs} image pair(s)): "
                    f"{json.dumps(entry)}")
     if adding or remove:

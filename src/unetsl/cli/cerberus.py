@@ -64,7 +64,7 @@ def main() -> None:
 
 
 @main.command("create", context_settings=HELP)
-@click.option("-c", "--config-file", "config_file", type=click.Path(dir_okay=False),
+@click.option("-c", "--config-file", "config_file", type=click.Path(),
               prompt="Config file",
               help="Cerberus config NAME.json (created with the default heads when missing); "
                    "the model is written as NAME.h5.")

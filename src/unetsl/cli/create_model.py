@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from unetsl.atomic import check_writable
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
 from unetsl.config.model_config import Config, back_up_config
 from unetsl.errors import UnetslError
@@ -23,7 +24,7 @@ def _validate_edit(path: Path):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config-file", "config_file", type=click.Path(dir_okay=False),
+@click.option("-c", "--config-file", "config_file", type=click.Path(),
               prompt="Config file", help="Model config NAME.json; the model is written as NAME.h5.")
 @define_option
 @batch_option
@@ -54,6 +55,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
             return
         config = Config(edited, path=path)
     config.validate()
+    check_writable([path, config.model_path])  # nothing is written unless all can be
 
     from unetsl.nets.model_files import build_model_from_config, describe_model, save_model
 
@@ -103,6 +105,7 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
 
     from unetsl.nets.model_files import describe_model, save_model
 
+    check_writable([path, config.model_path])  # nothing is written unless all can be
     model = build_cerberus(config)
     if changed:
         back_up_config(path)

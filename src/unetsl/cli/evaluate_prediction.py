@@ -10,8 +10,8 @@ CELL_METHODS = ("components", "watershed", "none")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("prediction", type=click.Path(dir_okay=False))
-@click.argument("truth", type=click.Path(dir_okay=False))
+@click.argument("prediction", type=click.Path())
+@click.argument("truth", type=click.Path())
 @click.option("--labeller", default="multiclass", show_default=True,
               help="Labeller the model was trained with: multiclass, categorical, "
                    "double membrane, region, linear (name or menu number).")
@@ -30,11 +30,11 @@ CELL_METHODS = ("components", "watershed", "none")
                                  "left out of both images, e.g. slivers at the border).")
 @click.option("--iou-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.5,
               show_default=True, help="Cells match when their IoU is above this.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), metavar="OUT.json",
+@click.option("--json", "json_file", type=click.Path(), metavar="OUT.json",
               help="Also write the scores as JSON.")
-@click.option("--overlay", "overlay_file", type=click.Path(dir_okay=False), metavar="OUT.png",
+@click.option("--overlay", "overlay_file", type=click.Path(), metavar="OUT.png",
               help="Also draw the middle plane of --image with the prediction and the truth.")
-@click.option("--image", "image_file", type=click.Path(dir_okay=False),
+@click.option("--image", "image_file", type=click.Path(),
               help="The image that was predicted (for --overlay).")
 @click.option("--instances", is_flag=True,
               help="PREDICTION is a cell label image (segment_cells' output): score cell "

@@ -10,14 +10,14 @@ from unetsl.cli.common import one_line_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("model_file", type=click.Path())
+@click.argument("output", type=click.Path())
 @click.option("--bioimageio", is_flag=True, help="Write a BioImage Model Zoo package (rdf.yaml "
               "+ weights + test tensors), for deepImageJ, ilastik, napari and bioimage.io.")
-@click.option("--sample", type=click.Path(exists=True, dir_okay=False),
+@click.option("--sample", type=click.Path(),
               help="Image whose central patch becomes the test input; its pixel size and unit "
                    "describe the axes.")
-@click.option("-c", "--config-file", "config_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("-c", "--config-file", "config_file", type=click.Path(),
               help="The model's JSON config, for its pre-processing (default: NAME.json beside "
                    "the model, -best/-latest stripped).")
 @click.option("--name", help="Model name shown by bioimage.io (default: unetsl <model>).")

@@ -12,8 +12,8 @@ from unetsl.errors import UnetslError
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config-file", "config_file", required=True,
-              type=click.Path(dir_okay=False), help="Model config NAME.json.")
-@click.option("--save", "save", type=click.Path(dir_okay=False), default=None,
+              type=click.Path(), help="Model config NAME.json.")
+@click.option("--save", "save", type=click.Path(), default=None,
               help="Write the view to this PNG instead of opening a window (no display needed).")
 @click.option("--source", "sources", type=int, multiple=True, metavar="N",
               help="Only data source N (repeatable; default: every source).")
@@ -37,22 +37,13 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
     A cerberus config (with "unet" and "heads") shows each head's target channels as
     training makes them from the raw label bits, at the head's own resolution.
     """
-    from unetsl.config.cerberus_layout import CerberusTraining
     from unetsl.config.model_config import Config
     from unetsl.data.inspect import build_pages, save_figure, show
+    from unetsl.training.setup import training_shapes
 
     cfg = Config.load(Path(config_file))
     cfg.apply_overrides(overrides)
-    patch_shape, n_labels = list(cfg["input shape"]), int(cfg["n labels"])
-    if cfg.model_path.exists():
-        from unetsl.nets.model_files import load_model
-        from unetsl.nets.shapes import model_patch_shape
-
-        model = load_model(cfg.model_path)
-        patch_shape = list(model_patch_shape(model))
-        n_labels = int(model.outputs[-1].shape[-1])
-    if isinstance(cfg, CerberusTraining):
-        n_labels = 1  # the sources pass the raw label on; each head makes its own target
+    patch_shape, n_labels = training_shapes(cfg)
     n_sources = len(cfg["data sources"])
     for index in sources:
         if not 0 <= index < n_sources:

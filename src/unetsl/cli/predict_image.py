@@ -52,7 +52,7 @@ class Progress:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("model_file", type=click.Path())
 @click.argument("image_file", type=click.Path())
 @click.argument("output_file", required=False, type=click.Path())
 @define_option
@@ -72,7 +72,7 @@ class Progress:
 @click.option("--cells", is_flag=True,
               help="Then segment cells from the probabilities as segment_cells does (implies "
                    '--probabilities): cells-<output>, tracked; cell keys as -D "cell ...".')
-@click.option("--table", type=click.Path(dir_okay=False), metavar="FILE.csv",
+@click.option("--table", type=click.Path(), metavar="FILE.csv",
               help="With --cells: write the cell measurements as CSV.")
 @one_line_errors
 def main(model_file: str, image_file: str, output_file: str | None, overrides: tuple[str, ...],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from unetsl.atomic import check_writable
 from unetsl.cli.common import (
     batch_option,
     define_option,
@@ -16,7 +17,7 @@ from unetsl.cli.common import (
     one_line_errors,
 )
 from unetsl.config.cerberus_layout import CerberusTraining
-from unetsl.config.model_config import Config
+from unetsl.config.model_config import Config, back_up_config
 
 
 def _explicit_gpus(gpus: int) -> int | None:
@@ -31,25 +32,30 @@ def _explicit_gpus(gpus: int) -> int | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config-file", "config_file", type=click.Path(dir_okay=False),
+@click.option("-c", "--config-file", "config_file", type=click.Path(),
               prompt="Config file", help="Model config NAME.json (the model is NAME.h5).")
 @define_option
 @batch_option
 @gpus_option
 @click.option("--resume", is_flag=True,
               help="Continue from NAME-latest.h5: next epoch, optimizer state and best value kept.")
+@click.option("--save-config", is_flag=True,
+              help="Also write the -D values into NAME.json (backed up as NAME-json.bak first); "
+                   "without it they apply to this run only (and are in its logs).")
 @click.option("--allow-growth", is_flag=True, hidden=True,
               help="Accepted for the original's scripts; TensorFlow grows GPU memory anyway.")
 @one_line_errors(tensorflow=False)  # TensorFlow starts below, after the cluster is known
 def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, resume: bool,
-         allow_growth: bool) -> None:
+         save_config: bool, allow_growth: bool) -> None:
     """Train NAME.h5 on the data sources of NAME.json.
 
     Writes NAME-latest.h5 every epoch, NAME-best.h5 when the monitored loss improves, the
     epoch and batch logs training-log_NAME-<id>.txt / batch-log_NAME-<id>.txt, the config
     snapshot training-log_NAME-<id>.json and NAME-curves.png. Ctrl-C or SIGTERM saves
-    NAME-latest.h5 and stops; --resume continues from it. Without -b the settings editor
-    opens first; its finish button (and any -D value) saves NAME.json.
+    NAME-latest.h5 and stops; --resume continues from it. -D values apply to this run (the
+    epoch log and the snapshot record them); --save-config also writes them into NAME.json.
+    Without -b the settings editor opens first; its finish button saves NAME.json. Every
+    write of NAME.json backs the old one up as NAME-json.bak.
 
     A cerberus (multi-head) config trains every head on its bits of the label image;
     its "training" section is written into NAME.json when missing.
@@ -70,9 +76,13 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     path = Path(config_file)
     config = Config.load(path)  # a cerberus file gives its CerberusTraining view
     cerberus = isinstance(config, CerberusTraining)
-    config.apply_overrides(overrides)
     # the original's "cerberus train" wrote the training section (defaults) into the file
-    changed = bool(overrides) or (cerberus and not config.had_training)
+    to_save = config if cerberus and not config.had_training else None
+    if overrides:
+        config = Config.load(path)  # the run's copy: -D values stay out of the file ...
+        config.apply_overrides(overrides)
+        if save_config:  # ... unless asked
+            to_save = config
     if interactive(batch):
         from unetsl.cli.tui import edit_values
 
@@ -93,12 +103,17 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
             click.echo("cancelling...")
             return
         config = config.with_training(edited) if cerberus else Config(edited, path=path)
-        changed = True
+        to_save = config
     check_training_config(config)  # before saving: a bad -D value never reaches the file
-    if changed and chief:
-        config.save(path)
+    if to_save is not None and chief:
+        check_writable([path])
+        back_up_config(path)
+        to_save.save(path)
 
-    result = train(config, resume=resume, gpus=_explicit_gpus(gpus), strategy=strategy)
+    notes = [f'-D "{text}"' + ("" if to_save is config else " (this run only)")
+             for text in overrides]
+    result = train(config, resume=resume, gpus=_explicit_gpus(gpus), strategy=strategy,
+                   notes=notes)
     if not chief:
         return
     if result.interrupted is not None:

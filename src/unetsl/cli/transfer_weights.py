@@ -10,10 +10,10 @@ from unetsl.cli.common import one_line_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("origin", type=click.Path(exists=True, dir_okay=False))
-@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.argument("origin", type=click.Path())
+@click.argument("target", type=click.Path())
 @click.argument("output", required=False, default="transferred.h5",
-                type=click.Path(dir_okay=False))
+                type=click.Path())
 @click.option("-i", "--inverted", is_flag=True,
               help="Copy from TARGET into ORIGIN instead (and write ORIGIN's structure).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not list the layers of both models.")
@@ -40,7 +40,8 @@ def main(origin: str, target: str, output: str, inverted: bool, quiet: bool) -> 
         for line in describe_layers(destination):
             click.echo(line)
         click.echo("")
-    report = transfer_weights(source, destination)
+    report = transfer_weights(source, destination, origin_name=source_path,
+                              target_name=target_path)
     for line in report.lines():
         click.echo(line)
     save_model(destination, Path(output))

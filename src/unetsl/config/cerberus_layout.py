@@ -99,6 +99,8 @@ class CerberusConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CerberusConfig:
         p = Path(path)
+        if p.is_dir():
+            raise UnetslError(f"{p}: is a folder, expected a .json config file")
         if not p.is_file():
             raise UnetslError(f"{p}: config file does not exist")
         try:
@@ -205,6 +207,8 @@ class CerberusTraining(Config):
     ``save``/``to_json`` write the cerberus layout (2-space indent) with a full ``training``
     section, as the original's ``cerberus train`` did.
     """
+
+    override_sections = ("unet", "heads", "training", "loss weights")  # -D whole sections
 
     def __init__(self, cerberus: CerberusConfig):
         super().__init__(path=cerberus.path)

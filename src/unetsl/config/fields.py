@@ -30,6 +30,9 @@ class Field:
     doc: str
     original_default: Any = None  # set when unetsl changed the original's default
     new: bool = False  # key introduced by unetsl (absent from the original)
+    #: what create_model writes into a new config when it differs from ``default`` (the
+    #: value a file without the key gets, so that the original's configs behave as before)
+    new_config: Any = None
 
 
 def _ints(n: int, minimum: int) -> Check:
@@ -110,14 +113,17 @@ FIELDS: tuple[Field, ...] = (
           "0 builds one U-Net; N >= 1 chains N U-Nets, stage k seeing the input and the "
           "output of stage k-1, with outputs cascade_0 .. cascade_{N-1}.", new=True),
     Field("initial learning rate", 1e-4, "number > 0", _number(1e-12, 10.0),
-          "Learning rate of the optimizer.", original_default=1e-06),
+          "Learning rate of the optimizer.", original_default=1e-06,
+          new_config=1e-3),
     Field("optimizer", "keras.optimizers.Adam", "optimizer name", _is_str,
           "keras.optimizers.Adam or keras.optimizers.SGD."),
     Field("loss function", "unetsl.model.sorensenDiceCoefLoss", "loss name", _is_str,
           "Training loss, by the original's names (unetsl.model.sorensenDiceCoefLoss, "
           "unetsl.model.weightedDiceLoss, unetsl.model.jaccardIndexLoss, "
           "unetsl.model.weightedError, unetsl.model.logMse, "
-          "keras.losses.binary_crossentropy, ...)."),
+          "keras.losses.binary_crossentropy, ...), or unetsl.channelDiceBceLoss (binary "
+          "cross-entropy + Dice per channel: sparse channels are learned too).",
+          new_config="unetsl.channelDiceBceLoss"),
     Field("stride", [0, 3, 32, 32], "4 integers (c, z, y, x)", _ints(4, 0),
           "Step between training patches; element 0 is unused."),
     Field("batch size", 1, "integer >= 1", _int(1),
@@ -138,7 +144,9 @@ FIELDS: tuple[Field, ...] = (
     Field("normalization percentiles", None, "null or [low, high] percentiles", _percentiles,
           "Scale every image, per channel, so that these intensity percentiles of the whole "
           "image map to 0 and 1 (e.g. [1, 99.8]) before patches are cut; null keeps raw "
-          "intensities. Applied before \"normalize samples\".", new=True),
+          "intensities. Applied before \"normalize samples\". Stored in every model file "
+          "training writes, so every prediction path applies it.", new=True,
+          new_config=[1, 99.8]),
     Field("sampling", "grid", '"grid", "random" or "foreground"',
           _one_of("grid", "random", "foreground"),
           "Where training patches come from: \"grid\" = every \"stride\" step, the last patch "
@@ -152,10 +160,12 @@ FIELDS: tuple[Field, ...] = (
           "Grid sampling: move every training patch by a random offset of up to this many "
           "pixels (the original always used [0, 10, 10]).", new=True),
     Field("augment flips", False, "true/false", _is_bool,
-          "Random flips of training patches in y and x.", new=True),
+          "Random flips of training patches in y and x.", new=True,
+          new_config=True),
     Field("augment rotate 90", False, "true/false", _is_bool,
           "Random rotations of training patches by multiples of 90 degrees in the y-x plane "
-          "(only 0/180 degrees when the patch is not square).", new=True),
+          "(only 0/180 degrees when the patch is not square).", new=True,
+          new_config=True),
     Field("augment intensity scale", 0.0, "number in [0, 1)", _number(0.0, 0.999),
           "Multiply every training patch by a random factor in [1 - s, 1 + s].", new=True),
     Field("augment intensity shift", 0.0, "number >= 0", _number(0.0, 1e6),
@@ -173,7 +183,8 @@ FIELDS: tuple[Field, ...] = (
           "Stop when \"monitor\" has not improved for this many epochs; 0 = off.", new=True),
     Field("reduce lr patience", 0, "integer >= 0", _int(0),
           "Multiply the learning rate by \"reduce lr factor\" when \"monitor\" has not "
-          "improved for this many epochs; 0 = off.", new=True),
+          "improved for this many epochs; 0 = off.", new=True,
+          new_config=10),
     Field("reduce lr factor", 0.1, "number in (0, 1)", _number(1e-6, 0.999),
           "Factor of each learning-rate cut (see \"reduce lr patience\").", new=True),
     Field("seed", None, "integer or null", _optional_int,
@@ -228,9 +239,30 @@ def closest_key(key: str) -> str | None:
     return match[0] if match else None
 
 
+def unknown_key_hint(key: str, known: Any = None) -> str:
+    """'did you mean "n filters"?' for a misspelt key (or the known keys when none is close),
+    for the one-line error of an unknown -D key. ``known``: the keys to choose from (default:
+    every config key)."""
+    known = list(known) if known is not None else [*FIELD_BY_KEY, *OPTIONAL_KEYS]
+    match = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.5)
+    if match:
+        return f'did you mean "{match[0]}"?'
+    return "known keys: " + ", ".join(f'"{k}"' for k in known)
+
+
 def defaults() -> dict[str, Any]:
     """A fresh copy of every default, in the original's key order."""
     return {f.key: copy.deepcopy(f.default) for f in FIELDS}
+
+
+def new_config_defaults() -> dict[str, Any]:
+    """The values of a config that create_model starts: the defaults, with unetsl's better
+    choices (``Field.new_config``) for what a file without the key keeps as the original did."""
+    values = defaults()
+    for f in FIELDS:
+        if f.new_config is not None:
+            values[f.key] = copy.deepcopy(f.new_config)
+    return values
 
 
 def check_value(key: str, value: Any, *, source: str = "config") -> None:
@@ -251,11 +283,13 @@ def key_table_markdown() -> str:
     """The README's table of config keys, generated from ``FIELDS``."""
     rows = ["| key | default | type | meaning |", "|---|---|---|---|"]
     for f in FIELDS:
-        default = json.dumps(f.default)
+        default = f"`{json.dumps(f.default)}`"
+        if f.new_config is not None:
+            default = f"`{json.dumps(f.new_config)}` in new configs, {default} when absent"
         if f.original_default is not None:
-            default += f" (original: {json.dumps(f.original_default)})"
+            default += f" (original: `{json.dumps(f.original_default)}`)"
         doc = f.doc + (" *New in unetsl.*" if f.new else "")
-        rows.append(f"| `{f.key}` | `{default}` | {f.kind} | {doc} |")
+        rows.append(f"| `{f.key}` | {default} | {f.kind} | {doc} |")
     return "\n".join(rows)
 
 

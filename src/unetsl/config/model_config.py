@@ -25,6 +25,8 @@ from unetsl.config.fields import (
     check_value,
     closest_key,
     defaults,
+    new_config_defaults,
+    unknown_key_hint,
 )
 from unetsl.errors import UnetslError
 
@@ -49,6 +51,14 @@ class Config:
         self._warned: set[str] = set()
         if values:
             self.update(values)
+
+    @classmethod
+    def new(cls, path: str | os.PathLike | None = None) -> Config:
+        """A new config as create_model starts it: unetsl's defaults for new models
+        (``fields.new_config_defaults``), e.g. input normalisation on."""
+        config = cls(path=path)
+        config.values = new_config_defaults()
+        return config
 
     # mapping protocol -------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -86,9 +96,17 @@ class Config:
             check_value(key, value, source=where)
             self.values[key] = copy.deepcopy(value)
 
+    #: keys -D may set besides the config keys (a layout's whole sections, e.g. "heads")
+    override_sections: tuple[str, ...] = ()
+
     def apply_overrides(self, overrides: Iterable[str]) -> dict[str, Any]:
-        """Apply ``-D "key=json"`` texts; returns what was set. The value must be JSON."""
+        """Apply ``-D "key=json"`` texts; returns what was set. The value must be JSON and
+        the key known: a typo is refused (with the closest key) instead of being saved."""
         parsed = parse_overrides(overrides)
+        known = (*FIELD_BY_KEY, *OPTIONAL_KEYS, *OBSOLETE, *self.override_sections)
+        for key in parsed:
+            if key not in known:
+                raise UnetslError(f'-D "{key}": unknown key; {unknown_key_hint(key)}')
         self.update(parsed, source="-D")
         return parsed
 
@@ -144,7 +162,8 @@ class Config:
     # files ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> Config:
-        """Defaults updated with the JSON file's keys (a missing file gives the defaults).
+        """Defaults updated with the JSON file's keys (a missing file gives a new config,
+        :meth:`new`, when ``must_exist`` is false).
 
         A cerberus file (with "unet" and "heads") gives a
         :class:`unetsl.config.cerberus_layout.CerberusTraining`, which saves in its own layout.
@@ -153,7 +172,7 @@ class Config:
         if not p.exists():
             if must_exist:
                 raise UnetslError(f"{p}: config file does not exist")
-            return cls(path=p)
+            return cls.new(p)
         if p.is_dir():
             raise UnetslError(f"{p}: is a folder, expected a .json config file")
         try:
@@ -212,6 +231,19 @@ def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
         key, value = parse_override(text)
         result[key] = value
     return result
+
+
+def config_for_model(model: str | os.PathLike) -> Path | None:
+    """The JSON config a model was made from: NAME.json beside NAME.h5 or
+    NAME-best/-latest/-batch.h5 (else the file's own stem .json), or None."""
+    model = Path(model)
+    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
+    names = [stem[: -len(s)] for s in ("-best", "-latest", "-batch") if stem.endswith(s)]
+    for name in [*names, stem]:
+        candidate = model.with_name(name + ".json")
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def back_up_config(path: str | os.PathLike) -> Path | None:

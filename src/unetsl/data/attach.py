@@ -22,11 +22,14 @@ import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from unetsl.data.labellers import LABELLERS
 from unetsl.data.sources import (
@@ -38,10 +41,11 @@ from unetsl.data.sources import (
     parse_source,
     stored_path,
 )
+from unetsl.data.volumes import check_source_labels
 from unetsl.errors import UnetslError
 
-__all__ = ["AttachDialogue", "Prompt", "add_source", "capture_warnings", "complete_path",
-           "remove_sources", "source_lines"]
+__all__ = ["AttachDialogue", "Prompt", "add_array_pair", "add_source", "capture_warnings",
+           "complete_path", "model_channels", "remove_sources", "source_lines"]
 
 MAIN_LINES = ["enter type: ", "1. paired directory", "2. weighted directories",
               "3. remove existing sources.", "<anything else>. stop"]
@@ -82,13 +86,51 @@ def source_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"{i}. {json.dumps(entry)}" for i, entry in enumerate(entries)]
 
 
-def add_source(entries: list[dict[str, Any]], entry: dict[str, Any], folder: str | os.PathLike
-               ) -> int:
-    """Check ``entry`` and its files (paired, same shapes) and append it; the pair count."""
+def add_source(entries: list[dict[str, Any]], entry: dict[str, Any], folder: str | os.PathLike,
+               n_labels: int | None = None) -> int:
+    """Check ``entry`` and its files (paired, same shapes) and append it; the pair count.
+
+    n_labels : the model's output channels (:func:`model_channels`): a labeller that cannot
+        fill them (e.g. "linear labels", one channel, for a 2-channel model) is refused now,
+        not when training starts.
+    """
     source = parse_source(entry, len(entries), folder)
+    if n_labels is not None:
+        check_source_labels(source, n_labels)
     pairs = check_source_files(source)
     entries.append(entry)
     return len(pairs)
+
+
+def model_channels(cfg: Any) -> int | None:
+    """The target channels a source of ``cfg`` must give ("n labels"); None for a multi-head
+    (cerberus) config, whose heads make their own targets from the raw label."""
+    from unetsl.config.cerberus_layout import CerberusTraining
+
+    return None if isinstance(cfg, CerberusTraining) else int(cfg["n labels"])
+
+
+def add_array_pair(entries: list[dict[str, Any]], folder: str | os.PathLike, name: str,
+                   image: np.ndarray, label: np.ndarray, labeller: str | int, *,
+                   spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "pixel"
+                   ) -> tuple[dict[str, Any], int]:
+    """Write an image and its label image held in memory (e.g. napari layers, (t, c, z, y, x)
+    or fewer axes) as ``<folder>/<name>/images/<name>.tif`` and ``labels/<name>.tif``, and
+    add that pair of folders as a paired source, checked as a typed one; the entry and its
+    pair count. The same pair added again rewrites the files but not the entry."""
+    from unetsl.io.tiff import write_image
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "layer"
+    root = Path(folder) / safe
+    spacing3 = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    for role, array in (("images", image), ("labels", label)):
+        write_image(root / role / f"{safe}.tif", array, spacing=spacing3, unit=unit)
+    stored = [stored_path(str(root / role), folder) for role in ("images", "labels")]
+    entry = make_entry(PAIRED, stored, labeller)
+    if entry in entries:
+        pairs = check_source_files(parse_source(entry, entries.index(entry), folder))
+        return entry, len(pairs)
+    return entry, add_source(entries, entry, folder)
 
 
 def remove_sources(entries: list[dict[str, Any]], indexes: Sequence[int]) -> list[dict[str, Any]]:
@@ -113,8 +155,9 @@ class AttachDialogue:
     """
 
     def __init__(self, entries: Sequence[Mapping[str, Any]], folder: str | os.PathLike,
-                 cwd: str | os.PathLike | None = None):
+                 cwd: str | os.PathLike | None = None, n_labels: int | None = None):
         self.entries: list[dict[str, Any]] = copy.deepcopy([dict(e) for e in entries])
+        self.n_labels = n_labels  # the model's output channels, checked against the labeller
         self.folder = Path(folder)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         self.state = "main"
@@ -230,6 +273,12 @@ class AttachDialogue:
         if not (choice.isdigit() and int(choice) < len(LABELLERS)):
             return [f"enter a number between 0 and {len(LABELLERS) - 1}  to select a labeller"]
         entry = make_entry(self.kind, self._stored(), int(choice), self.angles)
+        if self.n_labels is not None:
+            try:
+                check_source_labels(parse_source(entry, len(self.entries), self.folder),
+                                    self.n_labels)
+            except UnetslError as err:
+                return [f"error: {err}"]
         self.entries.append(entry)
         self.state = "main"
         return [f"added source {len(self.entries) - 1}: {json.dumps(entry)}"]

@@ -100,6 +100,16 @@ def _check_label_values(source: Source, label: np.ndarray, path: Path, n_labels:
         raise UnetslError(f"{source.where}{path}: {err}") from None
 
 
+def _check_finite(data: np.ndarray, where: str, what: str) -> None:
+    """A float image with NaN or infinite pixels is refused by name: it would make the loss NaN."""
+    if data.dtype.kind != "f":
+        return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise UnetslError(f"{where}: {bad} NaN or infinite pixel(s) of {data.size} in the "
+                          f"{what}; replace them before training")
+
+
 def load_source_volumes(source: Source, cfg: Any, *, patch_shape: Sequence[int],
                         n_labels: int) -> list[Volume]:
     """Read every pair of ``source`` and split it into one :class:`Volume` per time frame."""
@@ -109,8 +119,10 @@ def load_source_volumes(source: Source, cfg: Any, *, patch_shape: Sequence[int],
     volumes = []
     for pair in source.pairs():
         image = read_image(pair.image, depth_wanted=pz)
+        _check_finite(image.data, f"{source.where}{pair.image}", "image")
         data = match_channels(image.data, c, source=str(pair.image))
         label = read_image(pair.label, depth_wanted=pz).data
+        _check_finite(label, f"{source.where}{pair.label}", "label image")
         weights = read_image(pair.weights, depth_wanted=pz).data if pair.weights else None
         for other, path in ((label, pair.label), (weights, pair.weights)):
             if other is None:

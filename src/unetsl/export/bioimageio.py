@@ -39,7 +39,6 @@ from unetsl.export.inputs import (
     _preprocessing_rdf,
     _sample_tile,
     _synthetic_tile,
-    find_config,
 )
 from unetsl.export.package_files import _cover, _sha256, _write_weights
 
@@ -226,7 +225,10 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
     weight_formats : any of WEIGHT_FORMATS; the first is the source the others derive from.
     github_user : GitHub account of the first author, who becomes the maintainer.
     """
+    from unetsl.config.model_config import config_for_model
+    from unetsl.data.normalize import model_normalization
     from unetsl.nets.model_files import load_model
+    from unetsl.nets.records import INPUT_RECORD, read_record
     from unetsl.nets.shapes import model_patch_shape, output_activations
     from unetsl.predict.reduce import reduction_for_activation
 
@@ -249,10 +251,14 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
                        f"({legacy.describe_legacy(info)}) to a channels-last Keras 3 model; "
                        "the weights are unchanged.")
         notes.append(legacy_note)
-    config_path = Path(config) if config is not None else find_config(model_path)
-    if config_path is not None and config is None:
-        notes.append(f"pre-processing read from {config_path}")
+    config_path = Path(config) if config is not None else config_for_model(model_path)
     settings = _config_settings(config_path)
+    recorded = model_normalization(model)
+    if config is None and read_record(model_path, INPUT_RECORD) is not None:
+        settings.update(recorded.settings())  # the model file says how it was trained
+        notes.append(f"pre-processing recorded in {model_path.name}: {recorded.describe()}")
+    elif config_path is not None and config is None:
+        notes.append(f"pre-processing read from {config_path}")
 
     patch = model_patch_shape(model)
     image = None

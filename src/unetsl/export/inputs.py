@@ -13,17 +13,6 @@ from unetsl.errors import UnetslError
 log = logging.getLogger("unetsl")
 
 
-def find_config(model_path: Path) -> Path | None:
-    """The config beside a model: <name>.json for <name>.h5, <name>-best.h5, <name>-latest.h5."""
-    stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-    candidates = [stem] + [stem[: -len(s)] for s in ("-best", "-latest") if stem.endswith(s)]
-    for name in reversed(candidates):
-        path = model_path.with_name(name + ".json")
-        if path.is_file():
-            return path
-    return None
-
-
 def _config_settings(config_path: Path | None) -> dict[str, Any]:
     settings: dict[str, Any] = {"normalize samples": False, "normalization percentiles": None,
                                 "labeller": None}

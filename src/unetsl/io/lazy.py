@@ -76,6 +76,7 @@ class _AxesView:
                 or 4 not in targets.values():
             raise _NotLazy(f"{source}: axes {axes!r}")
         self.array = array
+        self.source = source
         self.targets = targets
         self.dtype = np.dtype(array.dtype)
         shape = [1] * 5
@@ -96,7 +97,13 @@ class _AxesView:
             else:
                 key.append(wanted[target])
                 kept.append(target)
-        block = np.asarray(self.array[tuple(key)])
+        try:
+            block = np.asarray(self.array[tuple(key)])
+        except (IndexError, UnetslError):
+            raise
+        except Exception as exc:  # a damaged or truncated compressed file: codecs raise many
+            raise UnetslError(f"{self.source}: cannot read the pixels "
+                              f"({uio._one_line(exc)})") from exc
         order = sorted(range(len(kept)), key=lambda k: kept[k])
         block = block.transpose(order)
         present = sorted(kept)
@@ -172,6 +179,8 @@ def open_image(path: str | os.PathLike, *, depth_wanted: int = 1) -> LazyImage:
     if p.is_dir() and (p.suffix.lower() == ".zarr" or (p / "zarr.json").exists()
                        or (p / ".zarray").exists() or (p / ".zgroup").exists()):
         return _open_zarr(name, depth_wanted)
+    if p.is_dir():
+        raise UnetslError(f"{name}: is a folder but not a zarr store; expected an image file")
     if not p.is_file():
         raise UnetslError(f"{name}: no such file")
     try:
@@ -222,6 +231,11 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
         axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
         offset = series.dataoffset
         if offset is not None and dtype is not None and len(shape) >= 2:
+            needed = int(offset) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if os.path.getsize(name) < needed:  # found now, not at the last tile
+                raise UnetslError(f"{name}: file is truncated ({os.path.getsize(name)} bytes; "
+                                  f"its {tuple(shape)} {np.dtype(dtype).name} pixels end at "
+                                  f"byte {needed})")
             array: Any = _RawTiffArray(name, offset, shape, dtype, tif.byteorder)
         else:
             try:

@@ -163,7 +163,13 @@ class ZarrView:
             file_key.append(k)
             if isinstance(k, slice):
                 kept.append(axis)
-        block = np.asarray(self.array[tuple(file_key)])
+        try:
+            block = np.asarray(self.array[tuple(file_key)])
+        except IndexError:
+            raise
+        except Exception as exc:  # a damaged chunk: codecs raise many types
+            raise UnetslError(f"{self.path or 'zarr array'}: cannot read the pixels "
+                              f"({_one_line(exc)})") from exc
         # axes the file lacks: size 1, indexable by 0 or by a slice
         names = list(kept)
         for axis in range(5):
@@ -256,6 +262,20 @@ def _dimension_names(array: Any) -> str | None:
     return None
 
 
+def _check_chunks(array: Any, name: str) -> None:
+    """A chunk missing from the store reads as the fill value; without one (a zarr v2 array
+    with "fill_value": null) its pixels are undefined, so the array is refused."""
+    if getattr(array, "fill_value", 0) is not None:
+        return
+    try:
+        stored, total = int(array.nchunks_initialized), int(array.nchunks)
+    except Exception:  # a store that cannot list its keys: nothing to check
+        return
+    if stored < total:
+        raise UnetslError(f"{name}: {total - stored} of {total} chunks are missing and the "
+                          "array has no fill value, so their pixels are undefined")
+
+
 def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0) -> ZarrImage:
     """Open a zarr array or OME-Zarr image for block reads as (t, c, z, y, x).
 
@@ -323,6 +343,7 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
         if letters is None:
             raise UnetslError(f"{name}: zarr array of shape {tuple(array.shape)}; expected 2 to "
                               "5 dims (yx, zyx, czyx or tczyx) or named dimensions")
+    _check_chunks(array, name)
     view = ZarrView(array, letters, path=name, array_path=array_path)
     t, _, z = view.shape[:3]
     swap = depth_wanted > 1 and t > 1 and z == 1

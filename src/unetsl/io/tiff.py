@@ -55,6 +55,8 @@ def read_image(path: str | os.PathLike, *, depth_wanted: int = 1) -> Image:
     (the original's rule, so 2D models with z > 1 see consecutive time points).
     """
     name = str(path)
+    if Path(name).is_dir():
+        raise UnetslError(f"{name}: is a folder, expected an image file")
     if not Path(name).is_file():
         raise UnetslError(f"{name}: no such file")
     if Path(name).suffix.lower() == ".npy":
@@ -68,11 +70,17 @@ def read_image(path: str | os.PathLike, *, depth_wanted: int = 1) -> Image:
             raise UnetslError(f"{name}: not a readable TIFF file ({_one_line(exc)})") from exc
         except Exception as exc:  # codecs and OS errors are many
             raise UnetslError(f"{name}: cannot read image ({_one_line(exc)})") from exc
-    t, _, z = image.data.shape[:3]
-    if depth_wanted > 1 and t > 1 and z == 1:
-        image.data = np.swapaxes(image.data, 0, 2)
-        image.time_as_depth = True
+    image.data, image.time_as_depth = frames_as_depth(image.data, depth_wanted)
     return image
+
+
+def frames_as_depth(data: np.ndarray, depth_wanted: int) -> tuple[np.ndarray, bool]:
+    """(t, c, z, y, x) with the frames of a 2D time series moved to z when the model wants
+    depth (``depth_wanted`` > 1, t > 1, z == 1): the original's rule; also True if moved."""
+    t, _, z = data.shape[:3]
+    if depth_wanted > 1 and t > 1 and z == 1:
+        return np.swapaxes(data, 0, 2), True
+    return data, False
 
 
 def _read_npy(name: str) -> Image:
@@ -99,6 +107,12 @@ def _read_tiff(name: str) -> Image:
         else:
             spacing, unit = (1.0, 1.0, 1.0), "pixel"
     return Image(data, spacing=spacing, unit=unit, path=name)
+
+
+def to_tczyx(data: np.ndarray, axes: str, *, source: str = "array") -> np.ndarray:
+    """An array whose axes are named by letters (tifffile's: "TYX", "ZCYX" ...) as
+    (t, c, z, y, x), e.g. a viewer's layer; one-line UnetslError naming ``source``."""
+    return _to_tczyx(np.asarray(data), axes, source)
 
 
 def _to_tczyx(data: np.ndarray, axes: str, source: str) -> np.ndarray:

@@ -55,7 +55,12 @@ def build_cerberus(config: CerberusConfig):
         else:
             x = layers.Conv3D(head.n_labels, (1, 1, 1), name=f"cerberus_{head.name}")(x)
         outputs.append(layers.Activation(head.activation, name=head.name)(x))
-    return keras.Model(base.inputs, outputs, name=config.name)
+    from unetsl.data.normalize import InputNormalization, attach_normalization
+
+    training = config.data.get("training")
+    return attach_normalization(keras.Model(base.inputs, outputs, name=config.name),
+                                InputNormalization.from_settings(
+                                    training if isinstance(training, dict) else {}))
 
 
 def check_cerberus_model(model: Any, config: CerberusConfig, source: Path | str) -> None:

@@ -13,8 +13,14 @@ from keras import layers
 
 from unetsl.atomic import atomic_path
 from unetsl.config.model_config import Config
+from unetsl.data.normalize import (
+    InputNormalization,
+    attach_normalization,
+    model_normalization,
+)
 from unetsl.errors import UnetslError
 from unetsl.nets import losses as _losses  # noqa: F401  (registers the losses for loading)
+from unetsl.nets.records import INPUT_RECORD, file_normalization, write_record
 from unetsl.nets.shapes import model_patch_shape, output_activations
 from unetsl.nets.unet import build_cascade, build_unet
 
@@ -35,7 +41,9 @@ def _check_suffix(path: Path) -> None:
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Write ``model`` atomically; ``.h5``/``.hdf5`` gives legacy HDF5, ``.keras`` the zip format.
 
-    A compiled model keeps its loss (registered classes reload without custom_objects).
+    A compiled model keeps its loss (registered classes reload without custom_objects), and
+    the input normalisation recorded on it (:func:`unetsl.data.normalize.attach_normalization`)
+    is stored in the file, so that every later prediction applies it.
     """
     path = Path(path)
     _check_suffix(path)
@@ -46,6 +54,9 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     try:
         with atomic_path(path) as tmp:
             model.save(tmp, overwrite=True)
+            normalization = model_normalization(model)
+            if normalization is not None:
+                write_record(tmp, INPUT_RECORD, normalization.to_json())
     finally:
         if saved is not None:
             compile_config.config = saved
@@ -55,9 +66,12 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """Load a model written by :func:`save_model` (safe mode: no arbitrary code).
 
     The unetsl losses are registered on import of this module, so compiled models reload
-    with their loss when ``compile`` is true.
+    with their loss when ``compile`` is true. The model's input normalisation (its record,
+    else its training config's settings) is attached to it (``model_normalization``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UnetslError(f"model file {str(path)!r} is a folder, expected a .h5 or .keras file")
     if not path.is_file():
         raise UnetslError(f"model file {str(path)!r} does not exist")
     _check_suffix(path)
@@ -66,19 +80,23 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: not an HDF5 file")
     from unetsl.nets import legacy
+    normalization = file_normalization(path)
     if legacy.is_legacy_model(path):  # written by the original (Keras 2, channels-first)
-        return legacy.load_legacy_model(path, compile=compile)
+        return attach_normalization(legacy.load_legacy_model(path, compile=compile),
+                                    normalization)
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # h5py, zipfile and Keras raise many types for a bad file
         reason = " ".join(str(exc).split()) or type(exc).__name__
         if len(reason) > 200:
             reason = reason[:200] + "..."
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: {reason}") from exc
+    return attach_normalization(model, normalization)
 
 
 def build_model_from_config(config: Config) -> keras.Model:
-    """The U-Net (or cascade, with "cascade stages" >= 1) that a config describes."""
+    """The U-Net (or cascade, with "cascade stages" >= 1) that a config describes, with the
+    config's input normalisation recorded on it."""
     args = dict(
         input_shape=config["input shape"],
         n_labels=config["n labels"],
@@ -92,8 +110,10 @@ def build_model_from_config(config: Config) -> keras.Model:
         name=config.name,
     )
     if config["cascade stages"] >= 1:
-        return build_cascade(n_stages=config["cascade stages"], **args)
-    return build_unet(**args)
+        model = build_cascade(n_stages=config["cascade stages"], **args)
+    else:
+        model = build_unet(**args)
+    return attach_normalization(model, InputNormalization.from_settings(config))
 
 
 def describe_model(model: keras.Model) -> str:

@@ -81,15 +81,20 @@ def describe_layers(model: keras.Model) -> list[str]:
     return lines
 
 
-def transfer_weights(origin: keras.Model, target: keras.Model) -> TransferReport:
+def transfer_weights(origin: keras.Model, target: keras.Model, *,
+                     origin_name: str | None = None, target_name: str | None = None
+                     ) -> TransferReport:
     """Copy weights from ``origin`` into ``target`` (in place); see the module notes.
 
-    Raises UnetslError when not a single layer fits, so that nothing is written by mistake.
+    Raises UnetslError when not a single layer fits, so that nothing is written by mistake;
+    it names the models by ``origin_name`` / ``target_name`` (their files) when given.
     """
+    origin_label = origin_name or f"the origin model {origin.name!r}"
+    target_label = target_name or f"the target model {target.name!r}"
     origin_layers = [(i, layer) for i, layer in enumerate(origin.layers) if layer.weights]
     target_layers = [(i, layer) for i, layer in enumerate(target.layers) if layer.weights]
     if not origin_layers:
-        raise UnetslError(f"origin model {origin.name!r} has no layer with weights")
+        raise UnetslError(f"{origin_label}: the origin model has no layer with weights")
     report = TransferReport()
     used_origin: set[int] = set()
     used_target: set[int] = set()
@@ -127,6 +132,6 @@ def transfer_weights(origin: keras.Model, target: keras.Model) -> TransferReport
     report.untouched = [(i, layer.name, _shapes(layer)) for i, layer in target_layers
                         if i not in used_target]
     if not report.copies:
-        raise UnetslError(f"no layer of the origin model {origin.name!r} fits the target model "
-                          f"{target.name!r} (no equal names or weight shapes); nothing copied")
+        raise UnetslError(f"no layer of {origin_label} fits {target_label} (no equal names or "
+                          "weight shapes); nothing copied")
     return report

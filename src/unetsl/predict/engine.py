@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from unetsl.data.normalize import InputNormalization, resolve_normalization
 from unetsl.errors import UnetslError
 from unetsl.io.arrays import ArraySink, ArraySource
 from unetsl.predict.adapter import KerasTiles, Sink, TileModel
@@ -279,7 +280,8 @@ def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
 
 def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] | None = None,
                     batch_size: int = 16, overlap: Sequence[int] | None = None,
-                    tile: Sequence[int] | None = None, normalize: bool = False,
+                    tile: Sequence[int] | None = None, normalize: bool | None = None,
+                    normalization: InputNormalization | None = None,
                     progress: Progress | None = None) -> list[np.ndarray]:
     """Like ``predict`` for several outputs of a multi-output (cascade) model at once.
 
@@ -287,11 +289,12 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     """
     if output_indices is None:
         output_indices = list(range(len(model.outputs)))
+    chosen = resolve_normalization(model, normalization, normalize)
     array = np.asarray(image) if not hasattr(image, "shape") else image
     squeeze = len(array.shape) == 4
     if squeeze:
         array = array[None]
-    source = ArraySource(array)
+    source = chosen.scaled(ArraySource(array))
     t, _, z, y, x = source.shape
     reach = receptive_reach(model)
     model, per_batch = model_for_tiles(model, (z, y, x), batch_size=batch_size,
@@ -299,13 +302,14 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     tile_model = KerasTiles(model, output_indices)
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
     predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
-                     overlap=overlap, normalize=normalize, progress=progress)
+                     overlap=overlap, normalize=chosen.zscore_tiles, progress=progress)
     return [s.array[0] if squeeze else s.array for s in sinks]
 
 
 def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int = 16,
             overlap: Sequence[int] | None = None, tile: Sequence[int] | None = None,
-            normalize: bool = False, progress: Progress | None = None) -> np.ndarray:
+            normalize: bool | None = None, normalization: InputNormalization | None = None,
+            progress: Progress | None = None) -> np.ndarray:
     """Predict every time point of an image of any size with a Keras model, tile by tile.
 
     image : (t, c, z, y, x) or (c, z, y, x) array (any dtype; predicted as float32 of the
@@ -318,11 +322,14 @@ def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int
         (``default_overlap``).
     tile : tile size (z, y, x); default ``choose_tile`` (often larger than the training
         patch: fewer tiles, less overlap computed twice).
-    normalize : z-score every tile per channel (the "normalize samples" setting).
+    normalization : how the image is normalised before tiling; default: as the model was
+        trained (recorded in its file and attached by ``unetsl.nets.load_model``), raw
+        intensities for models without a record.
+    normalize : override the per-tile z-score ("normalize samples") of ``normalization``.
     progress : called as progress(tiles done, tiles total, time points done, total).
     Returns float32 probabilities (t, n, z, y, x) (or (n, z, y, x) for a 4-D input); use
     ``reduce`` to get labels.
     """
     return predict_outputs(model, image, output_indices=[output_index], batch_size=batch_size,
                            overlap=overlap, tile=tile, normalize=normalize,
-                           progress=progress)[0]
+                           normalization=normalization, progress=progress)[0]

@@ -8,7 +8,6 @@ output file block by block while the tiles are predicted (see ``unetsl.predict.e
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from unetsl.config.fields import unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.errors import UnetslError
 
@@ -40,6 +40,11 @@ SETTING_CHECKS = {
                        "the output activation) or {output name: 0|1|2}"),
     "output index": (lambda v: _is_int(v) or v == "all", 'an integer (-1 = last) or "all"'),
     "normalize samples": (lambda v: isinstance(v, bool), "true or false"),
+    "normalization percentiles": (
+        lambda v: v is None or (isinstance(v, list) and len(v) == 2
+                                and all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                        for p in v) and 0 <= v[0] < v[1] <= 100),
+        "null or [low, high] with 0 <= low < high <= 100"),
     "batch size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
                                         and all(_is_int(i) and i >= 0 for i in v)),
@@ -51,33 +56,6 @@ SETTING_CHECKS = {
 
 
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
-
-
-def training_config_path(model: Path) -> Path | None:
-    """The JSON config a model was made from: NAME.json beside NAME[-best|-latest].h5."""
-    base = model.name[: -len(model.suffix)] if model.suffix else model.name
-    for suffix in ("-best", "-latest", "-batch"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    candidate = model.with_name(base + ".json")
-    return candidate if candidate.is_file() else None
-
-
-def _training_setting(model: Path, key: str, default: Any) -> Any:
-    """A setting the model was trained with, so prediction sees inputs as training did."""
-    path = training_config_path(Path(model))
-    if path is None:
-        return default
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-    if not isinstance(data, dict):
-        return default
-    if "unet" in data and "heads" in data:  # a cerberus config keeps them under "training"
-        data = data.get("training") if isinstance(data.get("training"), dict) else {}
-    return data.get(key, default)
 
 
 def _zarr_suffix(path: Path) -> str | None:
@@ -145,6 +123,14 @@ def _strategy(gpus: int):
     return strategy if strategy.num_replicas_in_sync > 1 else None
 
 
+def _trained_normalization(model: Path):
+    """How the model file's inputs were normalised in training (raw when nothing says)."""
+    from unetsl.data.normalize import InputNormalization
+    from unetsl.nets.records import file_normalization
+
+    return file_normalization(model) or InputNormalization()
+
+
 @dataclass
 class PredictionJob:
     """Settings of one prediction, editable as the original's key/value table."""
@@ -154,16 +140,19 @@ class PredictionJob:
     @classmethod
     def create(cls, model: Path, image: Path, output: Path | None = None, *,
                all_outputs: bool = False) -> PredictionJob:
+        """The original's settings (normalisation as the model was trained), then unetsl's."""
+        trained = _trained_normalization(Path(model))
         return cls({
             "model file": str(model),
             "image to predict": str(image),
             "output image": str(output or default_output_path(model, image)),
             "reduction type": None,
             "output index": "all" if all_outputs else -1,
-            "normalize samples": bool(_training_setting(model, "normalize samples", False)),
+            "normalize samples": trained.zscore_tiles,
             "batch size": 16,
             "overlap": None,
             "tile shape": None,
+            "normalization percentiles": trained.settings()["normalization percentiles"],
         })
 
     def settings(self) -> dict[str, Any]:
@@ -173,8 +162,8 @@ class PredictionJob:
         """UnetslError naming the first unknown key or bad value."""
         for key, value in values.items():
             if key not in SETTING_CHECKS:
-                raise UnetslError(f'unknown prediction setting "{key}"; known: '
-                                  + ", ".join(f'"{k}"' for k in SETTING_CHECKS))
+                raise UnetslError(f'unknown prediction setting "{key}"; '
+                                  + unknown_key_hint(key, SETTING_CHECKS))
             check, kind = SETTING_CHECKS[key]
             if not check(value):
                 raise UnetslError(f'prediction setting "{key}" must be {kind}, got {value!r}')
@@ -236,7 +225,8 @@ class PredictionJob:
         levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
         """
         from unetsl.atomic import atomic_path, check_writable
-        from unetsl.io.arrays import ArraySource
+        from unetsl.data.normalize import InputNormalization, ScaledSource, image_scaling
+        from unetsl.io.arrays import ArraySource, check_finite
         from unetsl.io.lazy import OutputTiff, open_image
         from unetsl.io.tiff import match_channels, read_image
         from unetsl.nets.model_files import load_model
@@ -261,6 +251,11 @@ class PredictionJob:
         if source.shape[1] != c:  # the original's channel rules need the whole array
             eager = read_image(source_name, depth_wanted=z)
             source = ArraySource(match_channels(eager.data, c, source=source_name))
+        check_finite(source, source_name)  # before any tile: NaN/Inf pixels are refused
+        normalization = InputNormalization.from_settings(self.values)
+        scaling = (image_scaling(source, normalization.percentiles)
+                   if normalization.percentiles is not None else None)
+        log.info(f"input normalisation: {normalization.describe()}")
         indices = self._indices(model)
         reductions = self._reductions(model, indices)
         reach = receptive_reach(model)
@@ -311,16 +306,16 @@ class PredictionJob:
                     source_name if source is image.data else source, sinks, tile_model=tiles,
                     reach=reach, output_indices=tiles.indices,
                     depth_wanted=z, batch_size=per_batch, overlap=overlap,
-                    normalize=self.values["normalize samples"], progress=progress,
-                    shape=source.shape)
+                    normalize=normalization.zscore_tiles, scaling=scaling,
+                    progress=progress, shape=source.shape)
                 self.last_dask_run = run
                 log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
                          f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
                          f"{run.tiles} ({run.redundancy:.2f}x)")
                 return written
-            plan = predict_to_sinks(tiles, source, sinks, reach=reach, batch_size=per_batch,
-                                    overlap=overlap,
-                                    normalize=self.values["normalize samples"],
+            scaled = ScaledSource(source, scaling) if scaling is not None else source
+            plan = predict_to_sinks(tiles, scaled, sinks, reach=reach, batch_size=per_batch,
+                                    overlap=overlap, normalize=normalization.zscore_tiles,
                                     progress=progress)
             log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
                      plan.patch, per_batch, plan.overlap)

@@ -31,43 +31,38 @@ class SamplePredictor(keras.callbacks.Callback):
     predict_image does for the model's last output, with the sample's pixel size.
     """
 
-    def __init__(self, samples: Sequence[Path], folder: Path, name: str, *,
-                 normalize: bool, percentiles: Sequence[float] | None, initial: bool):
+    def __init__(self, samples: Sequence[Path], folder: Path, name: str, *, initial: bool):
         super().__init__()
         self.samples = list(samples)
         self.folder = Path(folder)
         self.name = name
-        self.normalize = normalize
-        self.percentiles = percentiles
         self.initial = initial
         self.written: list[Path] = []
-        self._images: dict[Path, tuple[Any, np.ndarray]] = {}
+        self._images: dict[Path, Any] = {}
 
-    def _load(self, path: Path) -> tuple[Any, np.ndarray]:
+    def _load(self, path: Path) -> Any:
         if path not in self._images:
-            from unetsl.data.normalize import percentile_normalize
-            from unetsl.io.tiff import match_channels, read_image
+            from unetsl.io.tiff import read_image
             from unetsl.nets.shapes import model_patch_shape
 
-            c, z, _, _ = model_patch_shape(self.model)
-            image = read_image(path, depth_wanted=z)
-            data = match_channels(image.data, c, source=str(path)).astype(np.float32)
-            if self.percentiles is not None:
-                data = percentile_normalize(data, self.percentiles, channel_axis=1)
-            self._images[path] = (image, data)
+            _, z, _, _ = model_patch_shape(self.model)
+            self._images[path] = read_image(path, depth_wanted=z)
         return self._images[path]
 
     def predict_all(self, number: int) -> None:
-        from unetsl.io.tiff import write_like
-        from unetsl.nets.shapes import output_activations
+        """Predict as predict_image would: the normalisation recorded on the model, the
+        original's channel rules, labels of the last output."""
+        from unetsl.io.tiff import match_channels, write_like
+        from unetsl.nets.shapes import model_patch_shape, output_activations
         from unetsl.predict.engine import predict
         from unetsl.predict.reduce import reduce, reduction_for_activation
 
         reduction = reduction_for_activation(output_activations(self.model)[-1])
+        c = model_patch_shape(self.model)[0]
         for path in self.samples:
-            image, data = self._load(path)
-            probs = predict(self.model, data, batch_size=SAMPLE_BATCH_SIZE,
-                            normalize=self.normalize, output_index=-1)
+            image = self._load(path)
+            data = match_channels(image.data, c, source=str(path))
+            probs = predict(self.model, data, batch_size=SAMPLE_BATCH_SIZE, output_index=-1)
             labels = reduce(probs, reduction)
             if labels.ndim == probs.ndim - 1:
                 labels = labels[:, None]
@@ -111,3 +106,52 @@ class EpochLine(keras.callbacks.Callback):
         stream.flush()
 
 
+
+
+class LearningWatch(keras.callbacks.Callback):
+    """Say in one line when training has gone wrong, instead of letting it run on silently.
+
+    After every epoch: the model's outputs on one fixed batch of patches are checked for a
+    collapse to one value everywhere (a too-high learning rate, unnormalised input); after
+    ``patience`` epochs, every per-channel F1 (validation when there is validation data) that
+    is still 0 is named: that channel never matches its target. Each is said once.
+    """
+
+    def __init__(self, probe: np.ndarray, *, validation: bool, patience: int = 3):
+        super().__init__()
+        self.probe = probe
+        self.prefix = "val_" if validation else ""
+        self.patience = patience
+        self.said: set[str] = set()
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            log.warning(message)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from unetsl.training.logs import is_channel_score
+
+        outputs = self.model.predict_on_batch(self.probe)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        for name, out in zip(self.model.output_names, outputs):
+            values = np.asarray(out, dtype=np.float32)
+            values = values.reshape(-1, values.shape[-1])  # (voxels, channels)
+            spread = values.max(axis=0) - values.min(axis=0) if values.size else [1.0]
+            if float(np.max(spread)) < 1e-6:
+                level = ", ".join(f"{v:.3g}" for v in values[0])
+                self._warn(f"constant {name}", (
+                    f"output {name} is the same everywhere ({level}) after epoch {epoch + 1}: "
+                    'the model has collapsed; try a lower "initial learning rate", '
+                    '"normalization percentiles": [1, 99.8] and a new training'))
+        if epoch + 1 < self.patience:
+            return
+        for key, value in (logs or {}).items():
+            if (is_channel_score(key) and key.startswith(self.prefix)
+                    and not key[len(self.prefix):].startswith("val_")
+                    and float(value) <= 1e-3):
+                self._warn(key, (
+                    f"{key} is {float(value):.3f} after {epoch + 1} epochs: that channel never "
+                    "matches its target; for sparse labels try \"sampling\": \"foreground\" "
+                    'and "loss function": "unetsl.channelDiceBceLoss"'))

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import zipfile
@@ -33,6 +34,7 @@ import numpy as np
 
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
+from unetsl.nets.records import read_record, write_record
 
 log = logging.getLogger("unetsl")
 
@@ -40,6 +42,7 @@ __all__ = [
     "Checkpointer",
     "InterruptCheck",
     "SignalGuard",
+    "StopRequest",
     "TrainingInterrupted",
     "TrainingState",
     "is_better",
@@ -49,8 +52,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-STATE_ATTR = "unetsl_training_state"  # HDF5 root attribute of .h5 checkpoints
-STATE_ENTRY = "unetsl_training_state.json"  # extra zip entry of .keras checkpoints
+STATE_RECORD = "unetsl_training_state"  # a record in the model file (unetsl.nets.records)
 BATCH_SNAPSHOT_AT = 5000  # the original wrote <name>-batch.h5 once, at global batch 5000
 
 
@@ -88,8 +90,8 @@ class TrainingState:
 
 
 def monitor_mode(monitor: str) -> str:
-    """"max" for accuracies, "min" for losses."""
-    return "max" if "accuracy" in monitor else "min"
+    """"max" for accuracies and F1 scores, "min" for losses."""
+    return "max" if "accuracy" in monitor or re.search(r"(^|_)f1_\d+$", monitor) else "min"
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -108,31 +110,15 @@ def _is_keras_zip(path: Path) -> bool:
     return path.suffix.lower() == ".keras"
 
 
-def _write_state(path: Path, state: TrainingState) -> None:
-    """Add the state record to a model file that is not yet in its final place."""
-    if _is_keras_zip(path):
-        with zipfile.ZipFile(path, "a") as archive:
-            archive.writestr(STATE_ENTRY, state.to_json())
-    else:
-        with h5py.File(path, "a") as f:
-            f.attrs[STATE_ATTR] = state.to_json()
-
-
 def read_state(path: str | os.PathLike) -> TrainingState | None:
     """The training state stored in a checkpoint, or None (e.g. a file create_model wrote)."""
     path = Path(path)
+    text = read_record(path, STATE_RECORD)
+    if text is None:
+        return None
     try:
-        if _is_keras_zip(path):
-            with zipfile.ZipFile(path) as archive:
-                if STATE_ENTRY not in archive.namelist():
-                    return None
-                return TrainingState.from_json(archive.read(STATE_ENTRY).decode("utf-8"))
-        with h5py.File(path, "r") as f:
-            text = f.attrs.get(STATE_ATTR)
-        if text is None:
-            return None
-        return TrainingState.from_json(text.decode() if isinstance(text, bytes) else str(text))
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        return TrainingState.from_json(text)
+    except (ValueError, TypeError) as exc:
         raise UnetslError(f"{path}: cannot read the training state ({exc})") from None
 
 
@@ -148,7 +134,7 @@ def save_checkpoint(model: keras.Model, path: str | os.PathLike,
     with atomic_path(path) as tmp:
         save_model(model, tmp)
         if state is not None:
-            _write_state(tmp, state)
+            write_record(tmp, STATE_RECORD, state.to_json())
     return path
 
 
@@ -329,10 +315,23 @@ class SignalGuard:
         self._previous.clear()
 
 
+class StopRequest:
+    """A stop asked for by a program rather than a signal (a GUI's stop button); checked
+    by :class:`InterruptCheck` like a :class:`SignalGuard`, so training saves -latest after
+    the current batch and returns, as after Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def request(self) -> None:
+        """Stop at the next batch boundary (thread-safe: one attribute set)."""
+        self.received = signal.SIGINT
+
+
 class InterruptCheck(keras.callbacks.Callback):
     """Raise TrainingInterrupted at the first batch/epoch boundary after a signal."""
 
-    def __init__(self, guard: SignalGuard):
+    def __init__(self, guard: SignalGuard | StopRequest):
         super().__init__()
         self.guard = guard
 

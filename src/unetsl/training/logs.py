@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "EpochLog",
     "LogFiles",
     "expected_log_keys",
+    "is_channel_score",
     "format_value",
     "log_files",
     "new_run_id",
@@ -94,6 +96,15 @@ def format_value(value: Any) -> str:
         return str(float(value))
     except (TypeError, ValueError):
         return "-1"
+
+
+_CHANNEL_SCORE = re.compile(r"(^|_)f1_\d+$")
+
+
+def is_channel_score(key: str) -> bool:
+    """A per-channel F1 column (``f1_0``, ``val_membrane_f1_1``): unetsl's, so the epoch log
+    puts them after the original's columns and the batch log leaves them out."""
+    return bool(_CHANNEL_SCORE.search(key))
 
 
 def expected_log_keys(output_names: Sequence[str], validation: bool) -> list[str]:
@@ -166,7 +177,9 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         if self.keys is None:
-            self.keys = sorted(k for k in logs if k not in EXCLUDED_KEYS)
+            keys = [k for k in logs if k not in EXCLUDED_KEYS]
+            self.keys = (sorted(k for k in keys if not is_channel_score(k))
+                         + sorted(k for k in keys if is_channel_score(k)))
             self.file.write_line("#epoch\t" + "\t".join(self.keys))
         row = [str(epoch)] + [format_value(logs[k]) if k in logs else "-1" for k in self.keys]
         self.file.write_line("\t".join(row))
@@ -202,7 +215,7 @@ class BatchLog(keras.callbacks.Callback):
         logs = dict(logs or {})
         if self.keys is None:
             self.readme_layout = len(self.model.outputs) > 1
-            keys = [k for k in logs if k not in EXCLUDED_KEYS]
+            keys = [k for k in logs if k not in EXCLUDED_KEYS and not is_channel_score(k)]
             if self.readme_layout:
                 self.keys = sorted([*keys, "batch", "size"])
                 self.file.write_line("#batch_number\t" + "\t".join(self.keys))

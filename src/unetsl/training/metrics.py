@@ -26,6 +26,7 @@ from unetsl.predict.reduce import reduction_for_activation
 
 __all__ = [
     "BinaryAccuracy",
+    "ChannelF1",
     "VoxelAccuracy",
     "VoxelWeightedLoss",
     "compile_metrics",
@@ -101,20 +102,73 @@ class BinaryAccuracy(keras.metrics.Mean):
         return {"name": self.name, "dtype": self.dtype, "threshold": self.threshold}
 
 
-def metrics_for_activation(activation: str) -> list[keras.metrics.Metric]:
-    """``[accuracy, binary_accuracy]`` for an output with this final activation."""
-    return [VoxelAccuracy(reduction_for_activation(activation)), BinaryAccuracy()]
+@keras.saving.register_keras_serializable(package="unetsl")
+class ChannelF1(keras.metrics.Metric):
+    """Voxel F1 (the Dice of the thresholded prediction) of one output channel.
+
+    So that a channel the model never predicts (a sparse vertex channel, a collapsed
+    output) is visible every epoch, where a loss or accuracy over all channels hides it.
+    mode : "categorical" (the channel wins the arg-max) or "multiclass" (> 0.5), for target
+    and prediction alike. A channel absent from both target and prediction scores 1.
+    """
+
+    def __init__(self, channel: int = 0, mode: str = "multiclass", name: str | None = None,
+                 dtype: Any = None):
+        super().__init__(name=name or f"f1_{channel}", dtype=dtype)
+        if mode not in ("categorical", "multiclass"):
+            raise UnetslError(f"F1 mode {mode!r} must be categorical or multiclass")
+        self.channel, self.mode = int(channel), mode
+        self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
+        if self.mode == "categorical":
+            truth = ops.equal(ops.argmax(y_true, axis=-1), self.channel)
+            said = ops.equal(ops.argmax(y_pred, axis=-1), self.channel)
+        else:
+            truth = y_true[..., self.channel] > 0.5
+            said = y_pred[..., self.channel] > 0.5
+        truth, said = ops.cast(truth, "float32"), ops.cast(said, "float32")
+        tp = ops.sum(truth * said)
+        self.counts.assign_add(ops.stack([tp, ops.sum(said) - tp, ops.sum(truth) - tp]))
+
+    def result(self):
+        tp, fp, fn = self.counts[0], self.counts[1], self.counts[2]
+        total = 2 * tp + fp + fn
+        return ops.where(total > 0, 2 * tp / ops.maximum(total, 1.0), 1.0)
+
+    def reset_state(self):
+        self.counts.assign(ops.zeros((3,)))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "channel": self.channel,
+                "mode": self.mode}
 
 
-def compile_metrics(output_names: list[str], activations: list[str]) -> list | dict:
+def metrics_for_activation(activation: str, channels: int = 0) -> list[keras.metrics.Metric]:
+    """``[accuracy, binary_accuracy]`` for an output with this final activation, then one
+    :class:`ChannelF1` (``f1_<k>``) per channel (``channels``) unless the output is linear."""
+    mode = reduction_for_activation(activation)
+    metrics: list[keras.metrics.Metric] = [VoxelAccuracy(mode), BinaryAccuracy()]
+    if mode != "linear":
+        metrics += [ChannelF1(k, mode) for k in range(channels)]
+    return metrics
+
+
+def compile_metrics(output_names: list[str], activations: list[str],
+                    channels: list[int] | None = None) -> list | dict:
     """The ``metrics=`` argument of ``model.compile``: a list (one output) or a dict per output.
 
-    Keras then logs ``accuracy``, ``binary_accuracy``, ``loss`` for a single output and
-    ``<output>_accuracy``, ``<output>_binary_accuracy``, ``<output>_loss`` per output otherwise.
+    Keras then logs ``accuracy``, ``binary_accuracy``, ``loss`` (the original's columns) and
+    ``f1_<k>`` per channel for a single output, and the same prefixed ``<output>_`` per output
+    otherwise. channels : the channels of each output (none: no F1 scores).
     """
+    counts = channels or [0] * len(output_names)
     if len(output_names) == 1:
-        return metrics_for_activation(activations[0])
-    return {name: metrics_for_activation(act) for name, act in zip(output_names, activations)}
+        return metrics_for_activation(activations[0], counts[0])
+    return {name: metrics_for_activation(act, n)
+            for name, act, n in zip(output_names, activations, counts)}
 
 
 @keras.saving.register_keras_serializable(package="unetsl")

@@ -14,6 +14,7 @@ import numpy as np
 from unetsl.errors import UnetslError
 from unetsl.training.logs import (
     expected_log_keys,
+    is_channel_score,
 )
 
 log = logging.getLogger("unetsl")
@@ -45,6 +46,24 @@ def check_training_config(cfg: Any) -> None:
     for name in losses.values() if isinstance(losses, dict) else [losses]:
         get_loss(name)
     get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
+
+
+def training_shapes(cfg: Any) -> tuple[list[int], int]:
+    """The patch shape (c, z, y, x) and label channels that training of ``cfg`` uses: the
+    model file's when it exists (it wins over "input shape"), else the config's; a cerberus
+    config's sources give the raw label (1 channel), each head makes its own target."""
+    from unetsl.config.cerberus_layout import CerberusTraining
+    from unetsl.nets.model_files import load_model
+    from unetsl.nets.shapes import model_patch_shape
+
+    patch_shape, n_labels = [int(n) for n in cfg["input shape"]], int(cfg["n labels"])
+    if Path(cfg.model_path).exists():
+        model = load_model(cfg.model_path)
+        patch_shape = [int(n) for n in model_patch_shape(model)]
+        n_labels = int(model.outputs[-1].shape[-1])
+    if isinstance(cfg, CerberusTraining):
+        n_labels = 1
+    return patch_shape, n_labels
 
 
 def sample_paths(cfg: Any) -> list[Path]:
@@ -114,7 +133,7 @@ def _resolve_monitor(cfg: Any, output_names: Sequence[str], validation: bool) ->
         log.info(f'no validation data: "monitor" {monitor} falls back to {monitor[4:]}')
         monitor = monitor[4:]
     known = expected_log_keys(output_names, validation)
-    if monitor not in known:
+    if monitor not in known and not is_channel_score(monitor):
         raise UnetslError(f'"monitor" {monitor!r} is not logged by this model; '
                           f"choose one of {', '.join(known)}")
     return monitor
@@ -156,6 +175,7 @@ def compile_model(model: keras.Model, cfg: Any, *, weighted: bool = False,
     if optimizer is None:
         optimizer = get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
     model.compile(optimizer=optimizer, loss=losses, loss_weights=loss_weights,
-                  metrics=compile_metrics(names, output_activations(model)))
+                  metrics=compile_metrics(names, output_activations(model),
+                                          [int(t.shape[-1]) for t in model.outputs]))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +34,7 @@ from typing import Any, TextIO
 import keras
 
 from unetsl.errors import UnetslError
-from unetsl.training.callbacks import EpochLine, SamplePredictor
+from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
 from unetsl.training.checkpoints import (
     Checkpointer,
     InterruptCheck,
@@ -173,8 +174,9 @@ def _progress_mode(progress: str) -> str:
 
 def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: str = "auto",
           datasets: tuple[Any, Any] | None = None, strategy: Any = None,
-          data_options: dict[str, Any] | None = None, stream: TextIO | None = None
-          ) -> TrainingResult:
+          data_options: dict[str, Any] | None = None, stream: TextIO | None = None,
+          extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          notes: Sequence[str] = ()) -> TrainingResult:
     """Train the model of ``cfg`` (a :class:`~unetsl.config.Config`) on its data sources.
 
     resume : continue from ``<name>-latest.h5`` (optimiser state, best value, epoch count);
@@ -187,8 +189,12 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         multi-worker strategy under srun or TF_CONFIG (``unetsl.training.multiworker``), else
         ``devices.distribution_strategy``.
     data_options : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for the batches.
+    notes : comment lines for the epoch log (train_model: the -D values of this run).
+    extra_callbacks : more Keras callbacks, e.g. a GUI's loss curves, or
+        ``InterruptCheck(StopRequest())`` for a stop button (saves -latest, as Ctrl-C does).
     Returns a :class:`TrainingResult`; ``interrupted`` is set when a signal stopped it.
     """
+    from unetsl.data.normalize import InputNormalization, attach_normalization
     from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
     from unetsl.nets.shapes import model_patch_shape
     from unetsl.training import multiworker
@@ -222,6 +228,8 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
 
     with strategy.scope():
         model = _load_or_build(cfg, source, save=chief)
+    # the model is trained on inputs normalised as cfg says; every file it is saved to says so
+    attach_normalization(model, InputNormalization.from_settings(cfg))
     patch_shape = model_patch_shape(model)
     n_labels = int(model.outputs[-1].shape[-1])
     cerberus = _cerberus(cfg)
@@ -286,7 +294,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     write_snapshot(files.snapshot, cfg.to_json())
     previous = state.run_ids[-1] if state.run_ids else None
     state.run_ids.append(run_id)
-    comments = []
+    comments = list(notes)
     if source == paths.latest:
         comments.append(f"resumed: {source.name} at epoch {state.epochs_done}"
                         + (f" (run {previous})" if previous else ""))
@@ -303,12 +311,12 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     callbacks: list[keras.callbacks.Callback] = [batch_log, epoch_log, checkpointer]
     if samples:
         predictor = SamplePredictor(samples, out.predictions, cfg.name,
-                                    normalize=bool(cfg["normalize samples"]),
-                                    percentiles=cfg.get("normalization percentiles"),
                                     initial=state.epochs_done == 0)
         callbacks.append(predictor)
+    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None))
     if mode == "lines":
         callbacks.append(EpochLine(cfg["epochs"], len(train_data), state, stream))
+    callbacks.extend(extra_callbacks)
 
     log.info(f"training {source.name}: {len(train_data)} batches of {cfg['batch size']} "
              f"patch(es) per epoch, {len(val_data) if val_data is not None else 0} validation "

@@ -1,0 +1,202 @@
+"""Segment cells: a probability layer -> tracked cell labels, their measurements, the files.
+
+The work is :func:`unetsl.cells.files.segment_array`, the core of segment_cells, so the
+labels equal segment_cells' on the same map; saving calls the writers segment_cells uses
+(CSV, ImageJ ROI zip, meshes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+
+from unetsl.cells.files import MESH_FORMATS, MODES
+from unetsl.cells.settings import CellSettings
+from unetsl.errors import UnetslError
+from unetsl.napari.cells_table import CellsTable
+from unetsl.napari.layers import (
+    from_tczyx,
+    layer_axes,
+    layer_spacing,
+    layer_tczyx,
+    layers_of,
+    like_layer,
+    put_layer,
+)
+from unetsl.napari.tasks import notify, run_task
+
+if TYPE_CHECKING:
+    import napari
+
+    from unetsl.cells.files import CellsResult
+
+
+class CellsWidget(Container):
+    """Cells from the selected probability layer (channel 0 of predict = membrane), tracked
+    over time; the table below lists them (click a row to select the cell)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.synchronous = False  # tests: run in the calling thread
+        self.worker: Any = None
+        self.result: CellsResult | None = None
+        self.labels_layer: Any = None
+        self.out_axes = ""
+        self.spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        self.probabilities = ComboBox(label="probabilities", choices=self._image_names,
+                                      nullable=True)
+        self.axes = LineEdit(label="axes", tooltip="axis letters of the layer: t, c, z, y, x")
+        self.channel = SpinBox(label="channel", min=0, max=255, value=0,
+                               tooltip="the channel of the membrane (foreground) probability "
+                                       "when the layer has several")
+        self.mode = ComboBox(label="mode", choices=list(MODES), value=CellSettings().mode)
+        self.min_size = SpinBox(label="min size", min=0, max=10**9,
+                                value=CellSettings().min_size,
+                                tooltip="smallest cell in pixels (voxels in 3D)")
+        self.tracking = CheckBox(text="track over time", value=True)
+        self.run_button = PushButton(text="Segment cells")
+        self.status = Label(value="")
+        self.mesh_format = ComboBox(label="mesh format", choices=list(MESH_FORMATS),
+                                    value="ply")
+        self.csv_button = PushButton(text="Save CSV ...")
+        self.rois_button = PushButton(text="Save ROI zip ...")
+        self.meshes_button = PushButton(text="Save meshes ...")
+        self.extend([self.probabilities, self.axes, self.channel, self.mode, self.min_size,
+                     self.tracking, self.run_button, self.status, self.mesh_format,
+                     self.csv_button, self.rois_button, self.meshes_button])
+        self.table = CellsTable(self.select_cell)
+        self.native.layout().addWidget(self.table)
+        self.probabilities.changed.connect(self._layer_changed)
+        self.run_button.clicked.connect(self.run)
+        self.csv_button.clicked.connect(lambda: self.save("csv"))
+        self.rois_button.clicked.connect(lambda: self.save("rois"))
+        self.meshes_button.clicked.connect(lambda: self.save("meshes"))
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self._layers_changed()
+
+    # --- choices ---------------------------------------------------------------------
+    def _image_names(self, _widget: Any = None) -> list[str]:
+        return [layer.name for layer in layers_of(self.viewer, "image")]
+
+    def _layers_changed(self, _event: Any = None) -> None:
+        self.probabilities.reset_choices()
+        self._layer_changed()
+
+    def _layer_changed(self, _value: Any = None) -> None:
+        name = self.probabilities.value
+        if name in self.viewer.layers:
+            self.axes.value = layer_axes(self.viewer.layers[name])
+
+    def settings(self) -> CellSettings:
+        """The cell settings: the defaults with this widget's min size (checked)."""
+        return CellSettings.from_overrides({"cell min size": int(self.min_size.value)})
+
+    # --- segmenting ------------------------------------------------------------------
+    def run(self) -> None:
+        """Segment, track and measure in a worker thread (or here when ``synchronous``)."""
+        from unetsl.cells.files import segment_array
+
+        try:
+            name = self.probabilities.value
+            if name not in self.viewer.layers:
+                raise UnetslError("choose a probability layer")
+            layer = self.viewer.layers[name]
+            axes = self.axes.value.strip().lower()
+            image = layer_tczyx(layer, axes)
+            channel = int(self.channel.value)
+            if channel >= image.shape[1]:
+                raise UnetslError(f"layer {name!r}: channel {channel} does not exist; it has "
+                                  f"{image.shape[1]} channel(s)")
+            spacing = layer_spacing(layer, axes)
+            settings = self.settings()
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return
+        maps = image[:, channel]
+        mode, tracking = str(self.mode.value), bool(self.tracking.value)
+
+        def task() -> CellsResult:
+            return segment_array(maps, spacing, mode=mode, settings=settings,
+                                 tracking=tracking)
+
+        self.run_button.enabled = False
+        self.status.value = f"segmenting {name} ..."
+        self.worker = run_task(task, lambda result: self._show(result, layer, axes, spacing),
+                               on_error=self._failed, synchronous=self.synchronous)
+
+    def _failed(self, error: BaseException) -> None:
+        self.run_button.enabled = True
+        self.status.value = notify(error)
+
+    def _show(self, result: CellsResult, layer: Any, axes: str,
+              spacing: tuple[float, float, float]) -> None:
+        self.run_button.enabled = True
+        self.result, self.spacing = result, spacing
+        out_axes = "".join(a for a in axes if a != "c")
+        self.out_axes = out_axes
+        self.labels_layer = put_layer(self.viewer, "labels",
+                                      from_tczyx(result.labels[:, None], out_axes),
+                                      f"{layer.name} cells", **like_layer(layer, axes, out_axes))
+        self.table.set_table(result.table)
+        ids = result.table.get("id")
+        n_cells = len(set(ids.tolist())) if ids is not None else 0
+        tracks = f", {len(result.tracks)} tracks" if result.tracks else ""
+        self.status.value = f"{n_cells} cells in {result.labels.shape[0]} time point(s){tracks}"
+
+    def select_cell(self, cell: int, t: int) -> None:
+        """Show cell ``cell`` alone in the labels layer, at time point ``t``."""
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.selected_label = cell
+        layer.show_selected_label = True
+        if "t" in self.out_axes:
+            axis = self.viewer.dims.ndim - layer.ndim + self.out_axes.index("t")
+            position = t * layer.scale[self.out_axes.index("t")] + \
+                layer.translate[self.out_axes.index("t")]
+            self.viewer.dims.set_point(axis, position)
+
+    # --- files -----------------------------------------------------------------------
+    def save(self, what: str, path: str | Path | None = None) -> Path | None:
+        """Write the table ("csv"), the ROI set ("rois", 2D) or the meshes ("meshes", 3D)
+        with segment_cells' writers; asks for the path when none is given."""
+        from unetsl.cells.export import write_meshes, write_roi_zip
+        from unetsl.cells.measure import write_csv
+
+        try:
+            if self.result is None:
+                raise UnetslError("segment cells first")
+            if path is None:
+                path = _ask_path(what)
+                if path is None:
+                    return None
+            path = Path(path)
+            if what == "csv":
+                write_csv(self.result.table, path)
+            elif what == "rois":
+                write_roi_zip(path, self.result.labels)
+            else:
+                write_meshes(path, self.result.labels, self.spacing,
+                             fmt=str(self.mesh_format.value))
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return None
+        self.status.value = f"wrote {path}"
+        return path
+
+
+def _ask_path(what: str) -> str | None:
+    """A save dialog for the table and ROI set, a folder dialog for meshes."""
+    from qtpy.QtWidgets import QFileDialog
+
+    if what == "meshes":
+        folder = QFileDialog.getExistingDirectory(None, "Folder for the cell meshes")
+        return folder or None
+    caption, pattern = (("Save the cell table", "CSV (*.csv)") if what == "csv"
+                        else ("Save the ImageJ ROI set", "ROI zip (*.zip)"))
+    path, _ = QFileDialog.getSaveFileName(None, caption, "", pattern)
+    return path or None

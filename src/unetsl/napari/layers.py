@@ -1,0 +1,111 @@
+"""napari layers and unetsl arrays: axis letters, pixel size, and the layers a result becomes.
+
+A layer is any N-D array; unetsl works on (t, c, z, y, x). A layer's axes are named by its
+``axis_labels`` when they are unetsl's letters (the plugin's samples and outputs carry
+them), else guessed from its dimensions as a plain TIFF stack is read (3 axes: z, y, x), and
+the widgets show them in an editable "axes" field for the case the guess is wrong (a movie
+read from a plain TIFF: "tyx").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from unetsl.errors import UnetslError
+from unetsl.io.tiff import to_tczyx
+
+LETTERS = "tczyx"
+GUESS = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}
+
+
+def layer_axes(layer: Any) -> str:
+    """The axis letters of ``layer`` ("yx", "tyx", "zyx", "tczyx" ..., "yxc" for RGB)."""
+    ndim = int(layer.ndim)
+    labels = [str(a).lower() for a in getattr(layer, "axis_labels", ())]
+    rgb = bool(getattr(layer, "rgb", False))
+    named = "".join(labels)
+    if len(labels) == ndim and _valid(named):
+        return named + ("c" if rgb and "c" not in named else "")
+    if ndim not in GUESS:
+        return ""
+    return GUESS[ndim] + ("c" if rgb else "")
+
+
+def _valid(axes: str) -> bool:
+    return (len(axes) == len(set(axes)) and set(axes) <= set(LETTERS)
+            and (axes.endswith("yx") or axes.endswith("yxc")))
+
+
+def check_axes(axes: str, data: Any, name: str) -> str:
+    """``axes`` lower-cased, or a one-line UnetslError naming the layer."""
+    axes = axes.strip().lower()
+    shape = tuple(np.shape(data))
+    if len(axes) != len(shape) or not _valid(axes):
+        raise UnetslError(f"layer {name!r}: axes {axes!r} do not name its {len(shape)} "
+                          f"dimensions {shape}: use letters of t, c, z, y, x ending in yx")
+    return axes
+
+
+def layer_tczyx(layer: Any, axes: str) -> np.ndarray:
+    """The layer's data as a (t, c, z, y, x) array (a view when possible)."""
+    axes = check_axes(axes, layer.data, layer.name)
+    return to_tczyx(np.asarray(layer.data), axes.upper(), source=f"layer {layer.name!r}")
+
+
+def layer_spacing(layer: Any, axes: str) -> tuple[float, float, float]:
+    """Pixel size (z, y, x) from the layer's scale (1 for an axis it lacks)."""
+    scale = list(layer.scale)
+    spatial = [a for a in axes if a != "c"] if len(scale) < len(axes) else list(axes)
+    by_axis = dict(zip(spatial, scale, strict=False))
+    return tuple(abs(float(by_axis.get(a, 1.0))) for a in "zyx")  # type: ignore[return-value]
+
+
+def layer_unit(layer: Any) -> str:
+    """The unit of the layer's x axis as unetsl writes it ("micron", "pixel" ...)."""
+    units = getattr(layer, "units", None)
+    text = str(units[-1]) if units else "pixel"
+    return "micron" if text in ("micrometer", "um", "µm") else text
+
+
+def from_tczyx(array: np.ndarray, axes: str) -> np.ndarray:
+    """A (t, c, z, y, x) array laid out as ``axes`` (axes it lacks must have size 1)."""
+    index = tuple(slice(None) if a in axes else 0 for a in LETTERS)
+    present = [a for a in LETTERS if a in axes]
+    return np.asarray(array)[index].transpose([present.index(a) for a in axes])
+
+
+def like_layer(layer: Any, axes: str, out_axes: str) -> dict[str, Any]:
+    """Layer keyword arguments that place a result on ``layer``: its scale, translation and
+    units for the axes the result keeps, and those axes as axis labels."""
+    spatial = [a for a in axes if a != "c"] if len(layer.scale) < len(axes) else list(axes)
+    scale = dict(zip(spatial, layer.scale, strict=False))
+    translate = dict(zip(spatial, layer.translate, strict=False))
+    units = dict(zip(spatial, [str(u) for u in getattr(layer, "units", ())], strict=False))
+    return {"scale": [float(scale.get(a, 1.0)) for a in out_axes],
+            "translate": [float(translate.get(a, 0.0)) for a in out_axes],
+            "units": [units.get(a, "pixel") for a in out_axes],
+            "axis_labels": tuple(out_axes)}
+
+
+def put_layer(viewer: Any, kind: str, data: np.ndarray, name: str, **kwargs: Any) -> Any:
+    """Add a layer, or replace the data of the layer of that name (a rerun updates it)."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer.data.shape == data.shape and _is_kind(layer, kind):
+            layer.data = data
+            return layer
+        viewer.layers.remove(name)
+    return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+
+
+def layers_of(viewer: Any, kind: str) -> list[Any]:
+    """The viewer's layers of a kind ("image", "labels"), for the widgets' layer choices."""
+    return [layer for layer in viewer.layers if _is_kind(layer, kind)]
+
+
+def _is_kind(layer: Any, kind: str) -> bool:
+    from napari import layers
+
+    return isinstance(layer, {"image": layers.Image, "labels": layers.Labels}[kind])

@@ -1,0 +1,186 @@
+"""Predict: a model file and an image layer -> probability and label layers, as predict_image.
+
+The widget only gathers settings and shows results; the prediction is
+:func:`unetsl.predict.in_memory.predict_array` with a :class:`~unetsl.predict.job.PredictionJob`
+(the settings predict_image edits), so the labels equal predict_image's on the same image.
+It runs in a worker thread with napari's progress bar; cancel stops it between batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from unetsl.errors import UnetslError
+from unetsl.napari.layers import (
+    from_tczyx,
+    layer_axes,
+    layer_tczyx,
+    layers_of,
+    like_layer,
+    put_layer,
+)
+from unetsl.napari.tasks import TaskProgress, notify, run_task
+
+if TYPE_CHECKING:
+    import napari
+
+    from unetsl.predict.in_memory import ArrayPrediction
+
+
+def parse_triple(text: str, key: str) -> list[int] | None:
+    """ "auto" (or nothing) -> None; "z, y, x" -> three integers; else a one-line error."""
+    text = text.strip().lower()
+    if text in ("", "auto", "none", "null"):
+        return None
+    parts = text.replace(",", " ").replace("x", " ").split()
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise UnetslError(f'"{key}" must be auto or three integers z, y, x; got {text!r}')
+    return values
+
+
+class PredictWidget(Container):
+    """Predict the selected image layer with a model file (.h5 / .keras, also the original's
+    .h5); adds "<image> prob <k>" and "<image> labels" layers on the image's scale."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.synchronous = False  # tests: run in the calling thread
+        self._models: dict[tuple[str, float], Any] = {}
+        self.progress: TaskProgress | None = None
+        self.worker: Any = None
+        self.result: ArrayPrediction | None = None
+        self.model_file = FileEdit(label="model", mode="r", filter="*.h5 *.keras")
+        self.image = ComboBox(label="image", choices=self._image_names, nullable=True)
+        self.axes = LineEdit(label="axes", tooltip="axis letters of the layer: t, c, z, y, x")
+        self.batch_size = SpinBox(label="batch size", min=1, max=4096, value=16,
+                                  tooltip="tiles of the training patch size per batch")
+        self.tile = LineEdit(label="tile shape", value="auto",
+                             tooltip="z, y, x of a tile, or auto (chosen for the image)")
+        self.overlap = LineEdit(label="overlap", value="auto",
+                                tooltip="z, y, x tile overlap, or auto (from the receptive "
+                                        "field: seamless)")
+        self.all_outputs = CheckBox(text="all outputs (cascade)", value=False)
+        self.run_button = PushButton(text="Predict")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
+                     self.overlap, self.all_outputs, self.run_button, self.cancel_button,
+                     self.status])
+        self.image.changed.connect(self._image_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self._layers_changed()
+
+    # --- choices ---------------------------------------------------------------------
+    def _image_names(self, _widget: Any = None) -> list[str]:
+        return [layer.name for layer in layers_of(self.viewer, "image")]
+
+    def _layers_changed(self, _event: Any = None) -> None:
+        self.image.reset_choices()
+        self._image_changed()
+
+    def _image_changed(self, _value: Any = None) -> None:
+        name = self.image.value
+        if name in self.viewer.layers:
+            self.axes.value = layer_axes(self.viewer.layers[name])
+
+    # --- running ---------------------------------------------------------------------
+    def job(self) -> Any:
+        """The PredictionJob of the current settings (what predict_image -D would set)."""
+        from unetsl.predict.job import PredictionJob
+
+        model = Path(str(self.model_file.value))
+        if not model.is_file():
+            raise UnetslError(f"{model}: no such model file")
+        if self.image.value not in self.viewer.layers:
+            raise UnetslError("choose an image layer to predict")
+        job = PredictionJob.create(model, Path(str(self.image.value)),
+                                   all_outputs=bool(self.all_outputs.value))
+        job.update({"batch size": int(self.batch_size.value),
+                    "tile shape": parse_triple(self.tile.value, "tile shape"),
+                    "overlap": parse_triple(self.overlap.value, "overlap")})
+        return job
+
+    def _load(self, path: str) -> Any:
+        from unetsl.nets.model_files import load_model
+
+        key = (path, Path(path).stat().st_mtime)
+        if key not in self._models:
+            self._models = {key: load_model(path)}  # keep one model in memory
+        return self._models[key]
+
+    def run(self) -> None:
+        """Predict in a worker thread (or here when ``synchronous``)."""
+        try:
+            job = self.job()
+            layer = self.viewer.layers[self.image.value]
+            axes = self.axes.value.strip().lower()
+            image = layer_tczyx(layer, axes)
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return
+        from unetsl.predict.in_memory import predict_array
+
+        progress = self.progress = TaskProgress(f"predict {layer.name}")
+        model_path = job.values["model file"]
+
+        def task() -> ArrayPrediction:
+            return predict_array(job, image, model=self._load(model_path), progress=progress)
+
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"predicting {layer.name} ..."
+        self.worker = run_task(task, lambda result: self._show(result, layer, axes),
+                               on_error=self._failed, synchronous=self.synchronous)
+
+    def cancel(self) -> None:
+        if self.progress is not None:
+            self.progress.cancel()
+
+    def _finish(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if self.progress is not None:
+            self.progress.close()
+
+    def _failed(self, error: BaseException) -> None:
+        self._finish()
+        self.status.value = notify(error)
+
+    def _show(self, result: ArrayPrediction, layer: Any, axes: str) -> None:
+        """Probability and label layers on the image's scale, named after the image."""
+        self._finish()
+        self.result = result
+        out_axes = "".join(a for a in axes if a != "c")
+        place = like_layer(layer, axes, out_axes)
+        several = len(result.names) > 1
+        for name, probs, labels, reduction in zip(result.names, result.probabilities,
+                                                  result.labels, result.reductions,
+                                                  strict=True):
+            prefix = f"{layer.name} {name}" if several else layer.name
+            for k in range(probs.shape[1]):
+                put_layer(self.viewer, "image", from_tczyx(probs[:, k:k + 1], out_axes),
+                          f"{prefix} prob {k}", colormap="magma", contrast_limits=(0.0, 1.0),
+                          blending="additive", visible=k == 0, **place)
+            if reduction == "linear":
+                continue  # the values are the probability layers already
+            put_layer(self.viewer, "labels", from_tczyx(labels, out_axes),
+                      f"{prefix} labels", **place)
+        self.status.value = f"predicted {layer.name}"

@@ -1,0 +1,181 @@
+"""Train: a config file -> training in a worker thread, live loss curves, a stop button.
+
+Training is :func:`unetsl.training.train.train` as train_model runs it (logs, -best and
+-latest checkpoints beside the config); the stop button is a
+:class:`~unetsl.training.checkpoints.StopRequest`, which saves -latest after the current
+batch as Ctrl-C does for train_model. The config's data sources are listed, and an image
+layer with its labels layer becomes a paired source with
+:func:`unetsl.data.attach.add_array_pair` (the files are written beside the config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    TextEdit,
+)
+
+from unetsl.config.fields import LABELLER_NAMES
+from unetsl.errors import UnetslError
+from unetsl.napari.layers import layer_axes, layer_spacing, layer_tczyx, layer_unit, layers_of
+from unetsl.napari.loss_plot import LossCurves
+from unetsl.napari.tasks import notify, run_task
+
+if TYPE_CHECKING:
+    import napari
+
+
+class TrainWidget(Container):
+    """Train the model of a config (NAME.json); add training pairs from open layers."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.synchronous = False  # tests: run in the calling thread
+        self.worker: Any = None
+        self.result: Any = None
+        self.stop_request: Any = None
+        self.config_file = FileEdit(label="config", mode="r", filter="*.json")
+        self.sources = TextEdit(label="data sources", value="")
+        self.sources.native.setReadOnly(True)
+        self.image = ComboBox(label="image layer", choices=self._names("image"), nullable=True)
+        self.labels = ComboBox(label="labels layer", choices=self._names("labels"),
+                               nullable=True)
+        self.axes = LineEdit(label="axes", tooltip="axis letters of both layers: t, c, z, y, x")
+        self.labeller = ComboBox(label="labeller", choices=list(LABELLER_NAMES),
+                                 value="multiclass labels")
+        self.add_button = PushButton(text="Add layers as a data source")
+        self.resume = CheckBox(text="resume from -latest", value=False)
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop (save -latest)", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.config_file, self.sources, self.image, self.labels, self.axes,
+                     self.labeller, self.add_button, self.resume, self.train_button,
+                     self.stop_button, self.status])
+        self.curves = LossCurves()
+        self.native.layout().addWidget(self.curves)
+        self.config_file.changed.connect(self.show_sources)
+        self.image.changed.connect(self._image_changed)
+        self.add_button.clicked.connect(self.add_layers)
+        self.train_button.clicked.connect(self.run)
+        self.stop_button.clicked.connect(self.stop)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self._layers_changed()
+
+    # --- choices ---------------------------------------------------------------------
+    def _names(self, kind: str) -> Any:
+        return lambda _widget=None: [layer.name for layer in layers_of(self.viewer, kind)]
+
+    def _layers_changed(self, _event: Any = None) -> None:
+        self.image.reset_choices()
+        self.labels.reset_choices()
+        self._image_changed()
+
+    def _image_changed(self, _value: Any = None) -> None:
+        if self.image.value in self.viewer.layers:
+            self.axes.value = layer_axes(self.viewer.layers[self.image.value])
+
+    # --- the config and its data sources ---------------------------------------------
+    def config(self) -> Any:
+        """The chosen config, freshly loaded (either layout)."""
+        from unetsl.config.model_config import Config
+
+        path = Path(str(self.config_file.value))
+        if not path.is_file():
+            raise UnetslError(f"{path}: config file does not exist; create it with "
+                              f"create_model -c {path}")
+        return Config.load(path)
+
+    def show_sources(self, _value: Any = None) -> None:
+        """List the config's data sources as attach_data_sources --list does."""
+        from unetsl.data.attach import source_lines
+
+        try:
+            entries = list(self.config()["data sources"])
+        except UnetslError as err:
+            self.sources.value = ""
+            self.status.value = notify(err)
+            return
+        self.sources.value = "\n".join(source_lines(entries)) or "no data sources"
+
+    def add_layers(self) -> None:
+        """Write the image and labels layers beside the config and add them as a paired
+        source (checked as attach_data_sources checks a typed one)."""
+        from unetsl.data.attach import add_array_pair
+
+        try:
+            cfg = self.config()
+            names = (self.image.value, self.labels.value)
+            if not all(name in self.viewer.layers for name in names):
+                raise UnetslError("choose an image layer and its labels layer")
+            image, labels = (self.viewer.layers[name] for name in names)
+            axes = self.axes.value.strip().lower()
+            label_axes = axes if labels.ndim == image.ndim else layer_axes(labels)
+            entries = list(cfg["data sources"])
+            entry, n_pairs = add_array_pair(
+                entries, cfg.folder, image.name, layer_tczyx(image, axes),
+                layer_tczyx(labels, label_axes), str(self.labeller.value),
+                spacing=layer_spacing(image, axes), unit=layer_unit(image))
+            cfg["data sources"] = entries
+            cfg.save()
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return
+        self.show_sources()
+        self.status.value = (f"source {entries.index(entry)}: {n_pairs} image pair(s) from "
+                             f"{image.name} and {labels.name}")
+
+    # --- training --------------------------------------------------------------------
+    def run(self) -> None:
+        """Train in a worker thread (or here when ``synchronous``)."""
+        from unetsl.training.checkpoints import InterruptCheck, StopRequest
+        from unetsl.training.train import train
+
+        try:
+            cfg = self.config()
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return
+        stop = self.stop_request = StopRequest()
+        callbacks = [InterruptCheck(stop), self.curves.callback()]
+        resume = bool(self.resume.value)
+        self.curves.clear_curves()
+
+        def task() -> Any:
+            return train(cfg, resume=resume, progress="none", extra_callbacks=callbacks)
+
+        self.train_button.enabled, self.stop_button.enabled = False, True
+        self.status.value = f"training {cfg.name} ..."
+        self.worker = run_task(task, self._done, on_error=self._failed,
+                               synchronous=self.synchronous)
+
+    def stop(self) -> None:
+        """Stop after the current batch; -latest is saved (train_model --resume goes on)."""
+        if self.stop_request is not None:
+            self.stop_request.request()
+            self.status.value = "stopping after this batch ..."
+
+    def _failed(self, error: BaseException) -> None:
+        self.train_button.enabled, self.stop_button.enabled = True, False
+        self.status.value = notify(error)
+
+    def _done(self, result: Any) -> None:
+        self.train_button.enabled, self.stop_button.enabled = True, False
+        self.result = result
+        best = (f"; best {result.monitor} {result.best:.4g} (epoch {result.best_epoch + 1})"
+                if result.best is not None and result.best_epoch is not None else "")
+        if result.interrupted is not None:
+            self.status.value = (f"stopped at epoch {result.epochs_done}/{result.epochs}: "
+                                 f"saved {result.paths.latest.name}{best}")
+        else:
+            self.status.value = f"trained {result.epochs_done}/{result.epochs} epochs{best}"

@@ -1,0 +1,101 @@
+"""Segment cells widget: segment_cells' labels and table, row clicks, the saved files."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from unetsl.data.synthetic import epithelium_stack, epithelium_time_series
+from unetsl.io.tiff import read_image, write_image
+
+PIXEL = 0.2
+
+
+def _membrane_map(labels: np.ndarray) -> np.ndarray:
+    """A network-like membrane probability from true membrane labels (bit 0): blurred."""
+    blurred = ndi.gaussian_filter((labels & 1).astype(np.float32), (0, 1.0, 1.0))
+    return np.clip(blurred / blurred.max(), 0, 1).astype(np.float32)
+
+
+def _segment(viewer, data, axes, scale, **settings):
+    from unetsl.napari.cells_widget import CellsWidget
+
+    viewer.add_image(data, name="prob", scale=scale, axis_labels=tuple(axes))
+    widget = CellsWidget(viewer)
+    widget.synchronous = True
+    widget.probabilities.value = "prob"
+    for key, value in settings.items():
+        getattr(widget, key).value = value
+    widget.run()
+    return widget
+
+
+def test_cells_equal_segment_cells_and_the_table_selects_cells(viewer, tmp_path):
+    from click.testing import CliRunner
+
+    from unetsl.cli.segment_cells import main
+
+    maps = _membrane_map(epithelium_time_series((4, 64, 64), seed=3).labels)
+    write_image(tmp_path / "prob.tif", maps[:, None, None], spacing=(1.0, PIXEL, PIXEL),
+                unit="micron")
+    widget = _segment(viewer, maps, "tyx", (1.0, PIXEL, PIXEL), min_size=12)
+    assert widget.axes.value == "tyx"
+    assert "cells in 4 time point(s)" in widget.status.value and "tracks" in widget.status.value
+    cells = viewer.layers["prob cells"]
+    assert cells.data.shape == (4, 64, 64) and tuple(cells.scale) == (1.0, PIXEL, PIXEL)
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ran = CliRunner().invoke(main, ["prob.tif", "cells.tif", "--min-size", "12",
+                                        "--table", "cli.csv"])
+    finally:
+        os.chdir(cwd)
+    assert ran.exit_code == 0, ran.output
+    np.testing.assert_array_equal(cells.data, read_image(tmp_path / "cells.tif").data[:, 0, 0])
+
+    assert widget.save("csv", tmp_path / "widget.csv") == tmp_path / "widget.csv"
+    assert (tmp_path / "widget.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    with open(tmp_path / "cli.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = widget.table
+    assert table.rowCount() == len(rows) and table.columns[:2] == ["id", "t"]
+
+    table.sortItems(table.columns.index("area"))  # numbers sort as numbers
+    areas = [table.row_values(r)["area"] for r in range(table.rowCount())]
+    assert areas == sorted(areas)
+    last = table.row_values(table.rowCount() - 1)
+    table.select_row(table.rowCount() - 1)  # the largest cell
+    assert cells.selected_label == int(last["id"]) and cells.show_selected_label
+    assert viewer.dims.point[0] == pytest.approx(last["t"])
+
+    assert widget.save("rois", tmp_path / "cells.zip").stat().st_size > 0
+    assert widget.save("meshes", tmp_path / "meshes") is None  # 2D: a one-line message
+    assert widget.status.value.startswith("meshes need 3D labels")
+
+
+def test_stack_cells_use_the_z_spacing_and_save_meshes(viewer, tmp_path):
+    from unetsl.cells.files import segment_array
+    from unetsl.cells.settings import CellSettings
+
+    maps = _membrane_map(epithelium_stack((8, 40, 40), seed=2).labels)
+    widget = _segment(viewer, maps, "zyx", (0.5, PIXEL, PIXEL))
+    expected = segment_array(maps[None], (0.5, PIXEL, PIXEL), settings=CellSettings())
+    np.testing.assert_array_equal(viewer.layers["prob cells"].data, expected.labels[0])
+    assert "volume" in widget.table.columns
+    written = widget.save("meshes", tmp_path / "meshes")
+    assert written is not None and any(written.glob("cell-*.ply"))
+
+
+def test_label_layers_and_missing_channels_are_refused_in_one_line(viewer):
+    widget = _segment(viewer, np.ones((20, 20), np.uint8), "yx", (1.0, 1.0))
+    assert widget.status.value == ("holds uint8 pixels, not probabilities; give a float map "
+                                   "in [0, 1] such as predict's probabilities")
+    widget.channel.value = 2
+    widget.run()
+    assert widget.status.value.startswith("layer 'prob': channel 2 does not exist")
+    assert [layer.name for layer in viewer.layers] == ["prob"]
