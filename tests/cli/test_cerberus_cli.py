@@ -56,7 +56,9 @@ def test_chained_create_attach_train_then_predict(tmp_path: Path, run_script):
     saved = json.loads((tmp_path / "x.json").read_text())
     assert list(saved) == ["unet", "heads", "data sources", "training"]
     assert saved["unet"]["input shape"] == [1, 3, 32, 32] and saved["unet"]["n filters"] == 2
-    assert saved["heads"] == DEFAULT_HEADS and saved["training"]["epochs"] == 1
+    assert saved["heads"] == DEFAULT_HEADS and saved["training"]["epochs"] == 2000
+    snapshot = json.loads(next(tmp_path.glob("training-log_x-*.json")).read_text())
+    assert snapshot["training"]["epochs"] == 1  # -D values are for the run only
     assert saved["data sources"][0]["label folders"] == ["labels-packed"]
     assert not (tmp_path / "x-json.bak").exists()  # a new file: nothing to back up
     assert list(load_model(tmp_path / "x-best.h5").output_names) == NAMES

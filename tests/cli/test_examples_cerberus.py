@@ -154,5 +154,7 @@ def test_example_trains_with_the_readme_commands(example_data: Path, tmp_path: P
     assert len(rows) == 1 and all(math.isfinite(v) for v in rows[0])
     saved = json.loads((tmp_path / "cerberus.json").read_text())
     assert saved["heads"] == DEFAULT_HEADS
-    assert saved["training"]["epochs"] == 1 and saved["training"]["batch size"] == 2
+    snapshot = json.loads(next(tmp_path.glob("training-log_cerberus-*.json")).read_text())
+    assert snapshot["training"]["epochs"] == 1 and snapshot["training"]["batch size"] == 2
+    assert saved["training"]["epochs"] == 40  # as in the example file: -D was for the run only
     assert saved["data sources"][0]["label folders"] == ["labels-packed"]

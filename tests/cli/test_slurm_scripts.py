@@ -149,3 +149,49 @@ def test_array_refuses_missing_model_folder_or_images(tmp_path):
                          (["net.h5", "empty"], "no *.tif")):
         result = run("predict-array.sh", *args, cwd=tmp_path)
         assert result.returncode == 2 and needle in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_train_script_resumes_after_a_time_limit_kill(tmp_path):
+    """Slurm at the time limit: SIGTERM to the job's processes, SIGKILL after a grace period;
+    the job submitted again continues from the checkpoint the SIGTERM saved."""
+    import signal
+    import sys
+    import time
+
+    from unetsl.config.model_config import Config
+    from unetsl.data.synthetic import write_dataset
+    from unetsl.training.checkpoints import read_state
+
+    write_dataset(tmp_path, "2d", n_images=1, shape=(3, 32, 32), seed=1, distance=False)
+    cfg = Config({"input shape": [1, 1, 16, 16], "depth": 2, "n filters": 2, "n labels": 2,
+                  "pooling": [1, 2, 2], "stride": [0, 1, 8, 8], "epochs": 200, "seed": 1,
+                  "validation fraction": 0.0,
+                  "data sources": [{"source type": "paired directories",
+                                    "input folders": ["images"], "label folders": ["labels"],
+                                    "labeller": "multiclass labels"}]}, path=tmp_path / "m.json")
+    cfg.save()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(UNET_ENV=str(Path(sys.executable).parent.parent), GPUS="1", BATCH_SIZE="2")
+    job = subprocess.Popen(["bash", str(SLURM / "train.sh"), "m.json"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    latest = tmp_path / "m-latest.h5"
+    deadline = time.monotonic() + 240
+    while not latest.exists():  # at least one epoch done
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGTERM)
+    try:
+        job.communicate(timeout=60)  # the grace period
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+    state = read_state(latest)
+    assert state is not None and 1 <= state.epochs_done < 200
+    again = subprocess.run(["bash", str(SLURM / "train.sh"), "m.json", "-D",
+                            f"epochs={state.epochs_done + 1}"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming: m-latest.h5" in again.stdout
+    assert read_state(latest).epochs_done == state.epochs_done + 1

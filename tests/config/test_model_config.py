@@ -130,7 +130,7 @@ def test_key_table_lists_every_key():
     table = key_table_markdown()
     for f in FIELDS:
         assert f"`{f.key}`" in table
-    assert "original: 1e-06" in table
+    assert "original: `1e-06`" in table
 
 
 def test_readme_key_table_is_current():
@@ -142,3 +142,29 @@ def test_readme_key_table_is_current():
     assert text[start:end].strip() == key_table_markdown(), (
         "README key table is stale: paste the output of "
         "python -c 'from unetsl.config.fields import key_table_markdown as k; print(k())'")
+
+
+def test_config_pasted_from_the_original_readme_loads_leniently(tmp_path, caplog):
+    """The original's README shows "input shape" : (1,64, 64, 64): Python tuples, read as
+    lists (outside strings only, never evaluated), with one note; saving writes JSON."""
+    pasted = tmp_path / "pasted.json"
+    pasted.write_text('{\n    "input shape" : (1,64, 64, 64),\n     "kernel shape" : (3, 3, 3),\n'
+                      '     "pooling": (2, 2, 2),\n     "nlabels" : 2,\n     "depth": 4,\n'
+                      '     "model file" : "default-model (2).h5",\n}\n')
+    with caplog.at_level(logging.WARNING, logger="unetsl"):
+        cfg = Config.load(pasted)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "pasted.json" in notes[0] and "read leniently" in notes[0]
+    assert "tuples" in notes[0] and "proper JSON" in notes[0]
+    assert cfg["input shape"] == [1, 64, 64, 64] and cfg["pooling"] == [2, 2, 2]
+    assert cfg["n labels"] == 2 and cfg["model file"] == "default-model (2).h5"
+    cfg.save()
+    assert json.loads(pasted.read_text())["kernel shape"] == [3, 3, 3]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unetsl"):
+        Config.load(pasted)
+    assert not caplog.records  # proper JSON now
+    code = tmp_path / "code.json"
+    code.write_text('{"depth": __import__("os").getcwd()}')
+    with pytest.raises(UnetslError, match="code.json: malformed JSON"):
+        Config.load(code)

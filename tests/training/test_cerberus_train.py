@@ -276,12 +276,15 @@ def test_train_model_trains_every_head(tmp_path: Path, run_script):
                                                   "membrane-crop": DICE}
     assert saved["training"]["loss weights"] == dict.fromkeys(NAMES, 1)
     epoch_log = next(tmp_path.glob("training-log_tiny-*.txt"))
-    assert json.loads(epoch_log.with_suffix(".json").read_text()) == saved  # the snapshot
+    snapshot = json.loads(epoch_log.with_suffix(".json").read_text())  # the run's config
+    assert snapshot["training"]["epochs"] == 2 and snapshot["heads"] == saved["heads"]
+    assert '#-D "epochs=2" (this run only)' in epoch_log.read_text()
     keys, rows = read_log(epoch_log)
     for name in NAMES:
         for metric in ("accuracy", "binary_accuracy", "loss"):
             assert f"{name}_{metric}" in keys and f"val_{name}_{metric}" in keys
-    assert keys == sorted(keys) and len(rows) == 2
+    original = [k for k in keys if "_f1_" not in k]  # per-channel F1 columns come last
+    assert keys[:len(original)] == original == sorted(original) and len(rows) == 2
     losses = [row[keys.index("loss") + 1] for row in rows]
     assert all(math.isfinite(v) for row in rows for v in row), rows
     assert losses[1] < losses[0], losses
@@ -370,7 +373,8 @@ def test_original_cerberus_config_trains(compat: Path, tmp_path: Path, run_scrip
     assert attached.returncode == 0, attached.stderr
     result = run_script("train_model", "-c", "cerberus.json", "-b", "-D", "n filters=2",
                         "-D", "input shape=[1,3,32,32]", "-D", "epochs=1",
-                        "-D", "stride=[0,3,8,8]", "-D", "batch size=2", cwd=tmp_path)
+                        "-D", "stride=[0,3,8,8]", "-D", "batch size=2", "--save-config",
+                        cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     model = load_model(tmp_path / "cerberus-latest.h5")
     assert list(model.output_names) == NAMES

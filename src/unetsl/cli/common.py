@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +76,7 @@ def one_line_errors(func: Callable[..., Any] | None = None, *, tensorflow: bool 
         setup_logging()
         if tensorflow:
             import_tensorflow_quietly()
+        previous = _catch_sigterm()
         try:
             return func(*args, **kwargs)
         except UnetslError as err:
@@ -81,11 +85,48 @@ def one_line_errors(func: Callable[..., Any] | None = None, *, tensorflow: bool 
         except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
             click.echo(f"error: {err.filename or ''}: {err.strerror}", err=True)
             sys.exit(2)
+        except Terminated as stop:
+            click.echo(f"terminated (signal {stop.signum}); no partial output was kept", err=True)
+            sys.exit(128 + stop.signum)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as err:
+            if err.errno not in _FULL:
+                raise
+            click.echo(f"error: {err.filename or 'output'}: {os.strerror(err.errno)} while "
+                       "writing; files written before are intact and no partial file was kept: "
+                       "free space (or raise the limit) and run again", err=True)
+            sys.exit(2)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+#: "No space left on device", "File too large" (a size limit), "Disk quota exceeded".
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception, so that temporary files are removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _catch_sigterm() -> Any:
+    """SIGTERM (kill, Slurm's time limit) unwinds like Ctrl-C; returns the old handler, or
+    None outside the main thread (where signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def interactive(batch: bool) -> bool:

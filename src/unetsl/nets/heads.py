@@ -38,6 +38,9 @@ def build_cerberus(config: CerberusConfig):
     from unetsl.nets.unet import build_unet
 
     unet = config.unet
+    seed = (config.data.get("training") or {}).get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        keras.utils.set_random_seed(seed)  # the same initial weights every time
     depth = unet["depth"]
     base = build_unet(unet["input shape"], n_labels=1, depth=depth,
                       n_filters=unet["n filters"], kernel_shape=unet["kernel shape"],

@@ -96,7 +96,9 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
 
 def build_model_from_config(config: Config) -> keras.Model:
     """The U-Net (or cascade, with "cascade stages" >= 1) that a config describes, with the
-    config's input normalisation recorded on it."""
+    config's input normalisation recorded on it; with "seed", the same weights every time."""
+    if config.get("seed") is not None:
+        keras.utils.set_random_seed(int(config["seed"]))
     args = dict(
         input_shape=config["input shape"],
         n_labels=config["n labels"],
