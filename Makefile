@@ -20,8 +20,11 @@ demo: $(STAMP)
 
 test: test-fast test-slow lint
 
+# two pytest workers (pytest-xdist), one test file each at a time: module fixtures stay shared
+TEST_WORKERS ?= 2
+
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # exit code 5 = "no test selected": fine while no test is marked slow
 test-slow: $(STAMP)

@@ -55,7 +55,8 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.80", "ruff>=0.4", "bioimageio.spec>=0.5.12",
+        "test": ["pytest>=7.4", "pytest-xdist>=3.5", "hypothesis>=6.80", "ruff>=0.4",
+                 "bioimageio.spec>=0.5.12",
                  *SCALE],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "bioimageio": ["bioimageio.spec>=0.5.12"],

@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best counts")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--precisions", nargs="*", default=["mixed_bfloat16"],
+                        help="reduced precisions to time end to end besides float32 "
+                             "(rows b-<precision>; their labels are compared with b's)")
     args = parser.parse_args()
 
     import keras
@@ -185,8 +188,16 @@ def main() -> None:
           "(stride = half the patch)")
     print("voxels computed: " + ", ".join(f"{k} {v / 1e6:.2f} M ({v / voxels:.2f}x the image)"
                                           for k, v in computed.items()))
-    print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"Keras {keras.__version__} ({keras_backend()} backend), GPUs: {len(visible_gpus())}")
+    from unetsl.nets.precision import choose_precision, cpu_flags
+
+    cpu_model, flags = cpu_flags()
+    wanted_flags = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model} ({platform.machine()}; "
+          + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted_flags)
+          + f"), Keras {keras.__version__} ({keras_backend()} backend), "
+          f"GPUs: {len(visible_gpus())}")
+    auto = choose_precision("auto")
+    print(f"precision \"auto\" here: {auto.policy} ({auto.reason})")
 
     # warm up: trace the full and the partial batch shapes once
     tile_net.predict_on_batch(tiles[:per_batch])
@@ -203,9 +214,15 @@ def main() -> None:
 
     out_path = work / "pred.tif"
     job = PredictionJob.create(model_path, image_path, out_path)
-    job.update({"batch size": args.batch_size})
+    job.update({"batch size": args.batch_size, "precision": "float32"})
     patch_job = PredictionJob.create(model_path, image_path, work / "pred-patch.tif")
-    patch_job.update({"batch size": args.batch_size, "tile shape": list(args.patch)})
+    patch_job.update({"batch size": args.batch_size, "tile shape": list(args.patch),
+                      "precision": "float32"})
+    reduced_jobs = {}
+    for policy in args.precisions:
+        reduced = PredictionJob.create(model_path, image_path, work / f"pred-{policy}.tif")
+        reduced.update({"batch size": args.batch_size, "precision": policy})
+        reduced_jobs[policy] = reduced
 
     def end_to_end():
         return job.run(model=model)
@@ -225,6 +242,9 @@ def main() -> None:
         "b0": ("the same with training-patch tiles", end_to_end_patch),
         "c": ("original scheme (half stride, winner-take-all)", original),
     }
+    for policy, reduced in reduced_jobs.items():
+        schemes[f"b-{policy}"] = (f"b in {policy}",
+                                  lambda reduced=reduced: reduced.run(model=model))
     # Rounds interleave the schemes so that a change of machine load hits all of them;
     # the best wall time of each counts. CPU time (all threads) is reported beside it
     # because this machine may be shared.
@@ -268,9 +288,20 @@ def main() -> None:
     print(f"b0/b = {b0 / b:.2f}: larger tiles over training-patch tiles")
     print(f"labels of b and c agree on {100 * agree:.2f}% of voxels; baseline RSS "
           f"{baseline / 2**20:.0f} MiB (TensorFlow, model, image in memory for a and c)")
+    precisions = {}
+    for policy in reduced_jobs:
+        labels = read_image(work / f"pred-{policy}.tif").data[0, 0]
+        seconds = results[f"b-{policy}"]["seconds"]
+        precisions[policy] = {"speedup_over_float32": round(b / seconds, 3),
+                              "label_agreement_with_float32": round(
+                                  float((labels == labels_b).mean()), 5)}
+        print(f"{policy}: {b / seconds:.2f}x the speed of float32 end to end; labels equal on "
+              f"{100 * precisions[policy]['label_agreement_with_float32']:.3f}% of voxels")
 
     record = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model,
+                    "cpu_flags": sorted(f for f in wanted_flags if f in flags),
+                    "precision_auto": auto.policy, "python": sys.version.split()[0],
                     "keras": keras.__version__, "backend": keras_backend(),
                     "gpus": len(visible_gpus())},
         "model": {"input_shape": list(patch), "n_filters": args.filters, "depth": args.depth,
@@ -288,6 +319,7 @@ def main() -> None:
         "cpu_ratio_c_over_b": round(c_cpu / b_cpu, 3),
         "load_average_end": round(os.getloadavg()[0], 2),
         "label_agreement_b_c": round(agree, 5), "baseline_rss_mib": round(baseline / 2**20, 1),
+        "precisions": precisions,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     existing = {}

@@ -66,3 +66,93 @@ def test_renders_every_key():
     assert "Update config: m.json" in screen
     for key in ["input shape", "kernel shape", "n labels", "depth"]:
         assert key in screen
+
+
+def render(editor: ConfigEditor, size=SIZE) -> str:
+    return b"\n".join(editor.widget.render(size, focus=True).text).decode()
+
+
+def test_help_line_names_the_keys_and_stays_beside_errors():
+    editor = ConfigEditor({"depth": 3, "activation": "sigmoid"})
+    help_line = next(ln for ln in render(editor).splitlines() if "esc" in ln)
+    for key in ("up/down: move", "type: edit", "tab: buttons", "enter: press", "esc: cancel"):
+        assert key in help_line
+    assert len(help_line.rstrip()) <= 80
+    editor.edits["depth"].set_edit_text("[1,")
+    editor.keypress(SIZE, "tab")
+    editor.keypress(SIZE, "enter")
+    screen = render(editor)
+    assert "esc: cancel" in screen and "invalid JSON" in screen
+
+
+def test_whole_json_error_message_is_shown():
+    editor = ConfigEditor({"activation": "sigmoid"})
+    editor.edits["activation"].set_edit_text('"sigmoid')
+    editor.keypress(SIZE, "tab")
+    editor.keypress(SIZE, "enter")
+    assert ("Unterminated string starting at: line 1 column 1 (char 0)"
+            in editor.status.text)
+    flat = " ".join(render(editor, (60, 20)).split())  # wrapped, not cut, on a narrow screen
+    assert "line 1 column 1 (char 0); fix it or press esc to cancel" in flat
+
+
+@pytest.mark.parametrize("back", ["up", "shift tab", "tab"])
+def test_keys_from_the_buttons_return_to_the_rows(back):
+    editor = ConfigEditor({"depth": 3, "activation": "sigmoid", "n labels": 2})
+    editor.walker.set_focus(1)
+    type_text(editor, "x")  # on the second row
+    editor.keypress(SIZE, "tab")
+    assert editor.walker.focus == len(editor.walker) - 1  # the buttons
+    editor.keypress(SIZE, back)
+    assert editor.walker.focus == (2 if back == "up" else 1)
+
+
+def test_editor_in_a_terminal(tmp_path):
+    """The real urwid loop in a pty: tab to the buttons, up back to the last row, edit it,
+    tab, enter on "finished"."""
+    import fcntl
+    import json
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    code = ("import json; from unetsl.cli.tui import edit_values; "
+            "print('RESULT', json.dumps(edit_values({'activation': 'sigmoid', 'depth': 3})))")
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # rows, cols
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child,
+                            stderr=child, close_fds=True, env={**os.environ, "TERM": "xterm"})
+    os.close(child)
+    output = b""
+
+    def read(seconds: float) -> None:
+        nonlocal output
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([main], [], [], 0.05)
+            if ready:
+                try:
+                    output += os.read(main, 65536)
+                except OSError:
+                    return
+
+    deadline = time.monotonic() + 20
+    while b"esc: cancel" not in output and time.monotonic() < deadline:
+        read(0.2)
+    for key in ("\t", "\x1b[A", "1", "\t", "\r"):
+        os.write(main, key.encode())
+        read(0.3)
+    try:
+        proc.wait(timeout=10)
+        read(0.5)
+    finally:
+        proc.kill()
+        os.close(main)
+    result = [ln for ln in output.decode(errors="replace").splitlines() if "RESULT" in ln]
+    assert result and json.loads(result[-1].split("RESULT", 1)[1]) == {
+        "activation": "sigmoid", "depth": 31}, output[-500:]

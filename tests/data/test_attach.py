@@ -29,7 +29,7 @@ def script(name: str) -> str:
 
 SIZE = (100, 40)
 PAIRED_MULTICLASS = {"source type": "paired directories", "input folders": ["images"],
-                     "label folders": ["labels"], "rotations": [],
+                     "label folders": ["labels"], "rotations": [], "rotation unit": "degrees",
                      "labeller": "multiclass labels"}
 #: What a user of the original typed to add a paired multiclass source and save.
 ORIGINAL_KEYS = ["1", "images", "labels", "", "1", "", "y"]
@@ -70,7 +70,8 @@ def test_original_keystrokes_add_a_paired_multiclass_source(project):
     assert [p.caption for p in prompts] == [
         "...", "enter images directory: ", "enter labels directory: ", "", "select labeller: ",
         "...", "save y/[n]?"]
-    assert prompts[3].lines == ("enter a list of angles, leave blank if none",)
+    assert prompts[3].lines == ("enter a list of angles in degrees (e.g. 90 180), leave "
+                                "blank if none",)
     assert prompts[4].lines == ("labellers: ", "  -  0 :  region labels",
                                 "  -  1 :  multiclass labels", "  -  2 :  categorical labels",
                                 "  -  3 :  double membrane labels", "  -  4 :  linear labels")
@@ -90,7 +91,7 @@ def test_weighted_source_angles_and_labeller_retry(project):
     assert dialogue.entries[0] == {
         "source type": "weighted directories", "input folders": ["images"],
         "label folders": ["labels"], "weights folders": ["weights"], "rotations": [],
-        "labeller": "linear labels"}
+        "rotation unit": "degrees", "labeller": "linear labels"}
     answers(dialogue, "1", "images", "labels")
     said = answers(dialogue, "0.5, 90 x", "0")
     assert said[0] == "cannot convert x" and said[1].startswith("added source 1: ")
@@ -143,12 +144,14 @@ def test_bad_folders_are_refused_and_asked_again(project):
         assert dialogue.prompt().caption == "enter images directory: "
     answers(dialogue, "images")
     (said,) = answers(dialogue, "small")
-    assert "epi-000.tif has (t, z, y, x) = (3, 1, 32, 32)" in said and "(3, 1, 16, 16)" in said
+    assert "epi-000.tif has (t, c, z, y, x) = (3, 1, 1, 32, 32)" in said
+    assert "(3, 1, 1, 16, 16)" in said
     assert dialogue.prompt().caption == "enter labels directory: "
     (said,) = answers(dialogue, "empty")
     assert "holds no .tif" in said
     assert answers(dialogue, "labels") == []
-    assert dialogue.prompt().lines == ("enter a list of angles, leave blank if none",)
+    assert dialogue.prompt().lines == ("enter a list of angles in degrees (e.g. 90 180), "
+                                       "leave blank if none",)
 
 
 def test_unlabelled_images_are_a_warning_in_the_transcript(project):
@@ -333,11 +336,11 @@ def test_flags_add_list_and_remove(project):
     assert sources[0] == dict(PAIRED_MULTICLASS, rotations=[0.0, 45.0])
     assert sources[1] == {"source type": "weighted directories", "input folders": ["images"],
                           "label folders": ["labels"], "weights folders": ["weights"],
-                          "rotations": [], "labeller": "multiclass labels",
-                          "sampling": "foreground"}
+                          "rotations": [], "rotation unit": "degrees",
+                          "labeller": "multiclass labels", "sampling": "foreground"}
     assert sources[2] == {"source type": "paired files", "training images": ["images/epi-000.tif"],
                           "label images": ["labels-dist/epi-000.tif"], "rotations": [],
-                          "labeller": "linear labels"}
+                          "rotation unit": "degrees", "labeller": "linear labels"}
     listed = run("--list")
     assert listed.returncode == 0
     assert listed.stdout.splitlines() == [f"{i}. {json.dumps(s)}" for i, s in enumerate(sources)]
@@ -404,6 +407,30 @@ def test_arrays_in_memory_become_a_paired_source(tmp_path):
     assert written.spacing[1:] == pytest.approx((0.2, 0.2)) and written.unit == "micron"
     again, _ = add_array_pair(entries, tmp_path, "my movie", image, label, "multiclass")
     assert again == entry and len(entries) == 1  # rewritten, not added twice
-    with pytest.raises(UnetslError, match=r"other\.tif has \(t, z, y, x\) = \(3, 1, 16, 16\)"):
+    with pytest.raises(UnetslError,
+                       match=r"other\.tif has \(t, c, z, y, x\) = \(3, 1, 1, 16, 16\)"):
         add_array_pair(entries, tmp_path, "other", image, label[:, :, :, :8], "multiclass")
     assert len(entries) == 1
+
+
+def test_angles_are_stored_with_their_unit_and_never_noted_again(project, caplog):
+    """unetsl writes "rotation unit", so its configs load silently; the original's configs
+    (radians, no unit key) get their note once per run."""
+    import logging
+
+    from unetsl.data.sources import parse_sources
+
+    dialogue = AttachDialogue([], project, cwd=project)
+    answers(dialogue, "1", "images", "labels", "0.5 1.25", "1", "", "y")
+    entry = dialogue.entries[0]
+    assert entry["rotations"] == [0.5, 1.25] and entry["rotation unit"] == "degrees"
+    cfg = Config.load(project / "m.json")
+    original = {k: v for k, v in entry.items() if k != "rotation unit"}
+    with caplog.at_level(logging.WARNING, logger="unetsl"):
+        cfg["data sources"] = [entry]
+        parse_sources(cfg)
+        assert "rotation" not in caplog.text
+        cfg["data sources"] = [original]
+        parse_sources(cfg)
+        parse_sources(cfg)
+    assert caplog.text.count('add "rotation unit": "radians"') == 1

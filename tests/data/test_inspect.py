@@ -276,3 +276,15 @@ def test_head_grid_follows_the_resampler():
     assert cropped.extent == (1.5, 5.5, 5.5, 1.5)
     flat = _head_grid(head(1, "min pool"), (1, 2, 2), (1, 8, 8))  # a 2-D patch: z not pooled
     assert flat.shape == (1, 4, 4) and flat.z_map.tolist() == [0]
+
+
+def test_a_slice_outside_the_patch_is_refused_not_clamped(project, tmp_path,
+                                                           assert_one_line_error):
+    from unetsl.errors import UnetslError
+
+    out = tmp_path / "x.png"
+    assert_one_line_error(run(project, "--save", str(out), "--slice", "40"),
+                          "--slice 40", "3 slice(s), 0 to 2")
+    assert not out.exists()
+    with pytest.raises(UnetslError, match="slice -1: the patches have 3 slice"):
+        draw(Figure(), [(pages_of(project, sources=[0])[0], 0, 1)], z=-1)

@@ -204,10 +204,11 @@ def test_stored_path(tmp_path):
 
 # --- entries --------------------------------------------------------------------------------
 
-def test_make_entry_is_the_original_layout():
+def test_make_entry_is_the_original_layout_with_the_unit():
     assert make_entry("paired directories", ["images", "labels"], 1) == {
         "source type": "paired directories", "input folders": ["images"],
-        "label folders": ["labels"], "rotations": [], "labeller": "multiclass labels"}
+        "label folders": ["labels"], "rotations": [], "rotation unit": "degrees",
+        "labeller": "multiclass labels"}
     weighted = make_entry("weighted directories", ["i", "l", "w"], "linear", [90.0])
     assert weighted["weights folders"] == ["w"] and weighted["labeller"] == "linear labels"
     files = make_entry("paired files", ["a.tif", "b.tif"], "region labels", [],
@@ -353,3 +354,19 @@ def test_original_config_loads(compat, tmp_path, caplog):
     data = json.loads((compat / "with-sources.json").read_text())
     assert [parse_source(e, i, tmp_path).labeller.name for i, e in
             enumerate(data["data sources"])] == ["multiclass labels", "linear labels"]
+
+
+def test_shape_mismatch_names_every_axis(tmp_path):
+    """A weights file whose 5 channels were saved as 5 plain pages reads as 5 slices: the
+    message shows c and z of both files, so the cause is visible."""
+    from unetsl.data.sources import FilePair, check_pair_shapes
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "w.tif", np.ones((5, 32, 32), np.float32))
+    pair = FilePair(image=tmp_path / "img.tif", label=tmp_path / "img.tif",
+                    weights=tmp_path / "w.tif")
+    with pytest.raises(UnetslError) as err:
+        check_pair_shapes(pair, where="source 0: ")
+    message = str(err.value)
+    assert "img.tif has (t, c, z, y, x) = (1, 1, 1, 32, 32) but " in message
+    assert "w.tif has (1, 1, 5, 32, 32)" in message and "\n" not in message

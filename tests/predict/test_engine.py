@@ -490,3 +490,26 @@ def test_multi_head_model_with_a_list_input_is_rebuilt_for_larger_tiles():
     big = with_input_patch(model, (3, 128, 192))
     assert [tuple(o.shape)[1:] for o in big.outputs] == [
         (3, 128, 192, 1), (3, 64, 96, 2), (3, 128, 192, 2)]  # the scale head stays at half
+
+
+@pytest.mark.parametrize("tile_z", [2, 5])  # tiles stream along z, or along y
+def test_progress_counts_the_frames_of_a_time_series_read_as_depth(tile_z):
+    """A 5-frame 2D movie is one (t=1) volume of depth 5 for the network: progress says
+    5 frames, each done once all its rows are written, never "1/1"."""
+    image = np.random.default_rng(0).random((1, 1, 5, 24, 24), dtype=np.float32)
+    calls = []
+    predict_to_sinks(BoxModel((1, tile_z, 8, 8), r=0), ArraySource(image),
+                     [ArraySink((1, 2, 5, 24, 24))], reach=Reach((0, 0, 0), (1, 1, 1)),
+                     batch_size=2, overlap=(0, 0, 0), frames_as_depth=True,
+                     progress=lambda *args: calls.append(args))
+    assert {c[3] for c in calls} == {5}  # frames total
+    done = [c[2] for c in calls]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 5
+    assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1]  # starts at 0 tiles, ends at all
+    if tile_z == 2:  # rows along z finish frames on the way
+        assert 0 < done[len(done) // 2] < 5
+    plain = []
+    predict_to_sinks(BoxModel((1, tile_z, 8, 8), r=0), ArraySource(image),
+                     [ArraySink((1, 2, 5, 24, 24))], reach=Reach((0, 0, 0), (1, 1, 1)),
+                     overlap=(0, 0, 0), progress=lambda *args: plain.append(args))
+    assert plain[-1][2:] == (1, 1)  # a 3D stack is one time point

@@ -83,7 +83,9 @@ def test_time_series_default_name_axes_scale_and_probabilities(work, run_script)
     assert result.returncode == 0, result.stderr
     assert "wrote pred-m2d-ts.tif" in result.stdout and "wrote pred-m2d-ts-prob.tif" in \
         result.stdout
-    assert "time point 1/1:" in result.stderr  # no terminal: one line per time point
+    # no terminal: one line per finished time point, the movie's 5 frames (read as depth)
+    assert "time points 1-2/5: " in result.stderr and "-5/5: " in result.stderr
+    assert "1/1" not in result.stderr
     with tifffile.TiffFile(work / "pred-m2d-ts.tif") as tif:
         assert tif.series[0].axes == "TYX" and tif.series[0].shape == (5, 70, 90)
         assert tif.imagej_metadata["frames"] == 5 and tif.series[0].dtype == np.uint8
@@ -430,3 +432,77 @@ def test_tile_shape_setting_is_the_api_tile(work):
     np.testing.assert_allclose(read_image(work / "tiles-prob.tif").data, expected, atol=1e-5)
     patch_tiles = np.swapaxes(predict(model, data, tile=(3, 32, 32), overlap=(0, 4, 4)), 0, 2)
     assert np.abs(patch_tiles - expected).max() > 1e-3  # the setting changed the tiling
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after ``text``: carriage returns overwrite the line, newlines
+    move down (tqdm's clear-and-redraw of one bar needs nothing more)."""
+    lines, row, col = [""], 0, 0
+    for ch in text:
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + ch + line[col + 1:]
+            col += 1
+    return [ln.rstrip() for ln in lines if ln.strip()]
+
+
+def test_one_bar_on_a_terminal_with_log_lines_above_it_not_in_it():
+    import logging
+
+    from unetsl.cli.predict_image import Progress
+
+    class Terminal(stdio.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("info: %(message)s"))
+    logger = logging.getLogger("unetsl")
+    logger.addHandler(handler)
+    try:
+        progress = Progress(stream)
+        progress(0, 8, 0, 5)
+        progress(4, 8, 2, 5)
+        logger.warning("a line while the bar runs")
+        progress(8, 8, 5, 5)  # the last tile closes the bar
+        logger.warning("a line after the last tile")
+        progress.close()
+    finally:
+        logger.removeHandler(handler)
+    screen = _screen(stream.getvalue())
+    bars = [ln for ln in screen if "tile" in ln and "|" in ln]
+    assert len(bars) == 1 and "8/8" in bars[0] and "5 time points" in bars[0], screen
+    assert "info: a line while the bar runs" in screen  # a whole line of its own
+    assert screen[-1] == "info: a line after the last tile", screen
+    assert screen.index("info: a line while the bar runs") < screen.index(bars[0])
+
+
+def test_lines_name_the_frames_of_a_time_series_read_as_depth(tmp_path):
+    """Without a terminal: one line per finished time point, counting the movie's frames."""
+    import keras
+
+    from unetsl.cli.predict_image import Progress
+    from unetsl.data.synthetic import epithelium_time_series, write_imagej
+    from unetsl.nets.model_files import save_model
+    from unetsl.nets.unet import build_unet
+    from unetsl.predict.job import PredictionJob
+
+    keras.utils.set_random_seed(0)
+    save_model(build_unet((1, 2, 16, 16), n_labels=1, depth=1, n_filters=1,
+                          spatial_dropout_rate=0.0), tmp_path / "m.keras")
+    write_imagej(tmp_path / "ts.tif", epithelium_time_series((5, 32, 32), seed=1).image, "2d")
+    stream = stdio.StringIO()
+    job = PredictionJob.create(tmp_path / "m.keras", tmp_path / "ts.tif", tmp_path / "out.tif")
+    job.update({"tile shape": [2, 16, 16], "overlap": [0, 0, 0], "batch size": 1})
+    job.run(progress=Progress(stream))
+    lines = stream.getvalue().splitlines()
+    assert lines and all("/5" in ln for ln in lines), lines
+    assert "1/1" not in stream.getvalue()
+    assert lines[-1].split(":")[0].endswith("5/5"), lines

@@ -188,3 +188,42 @@ def test_split_key(key, parts):
     from unetsl.training.logs import _split_key
 
     assert _split_key(key) == parts
+
+
+def test_curves_one_colour_per_quantity_solid_training_dashed_validation(tmp_path):
+    from unetsl.training.logs import curves_figure
+
+    heads = ["distance", "membrane"]
+    keys = sorted([f"{p}{h}_{m}" for p in ("", "val_") for h in heads
+                   for m in ("accuracy", "binary_accuracy", "loss", "f1_0", "f1_1")]
+                  + ["loss", "val_loss"])
+    log = tmp_path / "e.txt"
+    rows = ["\t".join([str(e)] + [str(0.1 * e + i) for i in range(len(keys))]) for e in range(3)]
+    log.write_text("#epoch\t" + "\t".join(keys) + "\n" + "\n".join(rows) + "\n")
+    fig = curves_figure([log])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "accuracy", "binary accuracy", "F1 per channel"]
+    for ax in fig.axes:
+        colours: dict[str, set] = {}
+        for line in ax.get_lines():
+            colours.setdefault(line.get_color(), set()).add(line.get_linestyle())
+        assert all(styles == {"-", "--"} for styles in colours.values()), (ax.get_title(),
+                                                                           colours)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert {"training", "validation"} <= set(legend)
+        assert len(colours) == len(legend) - 2  # one legend entry per colour
+    legend = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()]
+              for ax in fig.axes}
+    assert legend["loss"][:3] == ["total", "distance", "membrane"]
+    assert "membrane channel 1" in legend["F1 per channel"]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2, 3]  # as the terminal counts
+    by_output = {(ax.get_title(), t.get_text()): h.get_color() for ax in fig.axes
+                 for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    assert by_output["loss", "membrane"] == by_output["accuracy", "membrane"]  # every panel
+    assert by_output["loss", "distance"] != by_output["loss", "membrane"]
+    single = tmp_path / "s.txt"
+    single.write_text("#epoch\tloss\tval_loss\n0\t0.5\t0.6\n1\t0.4\t0.5\n")
+    (ax,) = curves_figure([single]).axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "training",
+                                                                   "validation"]
+    assert len({line.get_color() for line in ax.get_lines()}) == 1

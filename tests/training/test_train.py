@@ -130,11 +130,11 @@ def test_files_have_the_original_names_and_headers(trained):
     assert epoch[1].startswith("#input: ") and epoch[2].startswith("#output: ")
     assert epoch[3].startswith("#optimiser: <keras") and "Adam" in epoch[3]
     assert epoch[4] == "#epoch\taccuracy\tbinary_accuracy\tloss\tval_accuracy\t" \
-                      "val_binary_accuracy\tval_loss"
+                      "val_binary_accuracy\tval_loss\tf1_0\tf1_1\tval_f1_0\tval_f1_1"
     assert len(data_lines(result.epoch_log)) == 2
     for line in data_lines(result.epoch_log):
         fields = line.split("\t")
-        assert len(fields) == 7
+        assert len(fields) == 11  # the epoch, the original's 6 columns, 4 F1 columns
         assert all(f == str(float(f)) for f in fields[1:])
 
     batch = result.batch_log.read_text().splitlines()
@@ -159,8 +159,9 @@ def test_latest_and_best_are_full_models(trained):
         assert "optimizer_weights" in f
     state = read_state(cfg.folder / "m-best.h5")
     assert state.best == result.best and state.best_epoch == result.best_epoch
-    _, rows = epoch_rows(result.epoch_log)
-    assert result.best == min(r[-1] for r in rows)  # best by val_loss, the last column
+    keys, rows = epoch_rows(result.epoch_log)
+    column = keys.index("val_loss") + 1  # after the epoch number
+    assert result.best == min(r[column] for r in rows)  # best by val_loss
 
 
 def test_samples_predicted_every_epoch(trained):
@@ -182,8 +183,8 @@ def test_resume_continues_at_next_epoch_with_optimizer_state(tmp_path):
     out = io.StringIO()
     second = train(cfg, resume=True, progress="lines", stream=out)
     printed = out.getvalue().splitlines()  # one line per epoch when not on a terminal
-    assert len(printed) == 2 and printed[0].startswith("epoch 2/3 - ")
-    assert "val_loss: " in printed[0]
+    assert len(printed) == 2 and printed[0].startswith("epoch 2/3 ")
+    assert "  val_loss " in printed[0] and "  val_f1_0/1 " in printed[0]
     assert second.run_id != first.run_id
     lines = second.epoch_log.read_text().splitlines()
     assert lines[0] == "#training model: m-latest.h5"
@@ -195,7 +196,8 @@ def test_resume_continues_at_next_epoch_with_optimizer_state(tmp_path):
     assert state.run_ids == [first.run_id, second.run_id]
     assert int(data_lines(second.batch_log)[0].split("\t")[0]) == steps
     assert int(optimizer_value(cfg.sibling("-latest.h5"), "iteration")) == 3 * steps
-    all_losses = [r[-1] for r in epoch_rows(first.epoch_log)[1] + rows]
+    column = epoch_rows(first.epoch_log)[0].index("val_loss") + 1
+    all_losses = [r[column] for r in epoch_rows(first.epoch_log)[1] + rows]
     assert second.best == min(all_losses)  # best-so-far kept across runs
 
 
@@ -349,7 +351,7 @@ def test_weighted_source_trains_with_weighted_loss(tmp_path):
     # no validation data: the best model is chosen by the training loss
     assert result.monitor == "loss"
     keys, rows = epoch_rows(result.epoch_log)
-    assert keys == ["accuracy", "binary_accuracy", "loss"]
+    assert keys == ["accuracy", "binary_accuracy", "loss", "f1_0", "f1_1"]
     assert result.best == rows[0][3]
 
 
@@ -368,7 +370,10 @@ def test_cascade_logs_use_the_readme_layout(tmp_path):
     assert first[:2] == ["0", "0"] and first[-1] == "2"
     epoch = [ln for ln in result.epoch_log.read_text().splitlines() if ln.startswith("#epoch")]
     keys = epoch[0].split("\t")[1:]
-    assert keys == sorted(keys) and keys[0] == "cascade_0_accuracy" and keys[-1] == "val_loss"
+    original = [k for k in keys if "_f1_" not in k]  # the per-channel F1 columns come last
+    assert keys[:len(original)] == original
+    assert original == sorted(original) and original[0] == "cascade_0_accuracy"
+    assert original[-1] == "val_loss"
     assert keys.index("loss") == 6 and keys[7] == "val_cascade_0_accuracy"
 
 
@@ -411,7 +416,7 @@ def test_compiled_model_with_metrics_saves_and_reloads(tmp_path):
     save_model(model, tmp_path / "s.h5")
     again = load_model(tmp_path / "s.h5", compile=True)
     logs = again.evaluate(x, y, verbose=0, return_dict=True)
-    assert set(logs) == {"accuracy", "binary_accuracy", "loss"}
+    assert set(logs) == {"accuracy", "binary_accuracy", "loss", "f1_0", "f1_1"}
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -509,3 +514,40 @@ def test_same_seed_same_run(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_epoch_line_of_one_output_is_short_with_channel_f1_and_best():
+    from unetsl.training.callbacks import EpochLine
+
+    logs = {"accuracy": 0.61, "binary_accuracy": 0.93, "loss": 0.41234, "f1_0": 0.8,
+            "f1_1": 0.1, "val_accuracy": 0.6, "val_binary_accuracy": 0.94, "val_loss": 0.39811,
+            "val_f1_0": 0.912, "val_f1_1": 0.0, "learning_rate": 0.001}
+    state = TrainingState(best=0.39811, best_epoch=1011)
+    out = io.StringIO()
+    line = EpochLine(2000, 231, state, out)
+    line.on_epoch_begin(1011)
+    line.on_epoch_end(1011, logs)
+    (printed,) = out.getvalue().splitlines()
+    assert len(printed) <= 100, printed
+    assert printed.startswith("epoch 1012/2000 ")
+    assert "  loss 0.4123  val_loss 0.3981  val_f1_0/1 0.91/0.00  best 0.3981 (epoch 1012)" \
+        in printed
+    assert "accuracy" not in printed and "learning_rate" not in printed
+
+
+def test_epoch_line_of_a_multi_head_model_fits_one_screen_line():
+    from unetsl.training.callbacks import epoch_line
+
+    heads = ["distance", "membrane-scale", "membrane-crop"]
+    logs = {"loss": 2.5, "val_loss": 2.75}
+    for prefix in ("", "val_"):
+        for head in heads:
+            for metric in ("accuracy", "binary_accuracy", "loss", "f1_0", "f1_1"):
+                logs[f"{prefix}{head}_{metric}"] = 0.123456
+    state = TrainingState(monitor="val_membrane-scale_f1_0", mode="max", best=0.5,
+                          best_epoch=2)
+    printed = epoch_line(4, 40, 12.3, logs, state)
+    assert len(printed) <= 100, printed
+    assert printed == ("epoch 5/40 12.3s  loss 2.5  val_loss 2.75  "
+                       "best val_membrane-scale_f1_0 0.5 (epoch 3)")
+    assert epoch_line(0, 40, 1.0, {"loss": 1.0}, TrainingState()) == "epoch 1/40 1.0s  loss 1"

@@ -31,36 +31,51 @@ from unetsl.cli.common import one_line_errors
 @click.option("--tag", "tags", multiple=True, help="Extra tag (repeatable), e.g. epithelium.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the check with bioimageio.spec (done when the package is installed).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what Keras, TensorFlow and bioimageio print (progress bars, "
+                   "retracing and log lines); hidden by default.")
 @one_line_errors
 def main(model_file: str, output: str, bioimageio: bool, sample: str | None,
          config_file: str | None, name: str | None, description: str | None,
          authors: tuple[str, ...], github_user: str | None, license_: str, weights: str,
-         tags: tuple[str, ...], no_validate: bool) -> None:
+         tags: tuple[str, ...], no_validate: bool, verbose: bool) -> None:
     """Export MODEL_FILE (.h5 or .keras, also a model of the original) to OUTPUT.zip."""
     from unetsl.errors import UnetslError
     from unetsl.export.bioimageio import export_bioimageio, validate_package
+    from unetsl.export.quiet import quiet_third_party
 
     if not bioimageio:
         raise UnetslError("choose an export format: --bioimageio (the only one so far)")
-    result = export_bioimageio(
-        model_file, output, sample=sample, config=config_file, name=name,
-        description=description, authors=authors, github_user=github_user, license=license_,
-        weight_formats=[w.strip() for w in weights.split(",") if w.strip()], tags=tags)
+    with quiet_third_party(verbose) as caught:
+        result = export_bioimageio(
+            model_file, output, sample=sample, config=config_file, name=name,
+            description=description, authors=authors, github_user=github_user,
+            license=license_, weight_formats=[w.strip() for w in weights.split(",")
+                                              if w.strip()], tags=tags)
+    _warn(caught)
     for note in result.notes:
         click.echo(f"note: {note}")
     click.echo(f"wrote {result.path}: {', '.join(result.files)}")
     if no_validate:
         return
     try:
-        status, tool, messages = validate_package(result.path)
+        with quiet_third_party(verbose) as caught:
+            status, tool, messages = validate_package(result.path)
     except UnetslError as err:
         click.echo(f"not validated: {err}")
         return
+    _warn(caught)
     for message in messages:
         click.echo(f"  {message}")
     click.echo(f"bioimage.io validation ({tool}): {status}")
     if status == "failed":
         sys.exit(1)
+
+
+def _warn(lines: list[str]) -> None:
+    """Python warnings raised by the libraries, as unetsl's one-line warnings."""
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
     cfg = Config.load(Path(config_file))
     cfg.apply_overrides(overrides)
     patch_shape, n_labels = training_shapes(cfg)
+    depth = int(patch_shape[1])
+    if z is not None and not 0 <= z < depth:  # before any data is read
+        raise UnetslError(f"--slice {z}: the patches of {config_file} have {depth} slice(s), "
+                          f"0 to {depth - 1}")
     n_sources = len(cfg["data sources"])
     for index in sources:
         if not 0 <= index < n_sources:
@@ -59,7 +63,7 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
         save_figure(pages, save, patches=patches, z=z)
         click.echo(f"wrote {save}")
     else:
-        show(pages, patches=patches)
+        show(pages, patches=patches, z=z)
 
 
 if __name__ == "__main__":

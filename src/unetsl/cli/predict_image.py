@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
@@ -18,37 +20,76 @@ from unetsl.cli.common import (
 
 
 class Progress:
-    """A tqdm bar over tiles on a terminal; otherwise one line per finished time point."""
+    """predict_image's progress: on a terminal one tqdm bar over the tiles of the job, with
+    unetsl's log lines printed above it (never into it) and the bar closed when the last tile
+    is done; otherwise (Slurm logs, pipes) one line per finished time point."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
-        self.bar = None
+        self.bar: Any = None
         self.frames_done = 0
         self.tiles_at_frame = 0
-        self.start = self.frame_start = time.perf_counter()
+        self.frame_start = time.perf_counter()
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
+        self._finished = False
 
     def __call__(self, done: int, total: int, frames_done: int, frames: int) -> None:
+        if done == 0:  # the engine starts: time the first frame from here, not from loading
+            self.frame_start = time.perf_counter()
         if self.tty:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="tile", file=self.stream, leave=True,
-                                dynamic_ncols=True)
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix_str(f"time point {min(frames_done + 1, frames)}/{frames}")
+            self._bar_update(done, total, frames_done, frames)
             return
-        while frames_done > self.frames_done:
-            self.frames_done += 1
+        if frames_done > self.frames_done:
+            first, self.frames_done = self.frames_done + 1, frames_done
             now = time.perf_counter()
-            click.echo(f"time point {self.frames_done}/{frames}: {done - self.tiles_at_frame} "
-                       f"tiles in {now - self.frame_start:.1f} s ({done}/{total} tiles)",
-                       file=self.stream)
+            which = (f"time point {frames_done}/{frames}" if first == frames_done
+                     else f"time points {first}-{frames_done}/{frames}")
+            tiles = done - self.tiles_at_frame  # 0: finished by the tiles counted before
+            took = f"{tiles} tiles in {now - self.frame_start:.1f} s" if tiles else "done"
+            click.echo(f"{which}: {took} ({done}/{total} tiles)", file=self.stream)
             self.tiles_at_frame, self.frame_start = done, now
 
+    def _bar_update(self, done: int, total: int, frames_done: int, frames: int) -> None:
+        if self._finished:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", file=self.stream, leave=True,
+                            dynamic_ncols=True)
+            self._redirect_log_lines(tqdm)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"time point {min(frames_done + 1, frames)}/{frames}",
+                                 refresh=False)
+        if done >= total and frames_done >= frames:
+            self.bar.set_postfix_str(f"{frames} time point{'s' * (frames != 1)}")
+            self._finished = True
+            self.close()  # what is logged next goes below the finished bar
+
+    def _redirect_log_lines(self, tqdm: Any) -> None:
+        """Let unetsl's log handlers on this stream write through ``tqdm.write``, which
+        clears the bar, prints the line and redraws the bar below it."""
+        stream = self.stream
+
+        class AboveBar:
+            def write(self, text: str) -> None:
+                tqdm.write(text, file=stream, end="")
+
+            def flush(self) -> None:
+                stream.flush()
+
+        for handler in logging.getLogger("unetsl").handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                self._handlers.append((handler, handler.setStream(AboveBar())))
+
     def close(self) -> None:
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        self._handlers = []
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -122,7 +122,8 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
                    "--resume -b", err=True)
         sys.exit(128 + int(result.interrupted))
     if result.best is not None:
-        click.echo(f"best {result.monitor} {result.best:.6g} at epoch {result.best_epoch}: "
+        # counted from 1, as the epoch lines and Keras' bar count (the logs count from 0)
+        click.echo(f"best {result.monitor} {result.best:.6g} at epoch {result.best_epoch + 1}: "
                    f"{result.paths.best}")
     click.echo(f"trained {result.epochs_done}/{result.epochs} epochs: {result.paths.latest}")
     if result.curves is not None:

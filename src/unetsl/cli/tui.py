@@ -22,6 +22,9 @@ PALETTE = [
 
 Validator = Callable[[dict[str, Any]], None]
 
+#: The keys, always on screen (the status line below it shows errors).
+HELP = "up/down: move   type: edit   tab: buttons   enter: press button   esc: cancel"
+
 
 def _as_text(value: Any) -> str:
     """Compact JSON when it fits one row, indented JSON (as the original) otherwise."""
@@ -42,6 +45,7 @@ class ConfigEditor:
         self.validate = validate
         self.result: dict[str, Any] | None = None
         self.done = False
+        self._row = 0  # the row to return to from the buttons with tab
         self.edits: dict[str, urwid.Edit] = {}
         rows: list[urwid.Widget] = []
         for key, value in values.items():
@@ -58,11 +62,13 @@ class ConfigEditor:
             ("weight", 1, urwid.AttrMap(self.finish_button, "button", "focus")),
         ], dividechars=4)
         self.buttons = buttons
-        self.status = urwid.Text("tab: go to buttons   enter in a value: new line   esc: cancel")
+        self.help = urwid.Text(HELP)
+        self.status = urwid.Text("")
         self.walker = urwid.SimpleFocusListWalker([*rows, urwid.Divider(), buttons])
         self.listbox = urwid.ListBox(self.walker)
         header = urwid.AttrMap(urwid.Text(title), "header")
-        self.frame = urwid.Frame(self.listbox, header=header, footer=self.status)
+        footer = urwid.Pile([urwid.AttrMap(self.help, "header"), self.status])
+        self.frame = urwid.Frame(self.listbox, header=header, footer=footer)
         self.widget = urwid.AttrMap(self.frame, None)
 
     # actions ---------------------------------------------------------------------
@@ -76,8 +82,9 @@ class ConfigEditor:
         for index, (key, edit) in enumerate(self.edits.items()):
             try:
                 values[key] = json.loads(edit.edit_text)
-            except json.JSONDecodeError as err:
-                self._show_error(index, f'"{key}": invalid JSON ({err.msg}); fix it or cancel')
+            except json.JSONDecodeError as err:  # the whole message: what and where
+                self._show_error(index, f'"{key}": invalid JSON: {err}; fix it or press esc '
+                                        "to cancel")
                 return
         if self.validate is not None:
             try:
@@ -96,13 +103,20 @@ class ConfigEditor:
             self.walker.set_focus(row)
 
     def keypress(self, size: tuple[int, int], key: str) -> str | None:
-        """Global keys: tab jumps to the finish button, esc cancels."""
-        if key == "tab":
+        """Global keys: tab jumps to the finish button (and back), esc cancels; up (or
+        shift-tab) from the buttons returns to the last row, whatever urwid would do."""
+        on_buttons = self.walker.focus == len(self.walker) - 1
+        if key == "tab" and not on_buttons:
             self.walker.set_focus(len(self.walker) - 1)
             self.buttons.focus_position = 1
             return None
+        if on_buttons and self.edits and key in ("up", "shift tab", "tab"):
+            self.walker.set_focus(len(self.edits) - 1 if key == "up" else self._row)
+            return None
         if key == "esc":
             self.cancel()
+        if not on_buttons:
+            self._row = self.walker.focus
         return self.widget.keypress(size, key)
 
 

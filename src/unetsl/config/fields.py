@@ -87,6 +87,9 @@ def _percentiles(v: Any) -> bool:
     )
 
 
+#: The "precision" values (their meaning: :mod:`unetsl.nets.precision`).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
 FIELDS: tuple[Field, ...] = (
     Field("input shape", [1, 3, 64, 64], "4 integers (c, z, y, x)", _ints(4, 1),
           "Patch the network sees: channels, slices, height, width. For a 2D time series "
@@ -187,6 +190,12 @@ FIELDS: tuple[Field, ...] = (
           new_config=10),
     Field("reduce lr factor", 0.1, "number in (0, 1)", _number(1e-6, 0.999),
           "Factor of each learning-rate cut (see \"reduce lr patience\").", new=True),
+    Field("precision", "auto", '"auto", "float32", "mixed_bfloat16" or "mixed_float16"',
+          _one_of(*PRECISIONS),
+          "Number format of training (and of predict_image's default): \"auto\" = bfloat16 on "
+          "CPUs with AMX and GPUs of compute capability >= 8.0, float16 on older tensor-core "
+          "GPUs, float32 elsewhere (said in one info line). Outputs and losses stay float32; "
+          "saved models are ordinary float32 models.", new=True),
     Field("seed", None, "integer or null", _optional_int,
           "Random seed for sampling, augmentation and weight initialisation; null = random.",
           new=True),

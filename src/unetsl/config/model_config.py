@@ -176,13 +176,18 @@ class Config:
         if p.is_dir():
             raise UnetslError(f"{p}: is a folder, expected a .json config file")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UnetslError(
-                f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-            ) from None
+            text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise UnetslError(f"{p}: cannot read config: {err}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            data, fixed = lenient_json(text)
+            if not fixed:
+                raise UnetslError(f"{p}: malformed JSON at line {err.lineno} column "
+                                  f"{err.colno}: {err.msg}") from None
+            log.warning(f"{p}: not strict JSON ({' and '.join(fixed)}, as in the original's "
+                        "README); read leniently, and saving the config writes proper JSON")
         if not isinstance(data, dict):
             raise UnetslError(
                 f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
@@ -204,6 +209,41 @@ class Config:
             raise UnetslError("config has no file name to save to")
         atomic_write_text(target, self.to_json())
         return target
+
+
+def lenient_json(text: str) -> tuple[Any, list[str]]:
+    """Parse JSON written with the Python of the original's README: tuples such as
+    ``"input shape": (1, 3, 64, 64)`` become lists and trailing commas are dropped, outside
+    strings only (never ``eval``). Returns (value, what was changed), or (None, []) when the
+    text is not JSON even then."""
+    out: list[str] = []
+    fixed: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            in_string = escaped or ch != '"'
+            escaped = not escaped and ch == "\\"
+        elif ch == '"':
+            in_string = True
+        elif ch in "()":
+            ch = "[" if ch == "(" else "]"
+            if "Python tuples (...)" not in fixed:
+                fixed.append("Python tuples (...)")
+        if not in_string and ch in "]}":
+            end = len(out) - 1
+            while end >= 0 and out[end].isspace():
+                end -= 1
+            if end >= 0 and out[end] == ",":
+                del out[end]
+                if "trailing commas" not in fixed:
+                    fixed.append("trailing commas")
+        out.append(ch)
+    if not fixed:
+        return None, []
+    try:
+        return json.loads("".join(out)), fixed
+    except json.JSONDecodeError:
+        return None, []
 
 
 def parse_override(text: str) -> tuple[str, Any]:

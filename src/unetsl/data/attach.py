@@ -180,7 +180,8 @@ class AttachDialogue:
         if state == "weights":
             return Prompt((), "enter weights directory: ", paths=True)
         if state == "angles":
-            return Prompt(("enter a list of angles, leave blank if none",), "")
+            return Prompt(("enter a list of angles in degrees (e.g. 90 180), leave blank if "
+                           "none",), "")
         if state == "labeller":
             return Prompt(tuple(LABELLER_LINES), "select labeller: ")
         if state == "remove":

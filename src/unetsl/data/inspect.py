@@ -26,6 +26,7 @@ from unetsl.data.dataset import Patch, PatchDataset
 from unetsl.data.sampling import Region
 from unetsl.data.sources import Source, parse_sources
 from unetsl.data.volumes import Volume, load_source_volumes
+from unetsl.errors import UnetslError
 
 if TYPE_CHECKING:
     from unetsl.config.heads import Head
@@ -222,7 +223,8 @@ def draw(fig: Any, rows: Sequence[tuple[Page, int, int]], z: int | None = None) 
         text += page.summary
         for k, (patch, shown) in enumerate(made):
             zs, ys, xs = patch.x.shape[1:]
-            s = zs // 2 if z is None else int(np.clip(z, 0, zs - 1))
+            check_slice(z, zs)
+            s = zs // 2 if z is None else z
             for col, panel in enumerate(shown):
                 ax = fig.add_subplot(grid[row, col])
                 _show(ax, panel, s, (ys, xs))
@@ -238,6 +240,13 @@ def draw(fig: Any, rows: Sequence[tuple[Page, int, int]], z: int | None = None) 
                                   fontsize=7)
             row += 1
     fig.text(0.01, 0.995, "\n".join(text), va="top", ha="left", fontsize=8, family="monospace")
+
+
+def check_slice(z: int | None, depth: int) -> None:
+    """Refuse a slice outside the patch: showing the nearest one instead looked like the
+    slice asked for."""
+    if z is not None and not 0 <= z < depth:
+        raise UnetslError(f"slice {z}: the patches have {depth} slice(s), 0 to {depth - 1}")
 
 
 def panels(page: Page, patch: Patch) -> list[Panel]:
@@ -363,12 +372,13 @@ def save_figure(pages: Sequence[Page], path: str | os.PathLike, *, patches: int 
         fig.savefig(tmp, dpi=dpi)
 
 
-def show(pages: Sequence[Page], *, patches: int = 3) -> None:
-    """A window paging through patches (left/right) and sources (up/down), with a z slider."""
+def show(pages: Sequence[Page], *, patches: int = 3, z: int | None = None) -> None:
+    """A window paging through patches (left/right) and sources (up/down), with a z slider
+    that starts at slice ``z`` (default: the middle)."""
     import matplotlib.pyplot as plt
     from matplotlib.widgets import Slider
 
-    state = {"page": 0, "start": 0, "z": None}
+    state = {"page": 0, "start": 0, "z": z}
     fig = plt.figure()
     fig.canvas.manager.set_window_title("inspect data sources")
     holder: dict[str, Any] = {}

@@ -236,7 +236,7 @@ def parse_source(entry: Any, index: int, folder: str | os.PathLike) -> Source:
         labeller = get_labeller(entry["labeller"])
     except UnetslError as err:
         raise UnetslError(f"{where}{err}") from None
-    rotations = _parse_rotations(entry, where)
+    rotations = _parse_rotations(entry, where, folder)
     n_labels = entry.get("n labels")
     if n_labels is not None and (not isinstance(n_labels, int) or isinstance(n_labels, bool)
                                  or n_labels < 1):
@@ -251,7 +251,8 @@ def parse_source(entry: Any, index: int, folder: str | os.PathLike) -> Source:
                   settings=settings, entry=dict(entry))
 
 
-def _parse_rotations(entry: Mapping[str, Any], where: str) -> tuple[float, ...]:
+def _parse_rotations(entry: Mapping[str, Any], where: str, folder: str | os.PathLike = ""
+                     ) -> tuple[float, ...]:
     values = entry.get("rotations", [])
     if values is None:
         values = []
@@ -265,10 +266,17 @@ def _parse_rotations(entry: Mapping[str, Any], where: str) -> tuple[float, ...]:
     if unit == "radians":
         return tuple(math.degrees(v) for v in values)
     nonzero = [abs(v) for v in values if v]
-    if nonzero and max(nonzero) <= 2 * math.pi and any(v != int(v) for v in nonzero):
-        log.warning(f"{where}rotations {values} are read as degrees; if this config comes from "
-                    'the original (which used radians), add "rotation unit": "radians"')
+    if ("rotation unit" not in entry and nonzero and max(nonzero) <= 2 * math.pi
+            and any(v != int(v) for v in nonzero)):  # unetsl writes the unit: the original's
+        note = (f"{where}rotations {values} are read as degrees; if this config comes from "
+                'the original (which used radians), add "rotation unit": "radians"')
+        if (str(folder), note) not in _NOTED:  # once per run, not at every parse
+            _NOTED.add((str(folder), note))
+            log.warning(note)
     return tuple(float(v) for v in values)
+
+
+_NOTED: set[tuple[str, str]] = set()
 
 
 def parse_sources(cfg: Any) -> list[Source]:
@@ -302,21 +310,24 @@ def parse_angles(text: str) -> list[float]:
 
 def make_entry(kind: str, paths: Sequence[str], labeller: str | int, angles: Sequence[float] = (),
                settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A new "data sources" entry in the original's layout.
+    """A new "data sources" entry in the original's layout, plus ``"rotation unit":
+    "degrees"`` (angles are degrees; the original's entries, without it, used radians).
 
     paths : stored folder (or file) paths: (images, labels) or (images, labels, weights).
     """
     name = get_labeller(labeller).name
+    # the unit is written so that reading it back never needs the original's radians note
+    turns = {"rotations": list(angles), "rotation unit": "degrees"}
     if kind == PAIRED:
         entry = {"source type": PAIRED, "input folders": [paths[0]],
-                 "label folders": [paths[1]], "rotations": list(angles), "labeller": name}
+                 "label folders": [paths[1]], **turns, "labeller": name}
     elif kind == WEIGHTED:
         entry = {"source type": WEIGHTED, "input folders": [paths[0]],
                  "label folders": [paths[1]], "weights folders": [paths[2]],
-                 "rotations": list(angles), "labeller": name}
+                 **turns, "labeller": name}
     elif kind == FILES:
         entry = {"source type": FILES, "training images": [paths[0]],
-                 "label images": [paths[1]], "rotations": list(angles), "labeller": name}
+                 "label images": [paths[1]], **turns, "labeller": name}
         if len(paths) > 2:
             entry["weight images"] = [paths[2]]
     else:
@@ -446,15 +457,26 @@ def image_shape(path: Path) -> tuple[int, int, int, int, int]:
 
 
 def check_pair_shapes(pair: FilePair, *, where: str = "") -> None:
-    """Images, labels and weights must have the same (t, z, y, x); checked from headers."""
-    t, _, z, y, x = image_shape(pair.image)
+    """Images, labels and weights must have the same (t, z, y, x); checked from headers.
+
+    The message gives whole (t, c, z, y, x) shapes: a file whose channels were read as
+    slices (or the other way) shows as such instead of as an unexplained z mismatch.
+    """
+    shape = image_shape(pair.image)
     for other in (pair.label, pair.weights):
         if other is None:
             continue
-        ot, _, oz, oy, ox = image_shape(other)
-        if (ot, oz, oy, ox) != (t, z, y, x):
-            raise UnetslError(f"{where}{pair.image} has (t, z, y, x) = {(t, z, y, x)} but "
-                              f"{other} has {(ot, oz, oy, ox)}")
+        other_shape = image_shape(other)
+        if (other_shape[0], *other_shape[2:]) != (shape[0], *shape[2:]):
+            raise UnetslError(shape_mismatch(pair.image, shape, other, other_shape, where))
+
+
+def shape_mismatch(image: Path, shape: Sequence[int], other: Path, other_shape: Sequence[int],
+                   where: str = "") -> str:
+    """One line naming both files and every axis, (t, c, z, y, x)."""
+    return (f"{where}{image} has (t, c, z, y, x) = {tuple(shape)} but {other} has "
+            f"{tuple(other_shape)}; they must agree in t, z, y and x (only channel 0 of a "
+            "label or weights image is used)")
 
 
 def check_source_files(source: Source) -> list[FilePair]:

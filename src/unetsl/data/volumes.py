@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from unetsl.data.normalize import percentile_normalize
-from unetsl.data.sources import FilePair, Source, parse_sources
+from unetsl.data.sources import FilePair, Source, parse_sources, shape_mismatch
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import match_channels, read_image
 
@@ -129,8 +129,8 @@ def load_source_volumes(source: Source, cfg: Any, *, patch_shape: Sequence[int],
                 continue
             a, b = data.shape, other.shape
             if (a[0], *a[2:]) != (b[0], *b[2:]):
-                raise UnetslError(f"{source.where}{pair.image} has (t, z, y, x) = "
-                                  f"{(a[0], *a[2:])} but {path} has {(b[0], *b[2:])}")
+                raise UnetslError(shape_mismatch(pair.image, image.data.shape, path, b,
+                                                 source.where))
         if percentiles is not None:
             data = percentile_normalize(data, percentiles, channel_axis=1)
         label = label[:, 0]

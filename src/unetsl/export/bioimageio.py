@@ -449,16 +449,21 @@ def validate_package(path: str | os.PathLike) -> tuple[str, str, list[str]]:
     offline_hint = ("(bioimageio.spec looks GitHub users up online; without a network the "
                     "check fails: export without --github-user, or validate online)")
     for detail in summary.details:
-        where = getattr(detail, "name", "")
         for err in detail.errors:
-            loc = ".".join(str(p) for p in err.loc)
-            messages.append(_short(f"error: {where}: {loc}: {err.msg}".replace(": :", ":")))
+            messages.append(located("error", source, err.loc, err.msg))
             if "Name or service not known" in err.msg or "connect" in err.msg.lower():
                 messages.append(offline_hint)
         for warning in detail.warnings:
-            loc = ".".join(str(p) for p in warning.loc)
-            messages.append(_short(f"warning: {loc}: {warning.msg}"))
+            messages.append(located("warning", source, warning.loc, warning.msg))
     return str(summary.status), tool, messages
+
+
+def located(kind: str, package: str | os.PathLike, loc: Sequence[Any], message: str) -> str:
+    """One line ``kind: <package>/rdf.yaml[ field.path]: message``: the validator gives an
+    empty location for whole-description findings, which printed as ``warning: : ...``."""
+    field = ".".join(str(p) for p in loc)
+    where = f"{Path(package).name}/rdf.yaml" + (f" {field}" if field else "")
+    return _short(f"{kind}: {where}: {message}")
 
 
 def _short(text: str) -> str:

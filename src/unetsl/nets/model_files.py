@@ -91,7 +91,9 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         if len(reason) > 200:
             reason = reason[:200] + "..."
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: {reason}") from exc
-    return attach_normalization(model, normalization)
+    from unetsl.nets.precision import as_float32  # a checkpoint of a mixed-precision run
+
+    return attach_normalization(as_float32(model), normalization)
 
 
 def build_model_from_config(config: Config) -> keras.Model:

@@ -205,14 +205,15 @@ def block_probabilities(tile_model, source, plan, t: int,
 
 
 def _block_task(model: Any, output_indices: Sequence[int], source: Any, depth_wanted: int,
-                plan, scaling: Any, t: int, region: Sequence[tuple[int, int]], batch_size: int,
-                normalize: bool, sinks: Sequence[Any] | None) -> tuple[int, Any]:
+                plan, scaling: Any, precision: str, t: int, region: Sequence[tuple[int, int]],
+                batch_size: int, normalize: bool, sinks: Sequence[Any] | None
+                ) -> tuple[int, Any]:
     """A Dask task: predict one block; write it with ``sinks`` (on the worker) or return it.
 
     scaling : the image's percentile scaling (``unetsl.data.normalize.ChannelScaling``),
         computed once on the client over the whole image, or None.
     """
-    tile_model = worker_model(model, output_indices, plan.patch)
+    tile_model = worker_model(model, output_indices, plan.patch, precision)
     opened = worker_source(source, depth_wanted)
     if scaling is not None:
         from unetsl.data.normalize import ScaledSource
@@ -281,7 +282,8 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
                           tile_model: Any, reach: Any, output_indices: Sequence[int],
                           depth_wanted: int = 1, batch_size: int = 16,
                           overlap: Sequence[int] | None = None, normalize: bool = False,
-                          scaling: Any = None, block: Sequence[int] | None = None,
+                          scaling: Any = None, precision: str = "float32",
+                          block: Sequence[int] | None = None,
                           max_block_voxels: int = DEFAULT_BLOCK_VOXELS,
                           progress: Any = None, shape: Sequence[int] | None = None
                           ) -> DaskRun:
@@ -291,7 +293,8 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
         or a ``TileModel`` for in-process clusters. source : the image path (workers open it
         with ``unetsl.io.lazy.open_image(path, depth_wanted)``) or a picklable source
         (``.shape``, ``.read``); scaling : its percentile scaling, applied on the workers
-        (``unetsl.data.normalize.ChannelScaling``, or None). tile_model : the client's
+        (``unetsl.data.normalize.ChannelScaling``, or None); precision : the dtype policy
+        the workers' models compute in (``unetsl.nets.precision``). tile_model : the client's
         ``KerasTiles`` of the same model (patch and channels). sinks : one per output, as
         in ``predict_to_sinks``; a sink with a ``parallel()`` method (zarr outputs) is
         written by the workers, otherwise blocks are gathered and written here.
@@ -327,7 +330,7 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
         model = client.scatter(model, broadcast=True, hash=False)
     if not isinstance(source, (str, os.PathLike)):
         source = client.scatter(source, broadcast=True, hash=False)
-    args = (model, list(output_indices), source, depth_wanted, plan, scaling)
+    args = (model, list(output_indices), source, depth_wanted, plan, scaling, precision)
     pending = iter(jobs)
     futures = {}
     done_tiles = predicted = 0
@@ -390,7 +393,8 @@ def _owned_tiles(plan, region: Sequence[tuple[int, int]]) -> list[list[int]]:
 def predict_array(model: Any, source: Any, *, tile_model: Any, reach: Any,
                   output_indices: Sequence[int], depth_wanted: int = 1, batch_size: int = 16,
                   overlap: Sequence[int] | None = None, normalize: bool = False,
-                  scaling: Any = None, chunks: Sequence[int] | None = None,
+                  scaling: Any = None, precision: str = "float32",
+                  chunks: Sequence[int] | None = None,
                   block: Sequence[int] | None = None, shape: Sequence[int] | None = None):
     """The probabilities as a lazy dask array (t, n, z, y, x), one task per block.
 
@@ -410,7 +414,7 @@ def predict_array(model: Any, source: Any, *, tile_model: Any, reach: Any,
     dims = [(1,) * int(shape[0]), (n,)]
     for size, b in zip(plan.shape, block_shape):
         dims.append(tuple(min(b, size - s) for s in range(0, size, b)))
-    args = (model, list(output_indices), source, depth_wanted, plan, scaling)
+    args = (model, list(output_indices), source, depth_wanted, plan, scaling, precision)
 
     def one_block(block_info=None):
         location = block_info[None]["array-location"]

@@ -46,12 +46,14 @@ def _set_threads() -> None:
         pass
 
 
-def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] | None = None):
+def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] | None = None,
+                 precision: str = "float32"):
     """The ``KerasTiles`` of a model file, loaded once per process (per file version).
 
     model : a model file path, or a ``TileModel`` (used as is; tests, in-process clusters).
     tile : the (z, y, x) tile the client planned; the model is rebuilt for it
         (``unetsl.nets.model_files.with_input_patch``) when it differs from the training patch.
+    precision : the dtype policy it computes in (``unetsl.nets.precision.with_precision``).
     """
     from unetsl.predict.adapter import KerasTiles
 
@@ -63,15 +65,16 @@ def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] 
         raise UnetslError(f"{os.fspath(model)}: no such model file on worker host "
                           f"{socket.gethostname()} (the model must be on a shared file system)")
     key = (*_file_key(os.fspath(model)), tuple(output_indices),
-           tuple(tile) if tile is not None else None)
+           tuple(tile) if tile is not None else None, precision)
     with _CACHE_LOCK:
         tiles = _MODELS.get(key)
         if tiles is None:
             from unetsl.nets.model_files import load_model, with_input_patch
+            from unetsl.nets.precision import with_precision
             from unetsl.nets.shapes import model_patch_shape
 
             _set_threads()
-            keras_model = load_model(os.fspath(model))
+            keras_model = with_precision(load_model(os.fspath(model)), precision)
             if tile is not None:
                 keras_model = with_input_patch(keras_model, tile)
             tiles = KerasTiles(keras_model, list(output_indices))

@@ -214,12 +214,17 @@ Progress = Callable[[int, int, int, int], None]
 def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
                      reach: Reach, batch_size: int = 16,
                      overlap: Sequence[int] | None = None, normalize: bool = False,
-                     progress: Progress | None = None) -> TilePlan:
+                     progress: Progress | None = None,
+                     frames_as_depth: bool = False) -> TilePlan:
     """The engine: predict every time point of ``source`` and hand finished rows to ``sinks``.
 
     source : ``.shape`` (t, c, z, y, x) and ``.read(t, zs, ys, xs) -> (c, z, y, x)``.
     sinks : one per output of ``tile_model``, each with ``write(t, (zs, ys, xs), block)``,
         block float32 (n, z, y, x) probabilities; every voxel is written exactly once.
+    progress : called once before the first tile (0 done) and after every batch.
+    frames_as_depth : z holds the time points of a 2D time series read as depth; progress
+        then counts those frames (done once every row of theirs is written), so that a
+        5-frame movie is not reported as "1 time point".
     The model runs in a worker thread while the previous batch is blended, so reading,
     blending and writing overlap the network's compute.
     """
@@ -231,27 +236,41 @@ def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
     if batch_size < 1:
         raise UnetslError(f'"batch size" must be >= 1, got {batch_size}')
     plan = plan_tiles(source.shape[2:], patch, reach, overlap)
-    frames = source.shape[0]
-    total = plan.count() * frames
+    s = plan.stream_axis
+    depth = plan.shape[0] if frames_as_depth else 1
+    frames = source.shape[0] * depth
+    total = plan.count() * source.shape[0]
     buffer = _RowBuffer(plan, tile_model.channels, sinks)
-    state = {"row": None, "done": 0, "frames": 0}
+    # t: time points finished; z: frames (slices) of the current one finished
+    state = {"row": None, "done": 0, "t": 0, "z": 0}
+
+    def report() -> None:
+        if progress:
+            progress(state["done"], total, state["t"] * depth + state["z"], frames)
+
+    def flush(until: int) -> None:
+        buffer.flush(until)
+        if frames_as_depth:  # a slice is done when all of its rows are
+            state["z"] = min(until, depth) if s == 0 else depth * (until >= plan.shape[s])
+
+    def end_time_point() -> None:
+        flush(plan.shape[s])
+        state["t"] += 1
+        state["z"] = 0
+        report()
 
     def blend(batch: list[_Tile], outputs: list[np.ndarray]) -> None:
         for k, tile in enumerate(batch):
             if state["row"] is None or state["row"][0] != tile.t:
                 if state["row"] is not None:
-                    buffer.flush(plan.shape[plan.stream_axis])
-                    state["frames"] += 1
-                    if progress:
-                        progress(state["done"], total, state["frames"], frames)
+                    end_time_point()
                 buffer.start(tile.t)
             elif state["row"][1] != tile.row:
-                buffer.flush(plan.axes[plan.stream_axis].origins[tile.row])
+                flush(plan.axes[s].origins[tile.row])
             state["row"] = (tile.t, tile.row)
             buffer.add(tile, [out[k] for out in outputs])
         state["done"] += len(batch)
-        if progress:
-            progress(state["done"], total, state["frames"], frames)
+        report()
 
     def run(batch: list[_Tile]) -> list[np.ndarray]:
         tiles = np.stack([tile.data for tile in batch])
@@ -264,12 +283,10 @@ def predict_to_sinks(tile_model: TileModel, source, sinks: Sequence[Sink], *,
                                   f"of {tuple(patch)}; expected {(len(batch), n, *patch)}")
         return outputs
 
+    report()  # 0 done: a progress bar starts its clock here, not after the first batch
     run_overlapped(_batched(_tiles(source, plan), batch_size), run, blend)
     if state["row"] is not None:
-        buffer.flush(plan.shape[plan.stream_axis])
-        state["frames"] += 1
-        if progress:
-            progress(state["done"], total, state["frames"], frames)
+        end_time_point()
     return plan
 
 

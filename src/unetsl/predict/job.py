@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unetsl.config.fields import unknown_key_hint
+from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.errors import UnetslError
 
@@ -49,6 +49,7 @@ SETTING_CHECKS = {
     "overlap": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
                                         and all(_is_int(i) and i >= 0 for i in v)),
                 "null (from the receptive field) or 3 integers >= 0 (z, y, x)"),
+    "precision": (lambda v: v in PRECISIONS, " or ".join(f'"{p}"' for p in PRECISIONS)),
     "tile shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
                                            and all(_is_int(i) and i >= 1 for i in v)),
                    "null (chosen for the image and batch size) or 3 integers >= 1 (z, y, x)"),
@@ -153,6 +154,7 @@ class PredictionJob:
             "overlap": None,
             "tile shape": None,
             "normalization percentiles": trained.settings()["normalization percentiles"],
+            "precision": "auto",
         })
 
     def settings(self) -> dict[str, Any]:
@@ -230,6 +232,7 @@ class PredictionJob:
         from unetsl.io.lazy import OutputTiff, open_image
         from unetsl.io.tiff import match_channels, read_image
         from unetsl.nets.model_files import load_model
+        from unetsl.nets.precision import choose_precision, with_precision
         from unetsl.nets.shapes import model_patch_shape
         from unetsl.predict.adapter import KerasTiles
         from unetsl.predict.engine import predict_to_sinks
@@ -244,6 +247,10 @@ class PredictionJob:
             scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
             with scope:
                 model = load_model(self.values["model file"])
+        precision = choose_precision(self.values["precision"])
+        log.info(f"precision: {precision.policy} ({precision.reason})")
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = with_precision(model, precision.policy)
         c, z, _, _ = model_patch_shape(model)
         source_name = self.values["image to predict"]
         image = open_image(source_name, depth_wanted=z)
@@ -307,7 +314,7 @@ class PredictionJob:
                     reach=reach, output_indices=tiles.indices,
                     depth_wanted=z, batch_size=per_batch, overlap=overlap,
                     normalize=normalization.zscore_tiles, scaling=scaling,
-                    progress=progress, shape=source.shape)
+                    precision=precision.policy, progress=progress, shape=source.shape)
                 self.last_dask_run = run
                 log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
                          f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
@@ -316,7 +323,7 @@ class PredictionJob:
             scaled = ScaledSource(source, scaling) if scaling is not None else source
             plan = predict_to_sinks(tiles, scaled, sinks, reach=reach, batch_size=per_batch,
                                     overlap=overlap, normalize=normalization.zscore_tiles,
-                                    progress=progress)
+                                    progress=progress, frames_as_depth=image.time_as_depth)
             log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
                      plan.patch, per_batch, plan.overlap)
         return written

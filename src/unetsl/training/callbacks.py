@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -80,7 +81,13 @@ class SamplePredictor(keras.callbacks.Callback):
 
 
 class EpochLine(keras.callbacks.Callback):
-    """One line per epoch (for Slurm logs and pipes, where a progress bar is noise)."""
+    """One short line per epoch (for Slurm logs and pipes, where a progress bar is noise).
+
+    It fits one screen width (about 100 characters) for any model: epoch, time, loss,
+    val_loss, for one output the per-channel validation F1 (``val_f1_0/1 0.91/0.42``: the
+    channels a model never learns show at once), and the best value of "monitor" so far
+    with its epoch. Every metric of every output is in the epoch log file.
+    """
 
     def __init__(self, epochs: int, steps: int, state: TrainingState, stream: TextIO | None = None):
         super().__init__()
@@ -94,18 +101,43 @@ class EpochLine(keras.callbacks.Callback):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        parts = [f"epoch {epoch + 1}/{self.epochs}", f"{self.steps} steps",
-                 f"{time.monotonic() - self._start:.1f}s"]
-        parts += [f"{k}: {float(v):.4g}" for k, v in sorted(logs.items())
-                  if isinstance(v, (int, float, np.floating))]
-        if self.state.best_epoch == epoch:
-            parts.append(f"best {self.state.monitor}")
         stream = self.stream or sys.stdout
-        stream.write(" - ".join(parts) + "\n")
+        stream.write(epoch_line(epoch, self.epochs, time.monotonic() - self._start,
+                                logs or {}, self.state) + "\n")
         stream.flush()
 
 
+def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict, state: TrainingState
+               ) -> str:
+    """``epoch 12/2000 41.2s  loss 0.4123  val_loss 0.3981  val_f1_0/1 0.91/0.42  best
+    0.3981 (epoch 12)``; per-channel F1 only for single-output models (plain ``f1_<k>``
+    keys), the validation ones when there are any."""
+
+    def number(key: str) -> float | None:
+        value = logs.get(key)
+        return float(value) if isinstance(value, (int, float, np.floating)) else None
+
+    parts = [f"epoch {epoch + 1}/{epochs} {seconds:.1f}s"]
+    shown = [k for k in ("loss", "val_loss") if number(k) is not None]
+    parts += [f"{k} {number(k):.4g}" for k in shown]
+    scores = sorted((k for k in logs if re.fullmatch(r"(val_)?f1_\d+", k)
+                     and number(k) is not None), key=_channel_order)
+    validation = [k for k in scores if k.startswith("val_")]
+    scores = validation or scores
+    if scores:
+        prefix = scores[0].rsplit("_", 1)[0]
+        channels = "/".join(k.rsplit("_", 1)[1] for k in scores)
+        values = "/".join(f"{number(k):.2f}" for k in scores)
+        parts.append(f"{prefix}_{channels} {values}")
+    if state.best is not None and state.best_epoch is not None:
+        name = "" if state.monitor in shown else f"{state.monitor} "
+        parts.append(f"best {name}{state.best:.4g} (epoch {state.best_epoch + 1})")
+    return "  ".join(parts)
+
+
+def _channel_order(key: str) -> tuple[str, int]:
+    head, _, k = key.rpartition("_")
+    return head, int(k)
 
 
 class LearningWatch(keras.callbacks.Callback):

@@ -37,6 +37,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,13 @@ log = logging.getLogger("unetsl")
 
 __all__ = [
     "BatchLog",
+    "CurveLine",
     "EpochLog",
     "LogFiles",
     "expected_log_keys",
     "is_channel_score",
+    "curve_lines",
+    "curves_figure",
     "format_value",
     "log_files",
     "new_run_id",
@@ -282,50 +286,105 @@ def _split_key(key: str) -> tuple[bool, str, str]:
     return validation, "", base
 
 
-def plot_curves(epoch_logs: Sequence[str | os.PathLike], png: str | os.PathLike,
-                title: str = "") -> Path | None:
-    """A PNG with one panel per metric (loss, accuracy, binary accuracy): every output,
-    training solid and validation dashed, against the epoch. None when there is no row yet.
+_F1_KEY = re.compile(r"^(?:(?P<output>.+)_)?f1_(?P<channel>\d+)$")
 
-    ``epoch_logs`` are the logs of every run of one training, oldest first (resumed runs).
+
+@dataclass(frozen=True)
+class CurveLine:
+    """How one log column is drawn: its panel, the quantity it measures (the legend names the
+    output/head and channel), its colour (one per quantity) and training or validation."""
+
+    key: str
+    panel: str
+    quantity: str
+    colour: int
+    validation: bool
+
+
+def curve_lines(keys: Iterable[str]) -> dict[str, list[CurveLine]]:
+    """Panels (loss, accuracy, binary accuracy, F1, ...) -> the lines drawn in them.
+
+    The training and validation columns of one quantity share a colour (solid / dashed), so
+    a gap between the two lines reads at a glance; per-channel F1 columns share one panel.
     """
+    parsed = []
+    for key in keys:
+        validation, output, metric = _split_key(key)
+        match = _F1_KEY.match(key[4:] if validation else key)
+        if match:
+            output, metric = match["output"] or "", "f1"
+            name = f"{output} channel {match['channel']}" if output else (
+                f"channel {match['channel']}")
+        else:
+            name = output
+        parsed.append((key, metric, name, validation))
+    panels: dict[str, list[CurveLine]] = {}
+    order = [m for m in (*METRIC_ORDER, "f1") if any(p[1] == m for p in parsed)]
+    order += sorted({p[1] for p in parsed} - set(order))
+    # one colour per output (and F1 channel) in every panel; the total / only output first
+    colours = sorted({name for _, _, name, _ in parsed},
+                     key=lambda n: (n != "", any(m == "f1" and q == n for _, m, q, _ in parsed),
+                                    n))
+    for panel in order:
+        rows = [p for p in parsed if p[1] == panel]
+        named = any(name for _, _, name, _ in rows)
+        blank = "total" if named else panel.replace("_", " ")
+        panels[panel] = [CurveLine(key, panel, name or blank, colours.index(name), validation)
+                         for key, _, name, validation in sorted(rows, key=lambda r: r[0])]
+    return panels
+
+
+def curves_figure(epoch_logs: Sequence[str | os.PathLike], title: str = "") -> Any:
+    """The curves as a matplotlib ``Figure`` (no pyplot state), or None with no row yet."""
     series = _series([Path(p) for p in epoch_logs])
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    metrics: dict[str, list[str]] = {}
-    for key in sorted(series):
-        _, _, metric = _split_key(key)
-        metrics.setdefault(metric, []).append(key)
-    order = [m for m in METRIC_ORDER if m in metrics] + sorted(set(metrics) - set(METRIC_ORDER))
-    fig, axes = plt.subplots(1, len(order), figsize=(5 * len(order), 4), squeeze=False)
-    try:
-        for ax, metric in zip(axes[0], order):
-            for key in metrics[metric]:
-                validation, output, _ = _split_key(key)
-                xs, ys = zip(*series[key])
-                label = "validation" if validation else "training"
-                label += f" {output}" if output else ""
-                ax.plot(xs, ys, "--" if validation else "-", marker="." if len(xs) < 30 else None,
-                        label=label)
-            ax.set_title(metric.replace("_", " "))
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize="small")
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        png = Path(png)
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    panels = curve_lines(series)
+    fig = Figure(figsize=(5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = [f"C{i}" for i in range(10) if i != 7]  # C7 is the gray of the style key
+    for ax, (panel, lines) in zip(axes, panels.items()):
+        for line in lines:
+            xs, ys = zip(*series[line.key])
+            xs = tuple(x + 1 for x in xs)  # counted from 1, as the terminal (the logs: from 0)
+            ax.plot(xs, ys, "--" if line.validation else "-",
+                    color=colours[line.colour % len(colours)],
+                    marker="." if len(xs) < 30 else None)
+        quantities = {line.quantity: line.colour for line in lines}
+        handles = [Line2D([], [], color=colours[c % len(colours)], label=q)
+                   for q, c in sorted(quantities.items(), key=lambda item: item[1])]
+        kinds = {line.validation for line in lines}
+        handles += [Line2D([], [], color="gray", linestyle="--" if v else "-",
+                           label="validation" if v else "training") for v in sorted(kinds)]
+        ax.legend(handles=handles, fontsize="small")
+        ax.set_title("F1 per channel" if panel == "f1" else panel.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(epoch_logs: Sequence[str | os.PathLike], png: str | os.PathLike,
+                title: str = "") -> Path | None:
+    """A PNG with one panel per metric (loss, accuracy, binary accuracy, F1): one colour per
+    output (and channel), training solid and validation dashed, against the epoch. None when
+    there is no row yet.
+
+    ``epoch_logs`` are the logs of every run of one training, oldest first (resumed runs).
+    """
+    fig = curves_figure(epoch_logs, title)
+    if fig is None:
+        return None
+    png = Path(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
     return png
 
 

@@ -196,6 +196,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     """
     from unetsl.data.normalize import InputNormalization, attach_normalization
     from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
+    from unetsl.nets.precision import choose_precision, with_precision
     from unetsl.nets.shapes import model_patch_shape
     from unetsl.training import multiworker
 
@@ -226,8 +227,10 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         return TrainingResult(state.epochs_done, cfg["epochs"], state.monitor, state.best,
                               state.best_epoch, paths)
 
+    precision = choose_precision(cfg["precision"])
+    log.info(f"precision: {precision.policy} ({precision.reason})")
     with strategy.scope():
-        model = _load_or_build(cfg, source, save=chief)
+        model = with_precision(_load_or_build(cfg, source, save=chief), precision.policy)
     # the model is trained on inputs normalised as cfg says; every file it is saved to says so
     attach_normalization(model, InputNormalization.from_settings(cfg))
     patch_shape = model_patch_shape(model)
@@ -313,9 +316,9 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         predictor = SamplePredictor(samples, out.predictions, cfg.name,
                                     initial=state.epochs_done == 0)
         callbacks.append(predictor)
-    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None))
-    if mode == "lines":
+    if mode == "lines":  # after the checkpointer (the best so far), before warnings
         callbacks.append(EpochLine(cfg["epochs"], len(train_data), state, stream))
+    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None))
     callbacks.extend(extra_callbacks)
 
     log.info(f"training {source.name}: {len(train_data)} batches of {cfg['batch size']} "
