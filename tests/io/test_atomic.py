@@ -42,3 +42,28 @@ def test_temp_keeps_suffix(tmp_path):
     with atomic_path(tmp_path / "a.tif") as tmp:
         assert tmp.suffix == ".tif" and tmp.parent == tmp_path
         tmp.write_bytes(b"1")
+
+
+def test_two_writers_of_one_file_leave_one_whole_file(tmp_path):
+    """Two processes (here threads) writing the same output at once: each writes its own
+    temporary file, the last rename wins, and the result is always one writer's whole file."""
+    import threading
+
+    target = tmp_path / "out.tif"
+    started = threading.Barrier(2)
+    contents = {name: name.encode() * 200_000 for name in ("a", "b")}
+
+    def write(name: str) -> None:
+        with atomic_path(target) as tmp:
+            started.wait()  # both are writing before either renames
+            with open(tmp, "wb") as f:
+                for i in range(0, len(contents[name]), 4096):
+                    f.write(contents[name][i:i + 4096])
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert target.read_bytes() in contents.values()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]

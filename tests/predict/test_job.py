@@ -71,6 +71,7 @@ def test_create_gives_the_original_defaults(tmp_path):
         "overlap": None,
         "tile shape": None,
         "normalization percentiles": None,
+        "precision": "auto",
     }
     assert set(job.settings()) == set(SETTING_CHECKS)
     job.check_settings(job.settings())  # the defaults pass their own checks
