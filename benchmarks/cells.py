@@ -3,7 +3,10 @@
 Every method gets the SAME probability map of a dataset and returns cell labels; the scores
 (``unetsl.evaluate.instances.instance_scores``) are F1 at IoU 0.5 (one-to-one matching), the
 adapted Rand error and, for time series, the fraction of true cells that keep one predicted id
-over time. Methods:
+over time; "missed (edge)" counts the true cells left unmatched and, of them, those touching
+the image's y/x edge (cells cut by the field of view). Each dataset's "ceiling_f1" is the F1
+of the truth's own connected pieces taken as a prediction: what a perfect method scores where
+one true id lies in several pieces. Methods:
 
   cc       connected components (face connectivity) of the non-membrane pixels (membrane
            probability < 0.5) or of the foreground (foreground probability >= 0.5).
@@ -37,7 +40,7 @@ Datasets:
            [0, 1]; all seeded. No network involved: it tests the cell step alone. The truth is
            the generator's cell ids as they are (a few border cells leave the field of view
            and come back under the same id, so they are two pieces no method can match both
-           of; that caps F1 equally for every method).
+           of; that caps F1 equally for every method: the JSON's ceiling_f1).
   nuclei   a real image: the 512x512 DSB 2018 fluorescence-nuclei image and its instance mask
            that ship inside the stardist wheel (stardist/data/images/img2d.tif, mask2d.tif;
            BBBC038v1, Caicedo et al. 2019, Nature Methods 16:1247, images CC0 1.0; stardist
@@ -251,8 +254,41 @@ def score_methods(truth: np.ndarray, prob: np.ndarray, mode: str, spacing, elf_f
             "voi_split": s["voi_split"], "voi_merge": s["voi_merge"],
             "identity_kept": s["identity_kept"], "per_frame_f1": s["per_frame_f1"],
             "n_true": s["n_true"], "n_predicted": s["n_predicted"], "seconds": seconds,
-            "track_seconds": track_seconds}
+            "track_seconds": track_seconds, **misses(truth, labels)}
     return results
+
+
+def misses(truth: np.ndarray, labels: np.ndarray) -> dict:
+    """True cells left unmatched (IoU < 0.5, frame by frame): how many, how many of them touch
+    the image's y/x edge (cells cut by the field of view), and their median size."""
+    from unetsl.evaluate.instances import match
+    sizes, at_edge = [], 0
+    for t in range(truth.shape[0]):
+        frame = truth[t]
+        pairs, _ = match(frame, labels[t])
+        rims = [frame[..., 0, :], frame[..., -1, :], frame[..., :, 0], frame[..., :, -1]]
+        edge = set(np.unique(np.concatenate([r.ravel() for r in rims])).tolist())
+        ids, counts = np.unique(frame[frame > 0], return_counts=True)
+        for cell, size in zip(ids.tolist(), counts.tolist()):
+            if cell not in pairs:
+                sizes.append(size)
+                at_edge += cell in edge
+    return {"unmatched_true": len(sizes), "unmatched_true_at_edge": at_edge,
+            "unmatched_true_median_size": float(np.median(sizes)) if sizes else None}
+
+
+def ceiling_f1(truth: np.ndarray) -> float:
+    """F1 of the truth's own connected pieces as a prediction: an id in several pieces (a cell
+    that leaves the field of view and comes back) can match one of them only, for any method."""
+    from unetsl.evaluate.instances import instance_scores
+    pieces = np.zeros_like(truth)
+    for t in range(truth.shape[0]):
+        used = 0
+        for cell in np.unique(truth[t][truth[t] > 0]):
+            parts, n = ndi.label(truth[t] == cell)
+            pieces[t][parts > 0] = parts[parts > 0] + used
+            used += n
+    return float(instance_scores(truth, pieces)["f1"])
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -435,19 +471,21 @@ def fmt(value, digits: int = 3) -> str:
 
 def table(results: dict) -> str:
     head = ["dataset", "method", "F1@0.5", "prec", "recall", "ARand err", "id kept",
-            "n pred/true", "seconds"]
+            "n pred/true", "missed (edge)", "seconds"]
     rows = [head]
     for dname, data in results.items():
         if "skipped" in data:
-            rows.append([dname, "(skipped)", data["skipped"][:60], "", "", "", "", "", ""])
+            rows.append([dname, "(skipped)", data["skipped"][:60], "", "", "", "", "", "", ""])
             continue
         for mname, m in data["methods"].items():
             if not m.get("available", True):
-                rows.append([dname, mname, "n/a", "", "", "", "", "", ""])
+                rows.append([dname, mname, "n/a", "", "", "", "", "", "", ""])
                 continue
             rows.append([dname, mname, fmt(m["f1"]), fmt(m["precision"]), fmt(m["recall"]),
                          fmt(m["adapted_rand_error"]), fmt(m["identity_kept"]),
-                         f"{m['n_predicted']}/{m['n_true']}", fmt(m["seconds"], 2)])
+                         f"{m['n_predicted']}/{m['n_true']}",
+                         f"{m['unmatched_true']} ({m['unmatched_true_at_edge']})",
+                         fmt(m["seconds"], 2)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -506,6 +544,8 @@ def mean_over_seeds(per_seed: list[dict]) -> dict:
         out[name]["identity_kept"] = None
         out[name]["n_true"] = int(sum(m["n_true"] for m in ms))
         out[name]["n_predicted"] = int(sum(m["n_predicted"] for m in ms))
+        for key in ("unmatched_true", "unmatched_true_at_edge"):
+            out[name][key] = int(sum(m[key] for m in ms))
         out[name]["per_seed_f1"] = [m["f1"] for m in ms]
     return out
 
@@ -579,13 +619,15 @@ def main(argv: list[str] | None = None) -> int:
                 data["methods"] = score_methods(truth, prob, data["mode"],
                                                 tuple(data["spacing"]), elf_fn, elf_reason,
                                                 keep)
+                data["ceiling_f1"] = ceiling_f1(as_tzyx(truth))
                 if dname in ("demo", "synth3d seed 0", "nuclei (unetsl model)"):
                     panels.append((dname, prob, as_tzyx(truth), keep))
                 data["shape"] = list(prob.shape)
                 results[dname] = data
                 best = max((m["f1"], n) for n, m in data["methods"].items()
                            if m.get("available", True))
-                print(f"  {dname}: best F1 {best[0]:.3f} ({best[1]})", flush=True)
+                print(f"  {dname}: best F1 {best[0]:.3f} ({best[1]}); ceiling "
+                      f"{data['ceiling_f1']:.3f}", flush=True)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -594,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         results["synth3d (mean of seeds)"] = {
             "description": f"mean over seeds {seeds}", "mode": "membrane",
             "spacing": [3, 1, 1],
+            "ceiling_f1": float(np.mean([results[k]["ceiling_f1"] for k in synth])),
             "methods": mean_over_seeds([results[k]["methods"] for k in synth])}
 
     print()
@@ -603,7 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("F1@0.5: one-to-one matching at IoU >= 0.5; ARand err: adapted Rand error (lower is "
           "better); id kept: true cells keeping one predicted id over time (time series only; "
-          "every method tracked with unetsl.cells.track); seconds: segmentation only.")
+          "every method tracked with unetsl.cells.track); missed (edge): true cells unmatched "
+          "(of them touching the image's y/x edge); seconds: segmentation only.")
+    for dname, data in results.items():
+        if "ceiling_f1" in data:
+            print(f"ceiling F1 {dname}: {data['ceiling_f1']:.3f} (the truth's own connected "
+                  f"pieces as a prediction)")
     report = {
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "quick": args.quick, "seeds": seeds, "wall_seconds": time.perf_counter() - started,

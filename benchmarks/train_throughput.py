@@ -134,9 +134,11 @@ def time_steps(cfg, steps: int, batch_size: int) -> tuple[float, object]:
     import keras
 
     from unetsl.nets.model_files import build_model_from_config
+    from unetsl.nets.precision import choose_precision, with_precision
     from unetsl.training.setup import compile_model
 
-    model = build_model_from_config(cfg)
+    policy = choose_precision(cfg["precision"]).policy
+    model = with_precision(build_model_from_config(cfg), policy)
     compile_model(model, cfg)
     c, z, y, x = (int(v) for v in cfg["input shape"])
     rng = np.random.default_rng(0)
@@ -182,10 +184,13 @@ def time_train(cfg, folder: Path, n_images: int) -> tuple[float, int]:
                 "stride": [0, z, y // 2, x // 2], "n labels": 2, "epochs": 2})
     cfg.save()
     save_model(build_model_from_config(cfg), cfg.model_path)
+    from unetsl.training.logs import read_log
+
     out = io.StringIO()
-    train(cfg, progress="lines", stream=out)
-    last = out.getvalue().splitlines()[-1].split(" - ")  # "epoch 2/2 - N steps - 12.3s - ..."
-    steps, seconds = int(last[1].split()[0]), float(last[2].rstrip("s"))
+    result = train(cfg, progress="lines", stream=out)
+    last = [ln for ln in out.getvalue().splitlines() if ln.startswith("epoch 2/2 ")][-1]
+    seconds = float(last.split()[2].rstrip("s"))  # "epoch 2/2 12.3s  loss ..."
+    steps = len(read_log(result.batch_log)[1]) // 2
     return seconds / steps, steps
 
 
@@ -199,6 +204,9 @@ def main() -> None:
     parser.add_argument("--fma-units", type=int, default=2)
     parser.add_argument("--ghz", type=float, default=None, help="clock (default: /proc/cpuinfo)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--precisions", default="float32,auto",
+                        help='comma-separated "precision" values, one row each (default: '
+                             'float32 and what "auto" picks here, if that differs)')
     args = parser.parse_args()
     logging.getLogger("unetsl").setLevel(logging.WARNING)
 
@@ -217,16 +225,28 @@ def main() -> None:
     print(f"measured: a 4096 x 4096 fp32 matmul runs at {matmul / 1e9:.1f} GFLOP/s "
           f"({100 * matmul / peak:.0f}% of that peak)")
 
+    from unetsl.nets.precision import choose_precision, cpu_flags
+
+    auto = choose_precision("auto")
+    flags = cpu_flags()[1]
+    print("CPU flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in
+                                   ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+          + f'; precision "auto" here: {auto.policy} ({auto.reason})')
+    precisions = list(dict.fromkeys(auto.policy if p.strip() == "auto" else p.strip()
+                                    for p in args.precisions.split(",") if p.strip()))
     rows = []
-    for key in [m.strip() for m in args.models.split(",") if m.strip()]:
+    runs = [(m.strip(), p) for m in args.models.split(",") if m.strip() for p in precisions]
+    for key, precision in runs:
         if key not in MODELS:
             sys.exit(f"unknown model {key!r}; choose from {', '.join(MODELS)}")
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            cfg = make_config(folder, MODELS[key], args.batch_size, epochs=1)
+            keys = {**MODELS[key], "precision": precision}
+            cfg = make_config(folder, keys, args.batch_size, epochs=1)
             step, model = time_steps(cfg, args.steps, args.batch_size)
             fwd = forward_flops(model)
-            row = {"model": key, "input shape": cfg["input shape"], "pooling": cfg["pooling"],
+            row = {"model": key, "precision": precision,
+                   "input shape": cfg["input shape"], "pooling": cfg["pooling"],
                    "n filters": cfg["n filters"], "depth": cfg["depth"],
                    "parameters": int(model.count_params()), "batch size": args.batch_size,
                    "forward GFLOP per patch": round(fwd / 1e9, 3),
@@ -238,7 +258,7 @@ def main() -> None:
             row["steps"]["% of matmul"] = round(
                 100 * 3 * fwd * args.batch_size / step / matmul, 1)
             if not args.no_train:
-                seconds, n = time_train(make_config(folder, MODELS[key], args.batch_size, 1),
+                seconds, n = time_train(make_config(folder, keys, args.batch_size, 1),
                                         folder, args.images)
                 flops = 3 * fwd * args.batch_size / seconds
                 row["train()"] = {"seconds per step": round(seconds, 4), "steps": n,
@@ -249,12 +269,14 @@ def main() -> None:
             del model
 
     print()
-    print(f"{'model':6} {'patch (c,z,y,x)':16} {'params':>10} {'GFLOP/patch':>11} "
+    print(f"{'model':6} {'precision':15} {'patch (c,z,y,x)':16} {'params':>10} "
+          f"{'GFLOP/patch':>11} "
           f"{'batch':>5} {'patches/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'% matmul':>9} "
           f"{'train() p/s':>12}")
     for r in rows:
         t = r.get("train()", {}).get("patches/s", "-")
-        print(f"{r['model']:6} {str(tuple(r['input shape'])):16} {r['parameters']:>10,} "
+        print(f"{r['model']:6} {r['precision']:15} {str(tuple(r['input shape'])):16} "
+              f"{r['parameters']:>10,} "
               f"{r['train GFLOP per patch']:>11} {r['batch size']:>5} "
               f"{r['steps']['patches/s']:>10} {r['steps']['GFLOP/s']:>8} "
               f"{r['steps']['% of peak']:>7} {r['steps']['% of matmul']:>9} {t:>12}")
