@@ -188,7 +188,10 @@ def time_train(cfg, folder: Path, n_images: int) -> tuple[float, int]:
 
     out = io.StringIO()
     result = train(cfg, progress="lines", stream=out)
-    last = [ln for ln in out.getvalue().splitlines() if ln.startswith("epoch 2/2 ")][-1]
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("epoch 2/2 ")]
+    if not lines:
+        raise RuntimeError(f"no epoch line for epoch 2 in: {out.getvalue()!r}")
+    last = lines[-1]
     seconds = float(last.split()[2].rstrip("s"))  # "epoch 2/2 12.3s  loss ..."
     steps = len(read_log(result.batch_log)[1]) // 2
     return seconds / steps, steps
