@@ -491,7 +491,7 @@ def test_cli_run_with_gpus_env_then_predict_image(tmp_path, run_script):
     assert result.returncode == 0, result.stderr
     if not tf_gpus():
         assert "no GPU found: training on the CPU (asked for 2 GPUs)" in result.stderr
-    assert "epoch 1/1 - " in result.stdout and "trained 1/1 epochs" in result.stdout
+    assert "epoch 1/1 " in result.stdout and "trained 1/1 epochs" in result.stdout
     pred = run_script("predict_image", "m-best.h5", "images/epi-000.tif", "p.tif", "-b",
                       cwd=tmp_path)
     assert pred.returncode == 0, pred.stderr
