@@ -390,6 +390,17 @@ def summarise(runs: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
     return summary
 
 
+def json_ready(value: Any) -> Any:
+    """NaN (e.g. precision when nothing was predicted) as null, so the file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def _num(value: float | None) -> float:
     """NaN and None (nothing predicted) rank as 0."""
     return 0.0 if value is None or value != value else float(value)
@@ -549,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.quick else RESULTS)
     if out is not None:  # a quick run never replaces the full results
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        out.write_text(json.dumps(json_ready(report), indent=2, ensure_ascii=False) + "\n")
         plot(runs, out.with_suffix(".png"))
         print(f"\nwrote {out} and {out.with_suffix('.png').name}")
     return 0

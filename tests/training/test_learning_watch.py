@@ -89,3 +89,15 @@ def test_collapse_and_silent_channel_are_said_once(collapsed, caplog):
     assert keys[:6] == original  # the original's columns first, in its order
     assert keys[6:] == ["f1_0", "f1_1", "val_f1_0", "val_f1_1"]
     assert len(rows) == 3
+
+
+def test_advice_leaves_out_what_the_config_already_does():
+    from unetsl.training.callbacks import LearningWatch
+
+    advice = [("loss function", "unetsl.channelDiceBceLoss", "the Dice + BCE loss"),
+              ("sampling", "foreground", "foreground sampling")]
+    done = LearningWatch(np.zeros(1), validation=True,
+                         settings={"loss function": "unetsl.channelDiceBceLoss"})
+    assert done._try(*advice) == "; try foreground sampling"
+    assert LearningWatch(np.zeros(1), validation=True)._try(*advice) == (
+        "; try the Dice + BCE loss and foreground sampling")

@@ -149,12 +149,19 @@ class LearningWatch(keras.callbacks.Callback):
     is still 0 is named: that channel never matches its target. Each is said once.
     """
 
-    def __init__(self, probe: np.ndarray, *, validation: bool, patience: int = 3):
+    def __init__(self, probe: np.ndarray, *, validation: bool, patience: int = 3,
+                 settings: Any = None):
         super().__init__()
         self.probe = probe
         self.prefix = "val_" if validation else ""
         self.patience = patience
         self.said: set[str] = set()
+        self.settings = settings or {}  # the config: advice only for what it does not use
+
+    def _try(self, *advice: tuple[str, Any, str]) -> str:
+        """'try A and B' from (key, value, text) pairs whose key does not already hold value."""
+        chosen = [text for key, value, text in advice if self.settings.get(key) != value]
+        return "; try " + " and ".join(chosen) if chosen else ""
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self.said:
@@ -175,8 +182,10 @@ class LearningWatch(keras.callbacks.Callback):
                 level = ", ".join(f"{v:.3g}" for v in values[0])
                 self._warn(f"constant {name}", (
                     f"output {name} is the same everywhere ({level}) after epoch {epoch + 1}: "
-                    'the model has collapsed; try a lower "initial learning rate", '
-                    '"normalization percentiles": [1, 99.8] and a new training'))
+                    "the model has collapsed" + self._try(
+                        ("", 0, 'a lower "initial learning rate"'),
+                        ("normalization percentiles", [1, 99.8],
+                         '"normalization percentiles": [1, 99.8]'))))
         if epoch + 1 < self.patience:
             return
         for key, value in (logs or {}).items():
@@ -185,5 +194,8 @@ class LearningWatch(keras.callbacks.Callback):
                     and float(value) <= 1e-3):
                 self._warn(key, (
                     f"{key} is {float(value):.3f} after {epoch + 1} epochs: that channel never "
-                    "matches its target; for sparse labels try \"sampling\": \"foreground\" "
-                    'and "loss function": "unetsl.channelDiceBceLoss"'))
+                    "matches its target" + self._try(
+                        ("sampling", "foreground", '"sampling": "foreground"'),
+                        ("loss function", "unetsl.channelDiceBceLoss",
+                         '"loss function": "unetsl.channelDiceBceLoss"'),
+                        ("", 0, "more epochs"))))

@@ -318,7 +318,8 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         callbacks.append(predictor)
     if mode == "lines":  # after the checkpointer (the best so far), before warnings
         callbacks.append(EpochLine(cfg["epochs"], len(train_data), state, stream))
-    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None))
+    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None,
+                                   settings=cfg))
     callbacks.extend(extra_callbacks)
 
     log.info(f"training {source.name}: {len(train_data)} batches of {cfg['batch size']} "
