@@ -17,11 +17,11 @@ from unetsl.cells.settings import CellSettings
 from unetsl.errors import UnetslError
 from unetsl.napari.cells_table import CellsTable
 from unetsl.napari.layers import (
+    follow_layers,
     from_tczyx,
-    layer_axes,
+    layer_names,
     layer_spacing,
     layer_tczyx,
-    layers_of,
     like_layer,
     put_layer,
 )
@@ -46,7 +46,8 @@ class CellsWidget(Container):
         self.labels_layer: Any = None
         self.out_axes = ""
         self.spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-        self.probabilities = ComboBox(label="probabilities", choices=self._image_names,
+        self.probabilities = ComboBox(label="probabilities",
+                                      choices=layer_names(self.viewer, "image"),
                                       nullable=True)
         self.axes = LineEdit(label="axes", tooltip="axis letters of the layer: t, c, z, y, x")
         self.channel = SpinBox(label="channel", min=0, max=255, value=0,
@@ -69,27 +70,11 @@ class CellsWidget(Container):
                      self.csv_button, self.rois_button, self.meshes_button])
         self.table = CellsTable(self.select_cell)
         self.native.layout().addWidget(self.table)
-        self.probabilities.changed.connect(self._layer_changed)
         self.run_button.clicked.connect(self.run)
         self.csv_button.clicked.connect(lambda: self.save("csv"))
         self.rois_button.clicked.connect(lambda: self.save("rois"))
         self.meshes_button.clicked.connect(lambda: self.save("meshes"))
-        for event in ("inserted", "removed", "reordered"):
-            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
-        self._layers_changed()
-
-    # --- choices ---------------------------------------------------------------------
-    def _image_names(self, _widget: Any = None) -> list[str]:
-        return [layer.name for layer in layers_of(self.viewer, "image")]
-
-    def _layers_changed(self, _event: Any = None) -> None:
-        self.probabilities.reset_choices()
-        self._layer_changed()
-
-    def _layer_changed(self, _value: Any = None) -> None:
-        name = self.probabilities.value
-        if name in self.viewer.layers:
-            self.axes.value = layer_axes(self.viewer.layers[name])
+        follow_layers(self.viewer, [self.probabilities], self.axes)
 
     def settings(self) -> CellSettings:
         """The cell settings: the defaults with this widget's min size (checked)."""

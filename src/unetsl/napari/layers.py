@@ -109,3 +109,28 @@ def _is_kind(layer: Any, kind: str) -> bool:
     from napari import layers
 
     return isinstance(layer, {"image": layers.Image, "labels": layers.Labels}[kind])
+
+
+def layer_names(viewer: Any, kind: str) -> Any:
+    """A ComboBox ``choices`` callable: the names of the viewer's layers of a kind."""
+    return lambda _widget=None: [layer.name for layer in layers_of(viewer, kind)]
+
+
+def follow_layers(viewer: Any, combos: list[Any], axes: Any) -> None:
+    """Keep the layer ``combos`` in step with the viewer's layer list, and the ``axes`` field
+    with the layer chosen in the first combo (every widget that reads a layer needs this)."""
+
+    def layer_chosen(_value: Any = None) -> None:
+        name = combos[0].value
+        if name in viewer.layers:
+            axes.value = layer_axes(viewer.layers[name])
+
+    def layers_changed(_event: Any = None) -> None:
+        for combo in combos:
+            combo.reset_choices()
+        layer_chosen()
+
+    combos[0].changed.connect(layer_chosen)
+    for event in ("inserted", "removed", "reordered"):
+        getattr(viewer.layers.events, event).connect(layers_changed)
+    layers_changed()

@@ -24,10 +24,10 @@ from magicgui.widgets import (
 
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import (
+    follow_layers,
     from_tczyx,
-    layer_axes,
+    layer_names,
     layer_tczyx,
-    layers_of,
     like_layer,
     put_layer,
 )
@@ -67,7 +67,8 @@ class PredictWidget(Container):
         self.worker: Any = None
         self.result: ArrayPrediction | None = None
         self.model_file = FileEdit(label="model", mode="r", filter="*.h5 *.keras")
-        self.image = ComboBox(label="image", choices=self._image_names, nullable=True)
+        self.image = ComboBox(label="image", choices=layer_names(self.viewer, "image"),
+                              nullable=True)
         self.axes = LineEdit(label="axes", tooltip="axis letters of the layer: t, c, z, y, x")
         self.batch_size = SpinBox(label="batch size", min=1, max=4096, value=16,
                                   tooltip="tiles of the training patch size per batch")
@@ -83,25 +84,9 @@ class PredictWidget(Container):
         self.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
                      self.overlap, self.all_outputs, self.run_button, self.cancel_button,
                      self.status])
-        self.image.changed.connect(self._image_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        for event in ("inserted", "removed", "reordered"):
-            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
-        self._layers_changed()
-
-    # --- choices ---------------------------------------------------------------------
-    def _image_names(self, _widget: Any = None) -> list[str]:
-        return [layer.name for layer in layers_of(self.viewer, "image")]
-
-    def _layers_changed(self, _event: Any = None) -> None:
-        self.image.reset_choices()
-        self._image_changed()
-
-    def _image_changed(self, _value: Any = None) -> None:
-        name = self.image.value
-        if name in self.viewer.layers:
-            self.axes.value = layer_axes(self.viewer.layers[name])
+        follow_layers(self.viewer, [self.image], self.axes)
 
     # --- running ---------------------------------------------------------------------
     def job(self) -> Any:

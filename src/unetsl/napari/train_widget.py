@@ -26,7 +26,14 @@ from magicgui.widgets import (
 
 from unetsl.config.fields import LABELLER_NAMES
 from unetsl.errors import UnetslError
-from unetsl.napari.layers import layer_axes, layer_spacing, layer_tczyx, layer_unit, layers_of
+from unetsl.napari.layers import (
+    follow_layers,
+    layer_axes,
+    layer_names,
+    layer_spacing,
+    layer_tczyx,
+    layer_unit,
+)
 from unetsl.napari.loss_plot import LossCurves
 from unetsl.napari.tasks import notify, run_task
 
@@ -47,8 +54,9 @@ class TrainWidget(Container):
         self.config_file = FileEdit(label="config", mode="r", filter="*.json")
         self.sources = TextEdit(label="data sources", value="")
         self.sources.native.setReadOnly(True)
-        self.image = ComboBox(label="image layer", choices=self._names("image"), nullable=True)
-        self.labels = ComboBox(label="labels layer", choices=self._names("labels"),
+        self.image = ComboBox(label="image layer", choices=layer_names(self.viewer, "image"),
+                              nullable=True)
+        self.labels = ComboBox(label="labels layer", choices=layer_names(self.viewer, "labels"),
                                nullable=True)
         self.axes = LineEdit(label="axes", tooltip="axis letters of both layers: t, c, z, y, x")
         self.labeller = ComboBox(label="labeller", choices=list(LABELLER_NAMES),
@@ -64,26 +72,10 @@ class TrainWidget(Container):
         self.curves = LossCurves()
         self.native.layout().addWidget(self.curves)
         self.config_file.changed.connect(self.show_sources)
-        self.image.changed.connect(self._image_changed)
         self.add_button.clicked.connect(self.add_layers)
         self.train_button.clicked.connect(self.run)
         self.stop_button.clicked.connect(self.stop)
-        for event in ("inserted", "removed", "reordered"):
-            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
-        self._layers_changed()
-
-    # --- choices ---------------------------------------------------------------------
-    def _names(self, kind: str) -> Any:
-        return lambda _widget=None: [layer.name for layer in layers_of(self.viewer, kind)]
-
-    def _layers_changed(self, _event: Any = None) -> None:
-        self.image.reset_choices()
-        self.labels.reset_choices()
-        self._image_changed()
-
-    def _image_changed(self, _value: Any = None) -> None:
-        if self.image.value in self.viewer.layers:
-            self.axes.value = layer_axes(self.viewer.layers[self.image.value])
+        follow_layers(self.viewer, [self.image, self.labels], self.axes)
 
     # --- the config and its data sources ---------------------------------------------
     def config(self) -> Any:
