@@ -51,7 +51,8 @@ def base(tmp_path_factory) -> Path:
 
     from unetsl.config.model_config import Config
     from unetsl.io.tiff import write_image
-    from unetsl.nets.model_files import build_model_from_config, save_model
+    from unetsl.nets.model_files import save_model
+    from unetsl.nets.unet import build_model
 
     folder = tmp_path_factory.mktemp("bad-inputs")
     keras.utils.set_random_seed(0)
@@ -59,11 +60,11 @@ def base(tmp_path_factory) -> Path:
 
     cfg = Config(TINY, path=folder / "m.json")
     cfg.save()
-    model = build_model_from_config(cfg)
+    model = build_model(cfg)
     save_model(model, folder / "m.h5")
     save_model(model, folder / "m.keras")
     other = Config({**TINY, "n filters": 3, "kernel shape": [1, 5, 5]}, path=folder / "o.json")
-    save_model(build_model_from_config(other), folder / "other.h5")  # no layer fits m.h5
+    save_model(build_model(other), folder / "other.h5")  # no layer fits m.h5
     for name in ("m.h5", "m.keras"):
         data = (folder / name).read_bytes()
         (folder / f"trunc{Path(name).suffix}").write_bytes(data[: len(data) // 2])

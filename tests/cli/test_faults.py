@@ -16,7 +16,8 @@ import pytest
 
 from unetsl.config.model_config import Config
 from unetsl.io.tiff import write_image
-from unetsl.nets.model_files import build_model_from_config, save_model
+from unetsl.nets.model_files import save_model
+from unetsl.nets.unet import build_model
 
 
 def _script(name: str) -> str:
@@ -31,7 +32,7 @@ def work(tmp_path_factory) -> Path:
     cfg = Config({"input shape": [1, 1, 32, 32], "depth": 2, "n filters": 2, "n labels": 2,
                   "pooling": [1, 2, 2], "spatial dropout rate": 0.0, "seed": 1},
                  path=folder / "m.json")
-    save_model(build_model_from_config(cfg), folder / "m.h5")
+    save_model(build_model(cfg), folder / "m.h5")
     rng = np.random.default_rng(0)
     write_image(folder / "img.tif", rng.integers(0, 255, (4, 1, 1, 256, 256), dtype=np.uint8))
     return folder
@@ -74,7 +75,7 @@ def test_seed_gives_the_same_initial_weights(tmp_path):
     def weights(seed):
         cfg = Config({"input shape": [1, 1, 16, 16], "depth": 2, "n filters": 2,
                       "pooling": [1, 2, 2], "seed": seed}, path=tmp_path / "s.json")
-        return build_model_from_config(cfg).get_weights()
+        return build_model(cfg).get_weights()
 
     first, again, other = weights(3), weights(3), weights(4)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))

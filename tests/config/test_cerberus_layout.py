@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from unetsl.config.cerberus_layout import CerberusConfig, is_cerberus_file
+from unetsl.config.cerberus_layout import CerberusConfig, CerberusTraining, is_cerberus_file
 from unetsl.config.heads import DEFAULT_HEADS
 from unetsl.errors import UnetslError
-from unetsl.nets.heads import build_cerberus
+from unetsl.nets.unet import build_model
 from unetsl.predict.engine import predict, predict_outputs
 from unetsl.predict.job import PredictionJob
 
@@ -88,7 +88,7 @@ def test_crop_head_below_full_resolution_is_refused(tmp_path: Path):
     path = _config(tmp_path)
     data = json.loads(path.read_text())
     data["heads"] = heads
-    model = build_cerberus(CerberusConfig(data, path))
+    model = build_model(CerberusTraining(CerberusConfig(data, path)))
     with pytest.raises(UnetslError, match="crop head"):
         predict(model, np.zeros((1, 1, 3, 16, 16), np.float32))
 
@@ -98,7 +98,7 @@ def test_crop_head_below_full_resolution_is_refused(tmp_path: Path):
 
 def test_default_heads_build_at_their_levels(tmp_path: Path):
     config = CerberusConfig.load(_config(tmp_path))
-    model = build_cerberus(config)
+    model = build_model(CerberusTraining(config))
     assert list(model.output_names) == ["distance", "membrane-scale", "membrane-crop"]
     shapes = [tuple(o.shape[1:]) for o in model.outputs]
     assert shapes == [(3, 16, 16, 1), (3, 8, 8, 2), (3, 16, 16, 2)]
@@ -111,7 +111,7 @@ def test_bottom_level_and_2d_heads(tmp_path: Path):
     path = _config(tmp_path, **{"input shape": [1, 1, 16, 16]})
     data = json.loads(path.read_text())
     data["heads"] = [dict(DEFAULT_HEADS[1], name="bottom", depth=2, activation="softmax")]
-    model = build_cerberus(CerberusConfig(data, path))
+    model = build_model(CerberusTraining(CerberusConfig(data, path)))
     assert tuple(model.outputs[0].shape[1:]) == (1, 4, 4, 2)
     out = predict(model, np.random.default_rng(2).random((1, 1, 1, 20, 24)).astype("f4"))
     assert out.shape == (1, 2, 1, 20, 24)
@@ -151,7 +151,7 @@ def test_fixture_config_builds_the_original_model(compat: Path):
     from unetsl.nets.legacy import load_legacy_model
 
     config = CerberusConfig.load(compat / "cerberus.json")
-    model = build_cerberus(config)
+    model = build_model(CerberusTraining(config))
     original = load_legacy_model(compat / "cerberus.h5")
     assert model.count_params() == original.count_params()
     for layer in original.layers:

@@ -191,7 +191,7 @@ def cerberus_page(root):
 
 def test_cerberus_panels_are_the_training_targets(cerberus_project):
     from unetsl.config.cerberus_layout import CerberusConfig
-    from unetsl.data.targets import CerberusTargets
+    from unetsl.data.targets import HeadTargets
 
     page = cerberus_page(cerberus_project)
     config = CerberusConfig.load(cerberus_project / "cerberus.json")
@@ -200,7 +200,7 @@ def test_cerberus_panels_are_the_training_targets(cerberus_project):
     assert [p.title.split("\n")[0] for p in shown] == ["input", "label (raw bits)",
                                                         *HEAD_TITLES]
     np.testing.assert_array_equal(shown[1].image, patch.label)  # the packed label itself
-    expected = CerberusTargets(config.heads, config.unet["pooling"])(patch.label)
+    expected = HeadTargets(config.heads, config.unet["pooling"])(patch.label)
     by_head = {"distance": shown[2:3], "membrane-scale": shown[3:5], "membrane-crop": shown[5:7]}
     for name, mine in by_head.items():
         np.testing.assert_array_equal(np.stack([p.image for p in mine]), expected[name])

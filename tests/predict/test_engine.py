@@ -482,11 +482,11 @@ def test_tiles_grow_only_where_the_patch_covers_the_receptive_field():
 
 
 def test_multi_head_model_with_a_list_input_is_rebuilt_for_larger_tiles():
-    from unetsl.config.cerberus_layout import CerberusConfig
-    from unetsl.nets.heads import build_cerberus
+    from unetsl.config.model_config import Config
     from unetsl.nets.model_files import with_input_patch
+    from unetsl.nets.unet import build_model
 
-    model = build_cerberus(CerberusConfig.load(REPO / "examples" / "cerberus.json"))
+    model = build_model(Config.load(REPO / "examples" / "cerberus.json"))
     big = with_input_patch(model, (3, 128, 192))
     assert [tuple(o.shape)[1:] for o in big.outputs] == [
         (3, 128, 192, 1), (3, 64, 96, 2), (3, 128, 192, 2)]  # the scale head stays at half

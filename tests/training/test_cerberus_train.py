@@ -27,7 +27,7 @@ from unetsl.config.cerberus_layout import CerberusTraining, default_loss, traini
 from unetsl.config.heads import DEFAULT_HEADS, RESAMPLERS, Head
 from unetsl.config.model_config import Config
 from unetsl.data import synthetic
-from unetsl.data.targets import CerberusTargets, bit_field, head_target, resample_target
+from unetsl.data.targets import HeadTargets, bit_field, head_target, resample_target
 from unetsl.errors import UnetslError
 
 UNET = {"input shape": [1, 1, 32, 32], "kernel shape": [1, 3, 3], "pooling": [1, 2, 2],
@@ -114,7 +114,7 @@ def test_resamplers_pool_and_crop_to_head_resolution():
 def test_targets_of_every_head_for_one_patch():
     sample = synthetic.make_sample("2d", (3, 16, 16), seed=3)
     label = synthetic.pack_cerberus_labels(sample.labels, sample.distance)
-    made = CerberusTargets(heads_of(3), (1, 2, 2))(label)
+    made = HeadTargets(heads_of(3), (1, 2, 2))(label)
     assert list(made) == NAMES
     assert made["distance"].shape == (1, 3, 16, 16)
     np.testing.assert_array_equal(made["distance"][0], label >> 2)
@@ -124,7 +124,7 @@ def test_targets_of_every_head_for_one_patch():
     np.testing.assert_array_equal(made["membrane-scale"],
                                   block_reduce(made["membrane-crop"], (1, 1, 2, 2), np.max))
     # a 2-D patch (z == 1) is not pooled in z, as the 2-D U-Net
-    flat = CerberusTargets(heads_of(3), (2, 2, 2))(label[:1])
+    flat = HeadTargets(heads_of(3), (2, 2, 2))(label[:1])
     assert flat["membrane-scale"].shape == (2, 1, 8, 8)
 
 
@@ -138,7 +138,7 @@ def test_batches_hold_one_target_per_head(tmp_path: Path):
     regions, _ = regions_for(volumes, cfg, patch[1:], 0)
     dataset = PatchDataset(volumes, regions, cfg, patch_shape=patch, n_labels=1,
                            output_names=NAMES, batch_size=2, seed=0, training=False,
-                           targets=CerberusTargets(cfg.heads, cfg["pooling"]))
+                           targets=HeadTargets(cfg.heads(), cfg["pooling"]))
     x, y = dataset[0]
     assert x.shape == (2, 1, 32, 32, 1) and list(y) == NAMES
     assert {k: v.shape for k, v in y.items()} == {

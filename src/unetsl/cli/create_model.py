@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from unetsl.atomic import check_writable
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
-from unetsl.config.model_config import Config, back_up_config
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 
 if TYPE_CHECKING:
@@ -54,16 +53,15 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
             click.echo("cancelling...")
             return
         config = Config(edited, path=path)
-    config.validate()
-    check_writable([path, config.model_path])  # nothing is written unless all can be
+    _create(config, write_config=True)
 
-    from unetsl.nets.model_files import build_model_from_config, describe_model, save_model
 
-    model = build_model_from_config(config)
-    back_up_config(path)
-    config.save(path)
-    save_model(model, config.model_path)
-    click.echo(f"config: {path}")
+def _create(config: Config, *, write_config: bool) -> None:
+    """The library's create path (check, build, back up, write), then what was written."""
+    from unetsl.nets.model_files import create_model_files, describe_model
+
+    model = create_model_files(config, write_config=write_config)
+    click.echo(f"config: {config.path}")
     click.echo(f"model:  {config.model_path}")
     click.echo(describe_model(model))
 
@@ -76,8 +74,7 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
     ``config`` is the starting config when it is not read from ``path``: ``cerberus create``
     passes the defaults for a new file, which is then always written.
     """
-    from unetsl.config.cerberus_layout import CerberusConfig
-    from unetsl.nets.heads import build_cerberus
+    from unetsl.config.cerberus_layout import CerberusConfig, CerberusTraining
 
     config = CerberusConfig.load(path) if config is None else config
     config.apply_overrides(overrides)
@@ -103,17 +100,7 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
         config = CerberusConfig({**data, "heads": heads}, path)
         changed = True
 
-    from unetsl.nets.model_files import describe_model, save_model
-
-    check_writable([path, config.model_path])  # nothing is written unless all can be
-    model = build_cerberus(config)
-    if changed:
-        back_up_config(path)
-        config.save(path)
-    save_model(model, config.model_path)
-    click.echo(f"config: {path}")
-    click.echo(f"model:  {config.model_path}")
-    click.echo(describe_model(model))
+    _create(CerberusTraining(config), write_config=changed)
 
 
 if __name__ == "__main__":

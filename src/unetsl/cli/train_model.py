@@ -16,7 +16,6 @@ from unetsl.cli.common import (
     interactive,
     one_line_errors,
 )
-from unetsl.config.cerberus_layout import CerberusTraining
 from unetsl.config.model_config import Config, back_up_config
 
 
@@ -75,9 +74,8 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
         batch = True  # workers cannot share an editor
     path = Path(config_file)
     config = Config.load(path)  # a cerberus file gives its CerberusTraining view
-    cerberus = isinstance(config, CerberusTraining)
     # the original's "cerberus train" wrote the training section (defaults) into the file
-    to_save = config if cerberus and not config.had_training else None
+    to_save = config if config.unsaved_sections else None
     if overrides:
         config = Config.load(path)  # the run's copy: -D values stay out of the file ...
         config.apply_overrides(overrides)
@@ -86,23 +84,18 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     if interactive(batch):
         from unetsl.cli.tui import edit_values
 
-        if cerberus:
-            current = config
+        current = config
 
-            def validate(values: dict) -> None:
-                check_training_config(current.with_training(values))
+        def validate(values: dict) -> None:
+            check_training_config(current.with_edited(values))
 
-            edited = edit_values(config.training_section(), title=f"train {path} (training)",
-                                 validate=validate)
-        else:
-            def validate(values: dict) -> None:
-                check_training_config(Config(values, path=path))
-
-            edited = edit_values(config.as_dict(), title=f"train {path}", validate=validate)
+        section = config.edit_section
+        title = f"train {path}" + (f" ({section})" if section else "")
+        edited = edit_values(config.edit_values(), title=title, validate=validate)
         if edited is None:
             click.echo("cancelling...")
             return
-        config = config.with_training(edited) if cerberus else Config(edited, path=path)
+        config = config.with_edited(edited)
         to_save = config
     check_training_config(config)  # before saving: a bad -D value never reaches the file
     if to_save is not None and chief:

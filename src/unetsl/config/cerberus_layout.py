@@ -3,17 +3,18 @@
 The original's ``cerberus create`` wrote a nested JSON (2-space indent): ``unet`` (the model
 keys without "n labels"/"activation"), ``heads`` (name, n_labels, bits, offset, activation,
 depth, resampler, labeller), ``data sources`` and, once trained, ``training``. This module
-reads and checks that layout and builds its model (``build_cerberus``): for each head a
-1x1(x1) conv ``cerberus_<name>`` on the output of ``expansion-b-<depth>`` (the bottom level
-``depth - 1`` is ``contraction-b-<depth-1>``, which the original could not select), then
-the activation layer ``<name>``; outputs in head order, named by head name. A head at
+reads and checks that layout; its heads are LEVEL heads (``unetsl.config.heads``), which
+``unetsl.nets.unet.build_model`` builds: for each head a 1x1(x1) conv ``cerberus_<name>`` on
+the output of ``expansion-b-<depth>`` (the bottom level ``depth - 1`` is
+``contraction-b-<depth-1>``, which the original could not select), then the activation layer
+``<name>``; outputs in head order, named by head name. A head at
 decoder level d predicts patch / pooling^d voxels; ``unetsl.predict.engine`` upsamples it back.
 
 Training (``train_model -c cerberus.json``): :class:`CerberusTraining` is the config seen
 as a training config (the ``training`` section, "loss function" and "loss weights" keyed by
-head name), and :class:`CerberusTargets` makes each head's target from the raw label patch
-(the label bit contract): ``(label >> offset) & (2**bits - 1)`` -> the head's labeller ->
-resampled to the head's resolution ("max pool", "min pool", "crop").
+head name), and :class:`unetsl.data.targets.HeadTargets` makes each head's target from the
+raw label patch (the label bit contract): ``(label >> offset) & (2**bits - 1)`` -> the head's
+labeller -> resampled to the head's resolution ("max pool", "min pool", "crop").
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import copy
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +234,36 @@ class CerberusTraining(Config):
         return str(self.path) if self.path is not None else "cerberus config"
 
     @property
-    def heads(self) -> list[Head]:
-        return self.cerberus.heads
+    def name(self) -> str:
+        return self.cerberus.name
+
+    def heads(self, outputs: Sequence[str] | None = None) -> list[Head]:
+        """The ``heads`` section, each with its "loss function" and "loss weights" entry
+        (a model file must have these outputs: ``outputs`` is not used)."""
+        return [replace(h, loss=self._losses[h.name], loss_weight=float(self._weights[h.name]))
+                for h in self.cerberus.heads]
 
     @property
     def head_names(self) -> list[str]:
-        return [h.name for h in self.heads]
+        return [h.name for h in self.cerberus.heads]
+
+    edit_section = "training"
+
+    def edit_values(self) -> dict[str, Any]:
+        """The editor shows the ``training`` section (the model is the heads')."""
+        return self.training_section()
+
+    def with_edited(self, values: Mapping[str, Any]) -> CerberusTraining:
+        return self.with_training(values)
+
+    @property
+    def unsaved_sections(self) -> bool:
+        """No ``training`` section yet: the original's ``cerberus train`` wrote it."""
+        return not self.had_training
+
+    def created_json(self) -> str:
+        """What create writes: the file's own sections as read (no ``training`` added)."""
+        return self.cerberus.to_json()
 
     # ---------------------------------------------------------------------- updates
     def _mirror_unet(self) -> None:
@@ -374,7 +400,7 @@ class CerberusTraining(Config):
     def to_json(self) -> str:
         """The cerberus layout: 2-space indent, no trailing newline, ``training`` last."""
         data = dict(self.cerberus.data)
-        data["heads"] = [h.as_dict() for h in self.heads]
+        data["heads"] = [h.as_dict() for h in self.cerberus.heads]
         data["data sources"] = copy.deepcopy(self.values["data sources"])
         data["training"] = self.training_section()
         return json.dumps(data, indent=2)

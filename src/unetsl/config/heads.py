@@ -1,4 +1,12 @@
-"""Heads: the outputs of a model (name, labels, activation, decoder level, bits, resampler)."""
+"""Heads: the outputs of a model (name, labels, activation, decoder level, bits, resampler,
+loss and its weight).
+
+Every model is a list of :class:`Head` on shared U-Net features; the config layouts make the
+list (``Config.heads()``: one "output" head, or one head per cascade stage; the cerberus
+layout: its ``heads`` section) and ``unetsl.nets.build.build_model`` builds from it. A new
+kind of head (another way of turning features into an output) is a new ``kind`` here and
+its builder in ``unetsl.nets.unet.HEAD_KINDS``, the one place that says how a kind is built.
+"""
 
 from __future__ import annotations
 
@@ -38,18 +46,47 @@ def _is_int(v: Any, minimum: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
 
+STAGE = "stage"
+"""A head that ends a full U-Net at full resolution (conv ``<name>-conv``): the plain U-Net's
+"output" and each cascade stage, the next stage of a chain starting from its output. Its
+target is the data source's labeller output (``bits`` None)."""
+
+LEVEL = "level"
+"""A head on a decoder level of the U-Net (conv ``cerberus_<name>``), its target made from
+the label bits (the original's multi-head layout)."""
+
+HEAD_KINDS = (STAGE, LEVEL)
+
+
 @dataclass(frozen=True)
 class Head:
-    """One output of a cerberus model and how its training target is made."""
+    """One output of a model and how its training target is made.
+
+    bits, offset : the label bit field the head's own target is made from (with
+        ``labeller`` and ``resampler``); ``bits`` None: the data source's labeller makes the
+        target from the whole label (plain U-Nets and cascades).
+    depth : the decoder level (0 = full resolution).
+    loss, loss_weight : the training loss name and its weight in the total (None: no weight
+        given, Keras weighs every output 1).
+    kind : how the output is built from the U-Net features (:data:`HEAD_KINDS`).
+    """
 
     name: str
     n_labels: int
-    bits: int
-    offset: int
-    activation: str
-    depth: int
-    resampler: str
-    labeller: str
+    bits: int | None = None
+    offset: int = 0
+    activation: str = "sigmoid"
+    depth: int = 0
+    resampler: str = "crop"
+    labeller: str | None = None
+    loss: str | None = None
+    loss_weight: float | None = None
+    kind: str = LEVEL
+
+    @property
+    def own_target(self) -> bool:
+        """The head makes its target from its label bits (else the source's labeller)."""
+        return self.bits is not None
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str, index: int, unet_depth: int) -> Head:
@@ -97,6 +134,7 @@ class Head:
                    data["depth"], data["resampler"], labeller)
 
     def as_dict(self) -> dict[str, Any]:
+        """The ``heads`` entry of the cerberus layout (loss and kind are not written there)."""
         return {k: getattr(self, k) for k in HEAD_KEYS}
 
 

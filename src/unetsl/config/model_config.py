@@ -12,7 +12,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from unetsl.config.fields import (
     new_config_defaults,
     unknown_key_hint,
 )
+from unetsl.config.heads import STAGE, Head
 from unetsl.errors import UnetslError
 
 log = logging.getLogger("unetsl")
@@ -135,6 +136,45 @@ class Config:
             p = Path(os.path.expandvars(os.path.expanduser(explicit)))
             return p if p.is_absolute() else self.folder / p
         return self.folder / f"{self.name}.h5"
+
+    def heads(self, outputs: Sequence[str] | None = None) -> list[Head]:
+        """The model's outputs: one head "output", or with "cascade stages" N >= 1 one per
+        U-Net of the chain, ``cascade_0`` .. ``cascade_<N-1>``; each with "n labels",
+        "activation", "loss function" and, when "loss weights" is an object, its weight
+        (default 1). Their targets come from the data sources' labeller.
+
+        outputs : the output names of an existing model file, which wins over "cascade
+            stages" (training trains the file as it is); other layouts keep their own heads.
+        """
+        if outputs is None:
+            stages = self.values["cascade stages"]
+            outputs = ["output"] if stages < 1 else [f"cascade_{k}" for k in range(stages)]
+        weights = self.values.get("loss weights")
+        return [Head(name, self.values["n labels"], activation=self.values["activation"],
+                     loss=self.values["loss function"], kind=STAGE,
+                     loss_weight=(float(weights.get(name, 1)) if isinstance(weights, dict)
+                                  else None))
+                for name in outputs]
+
+    #: the section the settings editor of train_model shows (None: the whole config)
+    edit_section: str | None = None
+
+    def edit_values(self) -> dict[str, Any]:
+        """What the settings editor shows (train_model): every key."""
+        return self.as_dict()
+
+    def with_edited(self, values: Mapping[str, Any]) -> Config:
+        """A config of the editor's ``values`` (those of :meth:`edit_values`), same file."""
+        return Config(values, path=self.path)
+
+    @property
+    def unsaved_sections(self) -> bool:
+        """The file lacks a section that training writes into it (a layout's own)."""
+        return False
+
+    def created_json(self) -> str:
+        """The JSON create_model writes: the whole config (:meth:`to_json`)."""
+        return self.to_json()
 
     def sibling(self, suffix: str) -> Path:
         """A file named after the model, e.g. sibling("-latest.h5") -> <name>-latest.h5."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from unetsl.config.model_config import Config
 from unetsl.data.labellers import LABELLERS
 from unetsl.data.sources import (
     PAIRED,
@@ -102,12 +103,12 @@ def add_source(entries: list[dict[str, Any]], entry: dict[str, Any], folder: str
     return len(pairs)
 
 
-def model_channels(cfg: Any) -> int | None:
-    """The target channels a source of ``cfg`` must give ("n labels"); None for a multi-head
-    (cerberus) config, whose heads make their own targets from the raw label."""
-    from unetsl.config.cerberus_layout import CerberusTraining
-
-    return None if isinstance(cfg, CerberusTraining) else int(cfg["n labels"])
+def model_channels(cfg: Config) -> int | None:
+    """The target channels a source of ``cfg`` must give ("n labels"); None when the heads
+    make their own targets from the raw label (the original's multi-head files)."""
+    if any(head.own_target for head in cfg.heads()):
+        return None
+    return int(cfg["n labels"])
 
 
 def add_array_pair(entries: list[dict[str, Any]], folder: str | os.PathLike, name: str,

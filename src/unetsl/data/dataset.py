@@ -8,7 +8,7 @@ objects. A batch is ``(x, y)`` or, when a source is weighted, ``(x, y, sample_we
 - x : float32 (b, z, y, x, c), channels-last;
 - y : float32 (b, z, y, x, n) from the source's labeller, or {output name: y} for a model
   with several outputs (a cascade gets the same target for every output; with a ``targets``
-  maker, e.g. :class:`unetsl.data.targets.CerberusTargets`, each output gets its own, at its
+  maker, e.g. :class:`unetsl.data.targets.HeadTargets`, each output gets its own, at its
   own resolution);
 - sample_weight : float32 (b, z, y, x), the weights image (1 for unweighted sources).
 

@@ -8,7 +8,7 @@ matplotlib figure, one row per patch: input channels, label, target channels (an
 and sources with keys and has a z slider.
 
 A cerberus config (several heads, raw bit-packed labels) gets one column per head channel:
-the target :class:`unetsl.data.targets.CerberusTargets` makes for that patch, as training does.
+the target :class:`unetsl.data.targets.HeadTargets` makes for that patch, as training does.
 A head below full resolution is drawn on its own pixel grid (matplotlib ``extent`` in input
 pixels), not upsampled, so its pixels cover the image pixels they were made from.
 """
@@ -30,10 +30,10 @@ from unetsl.errors import UnetslError
 
 if TYPE_CHECKING:
     from unetsl.config.heads import Head
-    from unetsl.data.targets import CerberusTargets
+    from unetsl.config.model_config import Config
+    from unetsl.data.targets import HeadTargets
 
-__all__ = ["Page", "Panel", "build_pages", "cerberus_targets", "draw", "panels", "save_figure",
-           "show", "summarise"]
+__all__ = ["Page", "Panel", "build_pages", "draw", "panels", "save_figure", "show", "summarise"]
 
 KEYS_HELP = ("right/left: next/previous patches   up/down: next/previous source   "
              "q: quit")
@@ -55,7 +55,7 @@ class Page:
                 for i in range(min(count, n))]
 
     @property
-    def targets(self) -> CerberusTargets | None:
+    def targets(self) -> HeadTargets | None:
         """The per-head target maker of a cerberus config (None: the source's labeller)."""
         return self.dataset.targets  # type: ignore[return-value]
 
@@ -89,7 +89,7 @@ def _percent(fraction: float) -> str:
 
 def summarise(source: Source, volumes: Sequence[Volume], n_labels: int,
               patch_shape: Sequence[int], n_patches: int,
-              targets: CerberusTargets | None = None) -> list[str]:
+              targets: HeadTargets | None = None) -> list[str]:
     """Lines describing a source: files, shapes, label values and class balance (per head
     for a cerberus config, whose source labeller only passes the raw label through)."""
     shapes = sorted({tuple(v.image.shape) for v in volumes})
@@ -123,34 +123,27 @@ def summarise(source: Source, volumes: Sequence[Volume], n_labels: int,
     return lines
 
 
-def cerberus_targets(cfg: Any) -> CerberusTargets | None:
-    """The target maker training uses for a cerberus config, else None (the labeller)."""
-    from unetsl.config.cerberus_layout import CerberusTraining
-    from unetsl.data.targets import CerberusTargets
-
-    if not isinstance(cfg, CerberusTraining):
-        return None
-    return CerberusTargets(cfg.heads, cfg["pooling"])
-
-
-def build_pages(cfg: Any, *, patch_shape: Sequence[int], n_labels: int, seed: int = 0,
+def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed: int = 0,
                 sources: Sequence[int] | None = None) -> list[Page]:
     """One :class:`Page` per data source (or per index in ``sources``), patches as trained.
 
-    A cerberus config's patches carry {head name: target} from
-    :class:`unetsl.data.targets.CerberusTargets` (``n_labels`` is then 1: the raw label), and
-    its label bits are checked as training checks them.
+    n_labels : the channels the sources give (``unetsl.training.setup.training_shapes``).
+    When the config's heads make their own targets, patches carry {head name: target} from
+    :class:`unetsl.data.targets.HeadTargets`, and the label bits are checked as training
+    checks them.
     """
-    targets = cerberus_targets(cfg)
+    from unetsl.data.targets import training_targets
+
+    targets = training_targets(cfg.heads(), cfg["pooling"])
     pages = []
     for source in parse_sources(cfg):
         if sources is not None and source.index not in sources:
             continue
         mine = load_source_volumes(source, cfg, patch_shape=patch_shape, n_labels=n_labels)
         if targets is not None:
-            from unetsl.data.targets import check_cerberus_labels
+            from unetsl.data.targets import check_head_labels
 
-            check_cerberus_labels(mine, targets.heads, str(cfg.path))
+            check_head_labels(mine, targets.heads, str(cfg.path))
         regions = [Region(k, (0, 0, 0), v.shape) for k, v in enumerate(mine)]
         dataset = PatchDataset(mine, regions, cfg, patch_shape=patch_shape, n_labels=n_labels,
                                output_names=None, batch_size=1, seed=seed, training=True,
@@ -161,7 +154,7 @@ def build_pages(cfg: Any, *, patch_shape: Sequence[int], n_labels: int, seed: in
     return pages
 
 
-def _head_summary(targets: CerberusTargets, volumes: Sequence[Volume],
+def _head_summary(targets: HeadTargets, volumes: Sequence[Volume],
                   patch_shape: Sequence[int]) -> list[str]:
     """Per head: where its target comes from and its balance over the whole label images."""
     from unetsl.data.labellers import get_labeller
@@ -313,7 +306,7 @@ def _head_grid(head: Head, pooling: Sequence[int], patch: tuple[int, int, int]) 
     return _Grid(shape, extent, z_map, note)
 
 
-def _head_panels(targets: CerberusTargets, patch: Patch) -> list[Panel]:
+def _head_panels(targets: HeadTargets, patch: Patch) -> list[Panel]:
     """One panel per channel of every head's target in ``patch`` (the dict training uses)."""
     from unetsl.data.labellers import get_labeller
 

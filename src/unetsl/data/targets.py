@@ -1,4 +1,5 @@
-"""Per-head training targets: label bit field, then the head labeller, then its resampler."""
+"""Per-head training targets: label bit field, then the head labeller, then its resampler;
+the label checks before training."""
 
 from __future__ import annotations
 
@@ -75,10 +76,13 @@ def head_target(label: np.ndarray, head: Head, pooling: Sequence[int]) -> np.nda
     return resample_target(target, head.resampler, factors)
 
 
-class CerberusTargets:
+class HeadTargets:
     """label patch (z, y, x) -> {head name: (n_labels, z', y', x')}: the per-patch target
-    maker :class:`unetsl.data.dataset.PatchDataset` calls for a cerberus model (picklable, so
-    multiprocessing workers can use it)."""
+    maker :class:`unetsl.data.dataset.PatchDataset` calls for heads that make their own
+    targets from the label bits (picklable, so multiprocessing workers can use it)."""
+
+    source_channels = 1
+    """Channels the data sources give it: the raw label ("linear labels" passes it on)."""
 
     def __init__(self, heads: Sequence[Head], pooling: Sequence[int]):
         self.heads = tuple(heads)
@@ -86,6 +90,47 @@ class CerberusTargets:
 
     def __call__(self, label: np.ndarray) -> dict[str, np.ndarray]:
         return {head.name: head_target(label, head, self.pooling) for head in self.heads}
+
+
+def training_targets(heads: Sequence[Head], pooling: Sequence[int]) -> HeadTargets | None:
+    """The target maker of heads that make their own targets from the label bits, or None:
+    then the data source's labeller makes the one target every output trains on."""
+    if any(head.own_target for head in heads):
+        return HeadTargets(heads, pooling)
+    return None
+
+
+def check_training_labels(volumes: Sequence[Any], targets: HeadTargets | None, n_labels: int,
+                          where: str) -> None:
+    """The one label check before training: each head's bits (:func:`check_head_labels`), or
+    for the source labeller's targets, bit labels against the output channels
+    (:func:`check_label_bits`)."""
+    if targets is not None:
+        check_head_labels(volumes, targets.heads, where)
+    else:
+        check_label_bits(volumes, n_labels)
+
+
+BIT_LABELLERS = ("multiclass labels", "double membrane labels")
+
+
+def check_label_bits(volumes: Sequence[Any], n_labels: int) -> None:
+    """Bit labels must fit the model: a value with bit k set needs k + 1 output channels.
+
+    The multiclass labellers drop higher bits silently, so a label image meant for more
+    classes than "n labels" would train on part of its labels without a word.
+    volumes : :class:`unetsl.data.volumes.Volume` objects (label, source.labeller, pair).
+    """
+    for volume in volumes:
+        labeller = getattr(getattr(volume, "source", None), "labeller", None)
+        if labeller is None or labeller.name not in BIT_LABELLERS or volume.label.size == 0:
+            continue
+        top = volume.label.max()
+        if top >= 2**n_labels:
+            needed = int(top).bit_length()
+            raise UnetslError(f"{volume.pair.label}: label value {int(top)} needs {needed} "
+                              f'output channels ({labeller.name}) but the model has {n_labels} '
+                              '("n labels")')
 
 
 def _label_width(dtype: np.dtype) -> int | None:
@@ -99,7 +144,7 @@ def _label_width(dtype: np.dtype) -> int | None:
     return None
 
 
-def check_cerberus_labels(volumes: Sequence[Any], heads: Sequence[Head], where: str) -> None:
+def check_head_labels(volumes: Sequence[Any], heads: Sequence[Head], where: str) -> None:
     """Every head's bits must exist in the label images and its labeller must accept what it
     finds there; a one-line UnetslError names the config, the head key and the label file.
 

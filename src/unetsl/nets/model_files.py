@@ -1,4 +1,5 @@
-"""Model files: save atomically, load safely (the original's .h5 too), describe, resize."""
+"""Model files: create from a config, save atomically, load safely (the original's .h5 too),
+describe, resize."""
 
 from __future__ import annotations
 
@@ -11,18 +12,14 @@ import h5py
 import keras
 from keras import layers
 
-from unetsl.atomic import atomic_path
-from unetsl.config.model_config import Config
-from unetsl.data.normalize import (
-    InputNormalization,
-    attach_normalization,
-    model_normalization,
-)
+from unetsl.atomic import atomic_path, atomic_write_text, check_writable
+from unetsl.config.model_config import Config, back_up_config
+from unetsl.data.normalize import attach_normalization, model_normalization
 from unetsl.errors import UnetslError
 from unetsl.nets import losses as _losses  # noqa: F401  (registers the losses for loading)
 from unetsl.nets.records import INPUT_RECORD, file_normalization, write_record
 from unetsl.nets.shapes import model_patch_shape, output_activations
-from unetsl.nets.unet import build_cascade, build_unet
+from unetsl.nets.unet import build_model
 
 # Model files
 # --------------------------------------------------------------------------------------------
@@ -96,28 +93,26 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     return attach_normalization(as_float32(model), normalization)
 
 
-def build_model_from_config(config: Config) -> keras.Model:
-    """The U-Net (or cascade, with "cascade stages" >= 1) that a config describes, with the
-    config's input normalisation recorded on it; with "seed", the same weights every time."""
-    if config.get("seed") is not None:
-        keras.utils.set_random_seed(int(config["seed"]))
-    args = dict(
-        input_shape=config["input shape"],
-        n_labels=config["n labels"],
-        depth=config["depth"],
-        n_filters=config["n filters"],
-        kernel_shape=config["kernel shape"],
-        pooling=config["pooling"],
-        activation=config["activation"],
-        spatial_dropout_rate=config["spatial dropout rate"],
-        batch_normalization=config["batch normalization"],
-        name=config.name,
-    )
-    if config["cascade stages"] >= 1:
-        model = build_cascade(n_stages=config["cascade stages"], **args)
-    else:
-        model = build_unet(**args)
-    return attach_normalization(model, InputNormalization.from_settings(config))
+build_model_from_config = build_model
+"""The old name of :func:`unetsl.nets.unet.build_model` (the benchmarks call it)."""
+
+
+def create_model_files(config: Config, *, write_config: bool = True) -> keras.Model:
+    """create_model's one path, for every layout: check the config, build its model, then
+    write ``NAME.json`` (when ``write_config``; an existing one is backed up as
+    ``NAME-json.bak`` first) and ``NAME.h5``, each atomically. Nothing is written unless
+    every file can be; returns the model."""
+    config.validate()
+    path = config.path
+    if path is None:
+        raise UnetslError("config has no file name to save to")
+    check_writable([path, config.model_path])  # nothing is written unless all can be
+    model = build_model(config)
+    if write_config:
+        back_up_config(path)
+        atomic_write_text(path, config.created_json())
+    save_model(model, config.model_path)
+    return model
 
 
 def describe_model(model: keras.Model) -> str:

@@ -1,4 +1,4 @@
-"""What a training run needs before it starts: config checks, label checks, the compiled model."""
+"""What a training run needs before it starts: config checks, shapes, the compiled model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 from unetsl.training.logs import (
     expected_log_keys,
@@ -23,7 +24,7 @@ log = logging.getLogger("unetsl")
 # ------------------------------------------------------------------------------ checks
 
 
-def check_training_config(cfg: Any) -> None:
+def check_training_config(cfg: Config) -> None:
     """The config's keys and the names train() resolves (loss, optimizer); UnetslError if bad.
 
     Cheap (no data, no model), so the CLI runs it before saving an edited config.
@@ -33,26 +34,26 @@ def check_training_config(cfg: Any) -> None:
     from unetsl.nets.losses import LOSSES, get_loss, get_optimizer
 
     cfg.validate()
-    losses = cfg["loss function"]
-    if isinstance(losses, dict):  # one loss per head
+    heads = cfg.heads()
+    if any(head.own_target for head in heads):  # one loss per head, raw labels in the sources
         where = getattr(cfg, "_where", str(cfg.path))
-        for head, loss in losses.items():
-            if loss not in LOSSES:
-                raise UnetslError(f'{where}: training: "loss function" of head "{head}": '
-                                  f'{json.dumps(loss)} is unknown; valid names: '
+        for head in heads:
+            if head.loss not in LOSSES:
+                raise UnetslError(f'{where}: training: "loss function" of head "{head.name}": '
+                                  f'{json.dumps(head.loss)} is unknown; valid names: '
                                   + ", ".join(LOSSES))
         sources = [parse_source(e, i, cfg.folder) for i, e in enumerate(cfg["data sources"])]
         check_head_sources(sources, where)
-    for name in losses.values() if isinstance(losses, dict) else [losses]:
+    for name in dict.fromkeys(head.loss for head in heads):
         get_loss(name)
     get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
 
 
-def training_shapes(cfg: Any) -> tuple[list[int], int]:
+def training_shapes(cfg: Config) -> tuple[list[int], int]:
     """The patch shape (c, z, y, x) and label channels that training of ``cfg`` uses: the
-    model file's when it exists (it wins over "input shape"), else the config's; a cerberus
-    config's sources give the raw label (1 channel), each head makes its own target."""
-    from unetsl.config.cerberus_layout import CerberusTraining
+    model file's when it exists (it wins over "input shape"), else the config's; heads that
+    make their own targets take the raw label (``HeadTargets.source_channels``)."""
+    from unetsl.data.targets import training_targets
     from unetsl.nets.model_files import load_model
     from unetsl.nets.shapes import model_patch_shape
 
@@ -61,12 +62,13 @@ def training_shapes(cfg: Any) -> tuple[list[int], int]:
         model = load_model(cfg.model_path)
         patch_shape = [int(n) for n in model_patch_shape(model)]
         n_labels = int(model.outputs[-1].shape[-1])
-    if isinstance(cfg, CerberusTraining):
-        n_labels = 1
+    targets = training_targets(cfg.heads(), cfg["pooling"])
+    if targets is not None:
+        n_labels = targets.source_channels
     return patch_shape, n_labels
 
 
-def sample_paths(cfg: Any) -> list[Path]:
+def sample_paths(cfg: Config) -> list[Path]:
     """"samples to predict" as paths ($VARS and ~ expanded, relative to the config folder)."""
     from unetsl.data.sources import resolve_path
 
@@ -105,29 +107,7 @@ def _first_batch_check(dataset: Any, model: keras.Model) -> bool:
     return len(batch) > 2 and batch[2] is not None
 
 
-BIT_LABELLERS = ("multiclass labels", "double membrane labels")
-
-
-def check_label_bits(volumes: Sequence[Any], n_labels: int) -> None:
-    """Bit labels must fit the model: a value with bit k set needs k + 1 output channels.
-
-    The multiclass labellers drop higher bits silently, so a label image meant for more
-    classes than "n labels" would train on part of its labels without a word.
-    volumes : :class:`unetsl.data.volumes.Volume` objects (label, source.labeller, pair).
-    """
-    for volume in volumes:
-        labeller = getattr(getattr(volume, "source", None), "labeller", None)
-        if labeller is None or labeller.name not in BIT_LABELLERS or volume.label.size == 0:
-            continue
-        top = volume.label.max()
-        if top >= 2**n_labels:
-            needed = int(top).bit_length()
-            raise UnetslError(f"{volume.pair.label}: label value {int(top)} needs {needed} "
-                              f'output channels ({labeller.name}) but the model has {n_labels} '
-                              '("n labels")')
-
-
-def _resolve_monitor(cfg: Any, output_names: Sequence[str], validation: bool) -> str:
+def _resolve_monitor(cfg: Config, output_names: Sequence[str], validation: bool) -> str:
     monitor = cfg.get("monitor") or "val_loss"
     if monitor.startswith("val_") and not validation:
         log.info(f'no validation data: "monitor" {monitor} falls back to {monitor[4:]}')
@@ -142,40 +122,37 @@ def _resolve_monitor(cfg: Any, output_names: Sequence[str], validation: bool) ->
 # ------------------------------------------------------------------------------ compile
 
 
-def compile_model(model: keras.Model, cfg: Any, *, weighted: bool = False,
+def compile_model(model: keras.Model, cfg: Config, *, weighted: bool = False,
                   optimizer: keras.optimizers.Optimizer | None = None) -> None:
-    """Compile with the config's optimizer, learning rate, loss (per output) and metrics.
+    """Compile with the config's optimizer, learning rate, each head's loss and loss weight
+    (``cfg.heads(model.output_names)``: a plain config's heads follow the model's outputs),
+    and the metrics.
 
     weighted : batches carry (batch, z, y, x) voxel weights; the loss is wrapped so that
         they apply (:class:`unetsl.training.metrics.VoxelWeightedLoss`).
-    "loss function" is one name for every output, or {output name: name} (cerberus heads);
-    "loss weights", when present, is {output name: weight of its loss in the total}.
+    A model with one output gets one loss; loss weights apply to several outputs, when the
+    heads have them.
     """
     from unetsl.nets.losses import get_loss, get_optimizer
     from unetsl.nets.shapes import output_activations
     from unetsl.training.metrics import VoxelWeightedLoss, compile_metrics
 
     names = list(model.output_names)
-    config_losses = cfg["loss function"]
+    heads = {head.name: head for head in cfg.heads(names)}
 
     def loss(output: str) -> keras.losses.Loss:
-        name = config_losses
-        if isinstance(config_losses, dict):
-            if output not in config_losses:
-                raise UnetslError(f'{cfg.path}: "loss function" has no entry for model output '
-                                  f'"{output}"')
-            name = config_losses[output]
-        inner = get_loss(name)
+        if output not in heads:
+            raise UnetslError(f'{cfg.path}: "loss function" has no entry for model output '
+                              f'"{output}"')
+        inner = get_loss(heads[output].loss)
         return VoxelWeightedLoss(inner) if weighted else inner
 
     losses: Any = loss(names[0]) if len(names) == 1 else {name: loss(name) for name in names}
-    weights = cfg.get("loss weights")
-    loss_weights = ({name: float(weights.get(name, 1)) for name in names}
-                    if isinstance(weights, dict) and len(names) > 1 else None)
+    weights = [heads[name].loss_weight for name in names]
+    loss_weights = ({name: float(1 if w is None else w) for name, w in zip(names, weights)}
+                    if len(names) > 1 and any(w is not None for w in weights) else None)
     if optimizer is None:
         optimizer = get_optimizer(cfg["optimizer"], cfg["initial learning rate"])
     model.compile(optimizer=optimizer, loss=losses, loss_weights=loss_weights,
                   metrics=compile_metrics(names, output_activations(model),
                                           [int(t.shape[-1]) for t in model.outputs]))
-
-

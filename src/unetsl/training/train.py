@@ -14,9 +14,10 @@ What a run does, in order (the original's steps, with its defects fixed):
 5. on SIGINT/SIGTERM save ``<name>-latest.h5`` after the current batch and return;
 6. draw the training curves into ``<name>-curves.png``.
 
-A cerberus config (:class:`unetsl.config.cerberus_layout.CerberusTraining`) trains the same way: its
-model is built by ``cerberus.build_cerberus``, each head gets its own target from the label
-bit fields (``cerberus.CerberusTargets``), its own "loss function" and "loss weights".
+Every config trains the same way through its heads (``cfg.heads()``): the model is built by
+``unetsl.nets.unet.build_model``; heads that make their own targets (the original's
+multi-head files) get them from the label bit fields (``unetsl.data.targets.HeadTargets``) and
+must match the model file; each head has its own "loss function" and "loss weights".
 
 Several GPUs (``devices.distribution_strategy``) and a fixed "seed" (deterministic ops)
 are set up here as well. Nothing here prints menus or exits; errors are UnetslError.
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 
 import keras
 
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
 from unetsl.training.checkpoints import (
@@ -57,7 +59,6 @@ from unetsl.training.logs import (
 from unetsl.training.setup import (
     _first_batch_check,
     _resolve_monitor,
-    check_label_bits,
     check_training_config,
     compile_model,
     sample_paths,
@@ -83,7 +84,7 @@ class TrainingPaths:
     predictions: Path
 
 
-def training_paths(cfg: Any) -> TrainingPaths:
+def training_paths(cfg: Config) -> TrainingPaths:
     """``<name>-latest.h5``, ``<name>-best.h5`` ... for the config's model file and suffix."""
     model = Path(cfg.model_path)
     suffix = model.suffix or ".h5"
@@ -120,27 +121,14 @@ class TrainingResult:
 # -------------------------------------------------------------------------------- train
 
 
-def _cerberus(cfg: Any) -> Any:
-    """The :class:`~unetsl.config.cerberus_layout.CerberusConfig` of a cerberus training
-    config, else None."""
-    from unetsl.config.cerberus_layout import CerberusTraining
-
-    return cfg.cerberus if isinstance(cfg, CerberusTraining) else None
-
-
-def _load_or_build(cfg: Any, source: Path, *, save: bool = True) -> keras.Model:
-    from unetsl.nets.model_files import build_model_from_config, load_model, save_model
+def _load_or_build(cfg: Config, source: Path, *, save: bool = True) -> keras.Model:
+    from unetsl.nets.model_files import load_model, save_model
+    from unetsl.nets.unet import build_model
 
     if source.exists():
         return load_model(source)
     log.info(f"model file {source} does not exist: building it from {cfg.path}")
-    cerberus = _cerberus(cfg)
-    if cerberus is not None:
-        from unetsl.nets.heads import build_cerberus
-
-        model = build_cerberus(cerberus)
-    else:
-        model = build_model_from_config(cfg)
+    model = build_model(cfg)
     if save:  # not on the other workers of a multi-worker training: the chief writes it
         save_model(model, source)
     return model
@@ -172,7 +160,7 @@ def _progress_mode(progress: str) -> str:
     return progress
 
 
-def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: str = "auto",
+def train(cfg: Config, *, resume: bool = False, gpus: int | None = None, progress: str = "auto",
           datasets: tuple[Any, Any] | None = None, strategy: Any = None,
           data_options: dict[str, Any] | None = None, stream: TextIO | None = None,
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -195,7 +183,9 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     Returns a :class:`TrainingResult`; ``interrupted`` is set when a signal stopped it.
     """
     from unetsl.data.normalize import InputNormalization, attach_normalization
+    from unetsl.data.targets import check_training_labels, training_targets
     from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
+    from unetsl.nets.heads import check_model_heads
     from unetsl.nets.precision import choose_precision, with_precision
     from unetsl.nets.shapes import model_patch_shape
     from unetsl.training import multiworker
@@ -235,15 +225,10 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
     attach_normalization(model, InputNormalization.from_settings(cfg))
     patch_shape = model_patch_shape(model)
     n_labels = int(model.outputs[-1].shape[-1])
-    cerberus = _cerberus(cfg)
-    targets = None
-    if cerberus is not None:
-        from unetsl.data.targets import CerberusTargets
-        from unetsl.nets.heads import check_cerberus_model
-
-        check_cerberus_model(model, cerberus, source)
-        targets = CerberusTargets(cerberus.heads, cfg["pooling"])
-        n_labels = 1  # the data sources give the raw label ("linear labels"), one channel
+    check_model_heads(model, cfg, source)
+    targets = training_targets(cfg.heads(), cfg["pooling"])
+    if targets is not None:  # each head makes its target from the raw label
+        n_labels = targets.source_channels
     elif cfg["n labels"] != n_labels:
         log.warning(f'{cfg.path}: "n labels" is {cfg["n labels"]} but {source.name} has '
                     f"{n_labels} output channels; training the model as it is")
@@ -263,12 +248,7 @@ def train(cfg: Any, *, resume: bool = False, gpus: int | None = None, progress: 
         val_data = None
     if len(train_data) == 0:
         raise UnetslError(f"{cfg.path}: the data sources give no training patches")
-    if cerberus is not None:
-        from unetsl.data.targets import check_cerberus_labels
-
-        check_cerberus_labels(getattr(train_data, "volumes", []), cerberus.heads, str(cfg.path))
-    else:
-        check_label_bits(getattr(train_data, "volumes", []), n_labels)
+    check_training_labels(getattr(train_data, "volumes", []), targets, n_labels, str(cfg.path))
     weighted = _first_batch_check(train_data, model)
     monitor = _resolve_monitor(cfg, output_names, val_data is not None)
 
