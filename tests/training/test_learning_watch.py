@@ -101,3 +101,39 @@ def test_advice_leaves_out_what_the_config_already_does():
     assert done._try(*advice) == "; try foreground sampling"
     assert LearningWatch(np.zeros(1), validation=True)._try(*advice) == (
         "; try the Dice + BCE loss and foreground sampling")
+
+
+def _one_layer(activation: str, bias: float, channels: int = 2):
+    import keras
+
+    inputs = keras.Input((1, 8, 8, 1))
+    outputs = keras.layers.Conv3D(
+        channels, 1, activation=activation, name="output",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=1),
+        bias_initializer=keras.initializers.Constant(bias))(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("activation,bias,warned", [
+    ("sigmoid", 6.0, True),    # on everywhere: the Dice-alone collapse
+    ("sigmoid", -1.0, False),  # on nowhere or in places: the other warnings' business
+    ("softmax", 6.0, False),   # a softmax background may rightly win everywhere
+    ("linear", 6.0, False),    # distances, not probabilities
+])
+def test_a_channel_on_everywhere_is_said_once(activation, bias, warned, caplog):
+    from unetsl.training.callbacks import LearningWatch
+
+    probe = np.random.default_rng(0).normal(size=(2, 1, 8, 8, 1)).astype(np.float32)
+    watch = LearningWatch(probe, validation=True, patience=2)
+    watch.set_model(_one_layer(activation, bias))
+    with caplog.at_level(logging.WARNING, logger="unetsl"):
+        watch.on_epoch_end(0, {})  # before the patience: nothing
+        assert not [r for r in caplog.records if r.name.startswith("unetsl")]
+        watch.on_epoch_end(1, {})
+        watch.on_epoch_end(2, {})
+    said = [r.getMessage() for r in caplog.records if "marks everything" in r.getMessage()]
+    if warned:
+        assert len(said) == 2 and "channel 0" in said[0] and "channel 1" in said[1], said
+        assert "\n" not in said[0] and "normalization percentiles" in said[0]
+    else:
+        assert said == []

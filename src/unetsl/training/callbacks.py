@@ -146,8 +146,14 @@ class LearningWatch(keras.callbacks.Callback):
     After every epoch: the model's outputs on one fixed batch of patches are checked for a
     collapse to one value everywhere (a too-high learning rate, unnormalised input); after
     ``patience`` epochs, every per-channel F1 (validation when there is validation data) that
-    is still 0 is named: that channel never matches its target. Each is said once.
+    is still 0 is named: that channel never matches its target; and a sigmoid channel that
+    is on (>= 0.5) at nearly every voxel of the probe (``ON_EVERYWHERE``) is named: the
+    other collapse, which a Dice loss alone falls into on sparse foreground (F1 0.30 on
+    DSB2018 in benchmarks/accuracy.py). Each is said once.
     """
+
+    #: fraction of probe voxels at or above 0.5 from which a channel counts as on everywhere
+    ON_EVERYWHERE = 0.995
 
     def __init__(self, probe: np.ndarray, *, validation: bool, patience: int = 3,
                  settings: Any = None):
@@ -167,6 +173,25 @@ class LearningWatch(keras.callbacks.Callback):
         if key not in self.said:
             self.said.add(key)
             log.warning(message)
+
+    def _check_on_everywhere(self, name: str, out: np.ndarray, epoch: int) -> None:
+        """Warn about channels that are >= 0.5 almost everywhere (sigmoid outputs only: in a
+        softmax output one channel, the background, may rightly win almost everywhere)."""
+        values = out.reshape(-1, out.shape[-1])
+        if values.size == 0 or values.min() < 0 or values.max() > 1:
+            return  # not probabilities (linear or relu outputs)
+        if values.shape[1] > 1 and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+            return  # softmax
+        on = (values >= 0.5).mean(axis=0)
+        for channel in np.flatnonzero(on >= self.ON_EVERYWHERE):
+            self._warn(f"on everywhere {name} {channel}", (
+                f"output {name} channel {channel} is on (>= 0.5) at {100 * on[channel]:.1f}% "
+                f"of the probe patches after epoch {epoch + 1}: it marks everything as "
+                "foreground" + self._try(
+                    ("loss function", "unetsl.channelDiceBceLoss",
+                     '"loss function": "unetsl.channelDiceBceLoss"'),
+                    ("normalization percentiles", [1, 99.8],
+                     '"normalization percentiles": [1, 99.8]'))))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         from unetsl.training.logs import is_channel_score
@@ -188,6 +213,8 @@ class LearningWatch(keras.callbacks.Callback):
                          '"normalization percentiles": [1, 99.8]'))))
         if epoch + 1 < self.patience:
             return
+        for name, out in zip(self.model.output_names, outputs):
+            self._check_on_everywhere(name, np.asarray(out, dtype=np.float32), epoch)
         for key, value in (logs or {}).items():
             if (is_channel_score(key) and key.startswith(self.prefix)
                     and not key[len(self.prefix):].startswith("val_")
