@@ -5,7 +5,10 @@ the ``unetsl.channelDiceBceLoss`` loss, learning rate 1e-3, reduce-lr patience 1
 and quarter turns. Issue 15 asks whether these are the right defaults: on each dataset the
 defaults should score within 0.01 (F1) of the best setting tried, and on the synthetic
 membrane + vertex movie every channel should reach F1 > 0.8 after 8 epochs. This script
-measures that; it does not tune anything.
+measures that; it does not tune anything. The synthetic target is judged on F1 within 1 px
+(as ``evaluate_prediction --tolerance`` scores thin structures, and as the issue's "membrane
+F1 0.99" was measured): a 2-px-wide line drawn one pixel off halves its pixel F1 although
+the line is found. The pixel F1 is reported beside it.
 
 Settings (each one change from the defaults, plus the original's defaults):
 
@@ -28,8 +31,9 @@ channels also F1 within 1 px.
 
 Datasets (held-out data are never trained on):
 
-- ``synthetic``: ``unetsl.data.synthetic.write_dataset(root, "2d", n_images=3, shape=(2, 128,
-  128), seed=0)`` for training (``--synthetic-size``), the held-out movie (5 x 128 x 128) as
+- ``synthetic``: ``unetsl.data.synthetic.write_dataset(root, "2d", n_images=6, shape=(5, 128,
+  128), seed=0)`` for training (``--synthetic-size``; the demo's data), the held-out movie
+  (5 x 128 x 128) as
   ``examples/make_example_data.py --held-out`` writes it (seed + 1000003); multiclass labels,
   channel 0 membrane, 1 vertex. Generated here: no license question.
 - ``dsb2018``: the nuclei image and mask bundled in the ``stardist`` 0.9.2 wheel on PyPI
@@ -51,11 +55,15 @@ The wheels are fetched once with ``pip download --no-deps`` into ``--cache`` (de
     .venv/bin/python benchmarks/accuracy.py             # 8 epochs, every dataset and setting
     .venv/bin/python benchmarks/accuracy.py --quick     # a few minutes: smoke test
 
-The default run (24 trainings) took 37 min on a 2-core AMD EPYC (Zen 3, AVX2) shared with
-other jobs (load average 7-9), --quick 3 min; the data are kept small for that budget. With a
+One synthetic training at the demo's size takes about 9 min on a 2-core AMD EPYC (Zen 3,
+AVX2) shared with other jobs; a dsb2018 or hela training 1-2 min; --quick 3 min in all. With a
 single training image the "regions" validation split cuts it into patch-sized blocks, so
 dsb2018 and hela train on about 30 non-overlapping patches an epoch.
     .venv/bin/python benchmarks/accuracy.py --epochs 12 --datasets synthetic --settings defaults
+
+benchmarks/results/accuracy.json holds a run of every dataset and setting with a smaller
+synthetic training set (3 movies x 2 frames, where 8 epochs are too few steps for any
+setting); accuracy-synthetic.json the synthetic dataset at the demo's size.
 
 Prints a table; writes benchmarks/results/accuracy.json and accuracy.png. One seed per run:
 differences of a few hundredths between settings can be noise (``--seeds 0 1`` repeats the
@@ -203,12 +211,12 @@ def write_pair(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> 
 @dataclass
 class DataOptions:
     """How much data: ``quick`` shrinks every dataset; the synthetic training set is
-    ``movies`` movies of ``frames`` x 128 x 128 (the example's is 4 x 5)."""
+    ``movies`` movies of ``frames`` x 128 x 128 (the demo's is 6 x 5)."""
 
     quick: bool = False
     cache: Path = DEFAULT_CACHE
-    movies: int = 3
-    frames: int = 2
+    movies: int = 6
+    frames: int = 5
 
 
 def synthetic_data(root: Path, opts: DataOptions) -> Prepared:
@@ -222,7 +230,7 @@ def synthetic_data(root: Path, opts: DataOptions) -> Prepared:
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     n = 2 if opts.quick else opts.movies
-    shape = (opts.frames, 128, 128)  # (t, y, x); 3 x 2 keeps 8 runs within the CPU budget
+    shape = (opts.frames, 128, 128)  # (t, y, x)
     synthetic.write_dataset(root, "2d", n_images=n, shape=shape, seed=0, distance=False)
     written = example.write_held_out(root, "2d", None, 0, distance=False)  # (5, 128, 128)
     image, labels = written[0], written[1]
@@ -385,9 +393,17 @@ def summarise(runs: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
                 entry[f"every channel f1 > {TARGET_SYNTHETIC_F1}"] = bool(
                     all(_num(c["f1"]) > TARGET_SYNTHETIC_F1
                         for c in defaults["channels"].values()))
+                entry[f"every channel f1 ±1 px > {TARGET_SYNTHETIC_F1}"] = bool(
+                    all(_num(_tolerant(c)) > TARGET_SYNTHETIC_F1
+                        for c in defaults["channels"].values()))
                 entry["target applies (8 epochs)"] = epochs >= 8
         summary[dataset] = entry
     return summary
+
+
+def _tolerant(channel: dict[str, Any]) -> float | None:
+    """A channel's F1 within the dataset's tolerance (thin structures), None if not scored."""
+    return next((v for k, v in channel.items() if k.startswith("f1 ±")), None)
 
 
 def json_ready(value: Any) -> Any:
@@ -415,7 +431,7 @@ def table(runs: list[dict[str, Any]]) -> str:
              f"{'F1±1px':>7} {'train s':>8} {'best ep':>7}  warnings"]
     for r in runs:
         for i, (name, c) in enumerate(r["channels"].items()):
-            tolerant = next((v for k, v in c.items() if k.startswith("f1 ±")), None)
+            tolerant = _tolerant(c)
             head = (f"{r['dataset']:<10} {r['setting']:<18} {r['seed']:>4}" if i == 0
                     else " " * 34)
             tail = (f"{r['train s']:>8.0f} {str(r['best epoch']):>7}  {len(r['warnings'])}"
@@ -437,7 +453,9 @@ def summary_lines(summary: dict[str, Any]) -> str:
                      f"{TARGET_MARGIN}: {yes[entry['defaults within 0.01 of best']]}")
         key = f"every channel f1 > {TARGET_SYNTHETIC_F1}"
         if key in entry:
-            line += f"; every channel F1 > {TARGET_SYNTHETIC_F1}: {yes[entry[key]]}"
+            tolerant = entry[f"every channel f1 ±1 px > {TARGET_SYNTHETIC_F1}"]
+            line += (f"; every channel F1 > {TARGET_SYNTHETIC_F1}: pixel {yes[entry[key]]}, "
+                     f"within 1 px {yes[tolerant]}")
         lines.append(line)
         channels = entry.get("per channel", {})
         for channel, c in channels.items() if len(channels) > 1 else ():
@@ -500,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds of the defaults (other settings use the first)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where the wheels with the real data go (default {DEFAULT_CACHE})")
-    parser.add_argument("--synthetic-size", type=int, nargs=2, default=(3, 2),
+    parser.add_argument("--synthetic-size", type=int, nargs=2, default=(6, 5),
                         metavar=("MOVIES", "FRAMES"),
-                        help="synthetic training movies and frames each (default 3 2; the "
-                             "example data are 4 5)")
+                        help="synthetic training movies and frames each (default 6 5: the "
+                             "demo's data, make_example_data.py --n 6)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"JSON file (default {RESULTS.relative_to(REPO)}; --quick: none)")
     args = parser.parse_args(argv)
