@@ -8,6 +8,7 @@ import tifffile
 
 from unetsl.config.model_config import Config
 from unetsl.data.dataset import PatchDataset, make_datasets
+from unetsl.data.dataset_options import DatasetOptions
 from unetsl.data.synthetic import write_dataset
 from unetsl.errors import UnetslError
 
@@ -42,8 +43,8 @@ def config(root, *entries, **keys):
 
 
 def datasets(cfg, batch_size=4, seed=1, names=("output",), patch=PATCH, n_labels=2, **kw):
-    return make_datasets(cfg, patch_shape=patch, n_labels=n_labels, output_names=list(names),
-                         batch_size=batch_size, seed=seed, **kw)
+    return make_datasets(DatasetOptions.from_config(cfg), patch_shape=patch, n_labels=n_labels,
+                         output_names=list(names), batch_size=batch_size, seed=seed, **kw)
 
 
 def test_batch_layout(project):

@@ -129,14 +129,16 @@ def test_targets_of_every_head_for_one_patch():
 
 
 def test_batches_hold_one_target_per_head(tmp_path: Path):
-    from unetsl.data.dataset import PatchDataset, load_volumes, regions_for
+    from unetsl.data.dataset import PatchDataset, load_option_volumes, regions_for
+    from unetsl.data.dataset_options import DatasetOptions
 
     write_data(tmp_path)
     cfg = Config.load(write_config(tmp_path))
+    options = DatasetOptions.from_config(cfg)
     patch = (1, 1, 32, 32)
-    volumes = load_volumes(cfg, patch_shape=patch, n_labels=1)
-    regions, _ = regions_for(volumes, cfg, patch[1:], 0)
-    dataset = PatchDataset(volumes, regions, cfg, patch_shape=patch, n_labels=1,
+    volumes = load_option_volumes(options, patch_shape=patch, n_labels=1)
+    regions, _ = regions_for(volumes, options, patch[1:], 0)
+    dataset = PatchDataset(volumes, regions, options, patch_shape=patch, n_labels=1,
                            output_names=NAMES, batch_size=2, seed=0, training=False,
                            targets=HeadTargets(cfg.heads(), cfg["pooling"]))
     x, y = dataset[0]

@@ -1,9 +1,10 @@
 """Batches of (input, target) patches for Keras: ``make_datasets`` and ``PatchDataset``.
 
-``make_datasets(cfg, patch_shape=..., n_labels=..., output_names=..., batch_size=...)``
-loads every data source (:mod:`unetsl.data.sources`), splits the data into training and
-validation regions (:mod:`unetsl.data.sampling`) and returns two ``keras.utils.PyDataset``
-objects. A batch is ``(x, y)`` or, when a source is weighted, ``(x, y, sample_weight)``:
+``make_datasets(options, patch_shape=..., n_labels=..., output_names=..., batch_size=...)``
+loads every data source of ``options`` (a :class:`unetsl.data.dataset_options.DatasetOptions`,
+what the config says, read once), splits the data into training and validation regions
+(:mod:`unetsl.data.sampling`) and returns two ``keras.utils.PyDataset`` objects. A batch is
+``(x, y)`` or, when a source is weighted, ``(x, y, sample_weight)``:
 
 - x : float32 (b, z, y, x, c), channels-last;
 - y : float32 (b, z, y, x, n) from the source's labeller, or {output name: y} for a model
@@ -41,12 +42,14 @@ from unetsl.data.augment import (
     draw_transform,
 )
 from unetsl.data.augment import extract_patch as _extract
+from unetsl.data.dataset_options import DatasetOptions
 from unetsl.data.normalize import zscore_patch
 from unetsl.data.sampling import Region, split_regions
-from unetsl.data.volumes import Volume, load_volumes
+from unetsl.data.volumes import Volume, load_source_volumes, load_volumes
 from unetsl.errors import UnetslError
 
-__all__ = ["PatchDataset", "Patch", "TargetMaker", "load_volumes", "make_datasets", "regions_for"]
+__all__ = ["DatasetOptions", "PatchDataset", "Patch", "TargetMaker", "load_option_volumes",
+           "load_volumes", "make_datasets", "regions_for"]
 
 log = logging.getLogger("unetsl")
 
@@ -91,6 +94,7 @@ class Patch:
 class PatchDataset(keras.utils.PyDataset):
     """Patches of a list of volumes, by region, as Keras batches (see the module docstring).
 
+    options : the sources' sampling, augmentation and normalisation settings.
     training : shuffle, jitter, random sampling and augmentation on; otherwise the plain
         grid in a fixed order (validation, inspection).
     targets : makes {output name: target} from the label patch instead of the source's
@@ -98,7 +102,8 @@ class PatchDataset(keras.utils.PyDataset):
     kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
     """
 
-    def __init__(self, volumes: Sequence[Volume], regions: Sequence[Region], cfg: Any, *,
+    def __init__(self, volumes: Sequence[Volume], regions: Sequence[Region],
+                 options: DatasetOptions, *,
                  patch_shape: Sequence[int], n_labels: int, output_names: Sequence[str] | None,
                  batch_size: int, seed: int, training: bool = True,
                  targets: TargetMaker | None = None, **kwargs: Any):
@@ -116,25 +121,21 @@ class PatchDataset(keras.utils.PyDataset):
         self.targets = targets
         self.epoch = 0
         self.weighted = any(v.weights is not None for v in self.volumes)
-        self.plans = [self._plan(r, cfg) for r in regions]
+        self.plans = [self._plan(r, options) for r in regions]
         self._foreground: dict[int, np.ndarray] = {}
         self.items = self._items()
         if len(self.items) == 0 and training:
             raise UnetslError("no training patches: every patch of the data has zero weight")
 
     # --- set-up --------------------------------------------------------------------------
-    def _plan(self, region: Region, cfg: Any) -> _Plan:
+    def _plan(self, region: Region, options: DatasetOptions) -> _Plan:
         source = self.volumes[region.volume].source
-
-        def get(key: str) -> Any:
-            return source.setting(cfg, key)
-
-        stride = tuple(int(s) for s in get("stride")[1:])
+        mine = options.of(source)
+        normalize = mine.normalization.zscore_tiles
         if self.training:
-            return _Plan(region, stride, get("sampling"), float(get("foreground fraction")),
-                         tuple(int(j) for j in get("patch jitter")), bool(get("normalize samples")),
-                         AugmentSettings.from_config(get), tuple(source.rotations))
-        return _Plan(region, stride, "grid", 0.0, (0, 0, 0), bool(get("normalize samples")),
+            return _Plan(region, mine.stride, mine.sampling, mine.foreground_fraction,
+                         mine.jitter, normalize, mine.augment, tuple(source.rotations))
+        return _Plan(region, mine.stride, "grid", 0.0, (0, 0, 0), normalize,
                      AugmentSettings(), ())
 
     def _items(self) -> np.ndarray:
@@ -262,18 +263,32 @@ class PatchDataset(keras.utils.PyDataset):
         return self._foreground[p]
 
 
-def regions_for(volumes: Sequence[Volume], cfg: Any, patch: Sequence[int],
+def regions_for(volumes: Sequence[Volume], options: DatasetOptions, patch: Sequence[int],
                 seed: int | None) -> tuple[list[Region], list[Region]]:
     """Training and validation regions of ``volumes`` ("validation fraction" / "split")."""
-    return split_regions([v.shape for v in volumes], patch, float(cfg["validation fraction"]),
-                         cfg["validation split"], seed)
+    return split_regions([v.shape for v in volumes], patch, options.validation_fraction,
+                         options.validation_split, seed)
 
 
-def make_datasets(cfg: Any, *, patch_shape: Sequence[int], n_labels: int,
+def load_option_volumes(options: DatasetOptions, *, patch_shape: Sequence[int],
+                        n_labels: int) -> list[Volume]:
+    """Every volume of every source of ``options`` (as :func:`unetsl.data.volumes.load_volumes`
+    for a config)."""
+    volumes: list[Volume] = []
+    for mine in options.sources:
+        volumes += load_source_volumes(mine.source, mine.normalization.percentiles,
+                                       patch_shape=patch_shape, n_labels=n_labels)
+    return volumes
+
+
+def make_datasets(options: DatasetOptions, *, patch_shape: Sequence[int], n_labels: int,
                   output_names: Sequence[str] | None, batch_size: int, seed: int | None = None,
                   targets: TargetMaker | None = None, **kwargs: Any
                   ) -> tuple[PatchDataset, PatchDataset | None]:
-    """Training and validation datasets of the config's data sources.
+    """Training and validation datasets of the data sources of ``options``.
+
+    options : :class:`~unetsl.data.dataset_options.DatasetOptions`; a config (scripts written
+        before them, such as the benchmarks) is read into them first.
 
     patch_shape : (c, z, y, x) of the model input; n_labels : output channels;
     output_names : the model's output names (several: y is a dict, same target each);
@@ -284,18 +299,20 @@ def make_datasets(cfg: Any, *, patch_shape: Sequence[int], n_labels: int,
     kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for both datasets.
     Returns (train, validation); validation is None when "validation fraction" is 0.
     """
+    if not isinstance(options, DatasetOptions):
+        options = DatasetOptions.from_config(options)
     if seed is None:
-        seed = cfg["seed"]
+        seed = options.seed
     split_seed = seed
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**63))
-    volumes = load_volumes(cfg, patch_shape=patch_shape, n_labels=n_labels)
+    volumes = load_option_volumes(options, patch_shape=patch_shape, n_labels=n_labels)
     patch = tuple(int(p) for p in patch_shape[1:])
-    train_regions, val_regions = regions_for(volumes, cfg, patch, split_seed)
+    train_regions, val_regions = regions_for(volumes, options, patch, split_seed)
     common = dict(patch_shape=patch_shape, n_labels=n_labels, output_names=output_names,
                   batch_size=batch_size, seed=seed, targets=targets, **kwargs)
-    train = PatchDataset(volumes, train_regions, cfg, training=True, **common)
-    validation = (PatchDataset(volumes, val_regions, cfg, training=False, **common)
+    train = PatchDataset(volumes, train_regions, options, training=True, **common)
+    validation = (PatchDataset(volumes, val_regions, options, training=False, **common)
                   if val_regions else None)
     if validation is not None and len(validation.items) == 0:
         log.warning("no validation patches: every validation patch has zero weight; "

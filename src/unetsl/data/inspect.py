@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetsl.data.dataset import Patch, PatchDataset
+from unetsl.data.dataset_options import DatasetOptions
 from unetsl.data.sampling import Region
-from unetsl.data.sources import Source, parse_sources
+from unetsl.data.sources import Source
 from unetsl.data.volumes import Volume, load_source_volumes
 from unetsl.errors import UnetslError
 
@@ -135,17 +136,20 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
     from unetsl.data.targets import training_targets
 
     targets = training_targets(cfg.heads(), cfg["pooling"])
+    options = DatasetOptions.from_config(cfg)
     pages = []
-    for source in parse_sources(cfg):
+    for resolved in options.sources:
+        source = resolved.source
         if sources is not None and source.index not in sources:
             continue
-        mine = load_source_volumes(source, cfg, patch_shape=patch_shape, n_labels=n_labels)
+        mine = load_source_volumes(source, resolved.normalization.percentiles,
+                                   patch_shape=patch_shape, n_labels=n_labels)
         if targets is not None:
             from unetsl.data.targets import check_head_labels
 
             check_head_labels(mine, targets.heads, str(cfg.path))
         regions = [Region(k, (0, 0, 0), v.shape) for k, v in enumerate(mine)]
-        dataset = PatchDataset(mine, regions, cfg, patch_shape=patch_shape, n_labels=n_labels,
+        dataset = PatchDataset(mine, regions, options, patch_shape=patch_shape, n_labels=n_labels,
                                output_names=None, batch_size=1, seed=seed, training=True,
                                targets=targets)
         order = _labelled_first(dataset, seed)

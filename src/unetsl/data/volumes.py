@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from unetsl.config.model_config import Config
 from unetsl.data.normalize import percentile_normalize
 from unetsl.data.sources import FilePair, Source, parse_sources, shape_mismatch
 from unetsl.errors import UnetslError
@@ -110,12 +110,14 @@ def _check_finite(data: np.ndarray, where: str, what: str) -> None:
                           f"{what}; replace them before training")
 
 
-def load_source_volumes(source: Source, cfg: Any, *, patch_shape: Sequence[int],
-                        n_labels: int) -> list[Volume]:
-    """Read every pair of ``source`` and split it into one :class:`Volume` per time frame."""
+def load_source_volumes(source: Source, percentiles: Sequence[float] | None, *,
+                        patch_shape: Sequence[int], n_labels: int) -> list[Volume]:
+    """Read every pair of ``source`` and split it into one :class:`Volume` per time frame.
+
+    percentiles : the source's "normalization percentiles" (low, high), or None.
+    """
     check_source_labels(source, n_labels)
     c, pz, py, px = (int(v) for v in patch_shape)
-    percentiles = source.setting(cfg, "normalization percentiles")
     volumes = []
     for pair in source.pairs():
         image = read_image(pair.image, depth_wanted=pz)
@@ -153,7 +155,7 @@ def load_source_volumes(source: Source, cfg: Any, *, patch_shape: Sequence[int],
     return volumes
 
 
-def load_volumes(cfg: Any, *, patch_shape: Sequence[int], n_labels: int) -> list[Volume]:
+def load_volumes(cfg: Config, *, patch_shape: Sequence[int], n_labels: int) -> list[Volume]:
     """Every volume (one per image pair and time frame) of every source of ``cfg``.
 
     patch_shape : (c, z, y, x) of the model input; z > 1 reads 2D time series with time
@@ -162,5 +164,7 @@ def load_volumes(cfg: Any, *, patch_shape: Sequence[int], n_labels: int) -> list
     """
     volumes: list[Volume] = []
     for source in parse_sources(cfg):
-        volumes += load_source_volumes(source, cfg, patch_shape=patch_shape, n_labels=n_labels)
+        percentiles = source.setting(cfg, "normalization percentiles")
+        volumes += load_source_volumes(source, percentiles, patch_shape=patch_shape,
+                                       n_labels=n_labels)
     return volumes
