@@ -34,6 +34,7 @@ __all__ = [
     "InputNormalization",
     "ScaledSource",
     "attach_normalization",
+    "choose_normalization",
     "image_scaling",
     "model_normalization",
     "percentile_normalize",
@@ -115,7 +116,14 @@ def resolve_normalization(model: Any, normalization: InputNormalization | None =
                           normalize: bool | None = None) -> InputNormalization:
     """What a prediction applies: ``normalization`` if given, else the model's record, else
     raw input; ``normalize`` (if not None) overrides the per-tile z-score."""
-    chosen = normalization or model_normalization(model) or InputNormalization()
+    return choose_normalization(model_normalization(model), normalization, normalize)
+
+
+def choose_normalization(recorded: InputNormalization | None,
+                         normalization: InputNormalization | None = None,
+                         normalize: bool | None = None) -> InputNormalization:
+    """:func:`resolve_normalization` with the model's record already read (``recorded``)."""
+    chosen = normalization or recorded or InputNormalization()
     if normalize is not None and bool(normalize) != chosen.zscore_tiles:
         chosen = InputNormalization(chosen.percentiles, bool(normalize))
     return chosen

@@ -31,14 +31,25 @@ class KerasTiles:
     With a ``tf.distribute`` strategy of several replicas (the model built in its scope),
     batches go through ``model.predict`` so that they are split over the devices;
     otherwise ``predict_on_batch`` (least overhead per batch).
+
+    patch, output_names, output_shapes : the model's (c, z, y, x) patch, output names and
+        (batch, z, y, x, n) output shapes when already known (``predict.model_info.ModelInfo``);
+        read from the model otherwise.
     """
 
-    def __init__(self, model, output_indices: Sequence[int] = (-1,), distributed: bool = False):
+    def __init__(self, model, output_indices: Sequence[int] = (-1,), distributed: bool = False,
+                 *, patch: Sequence[int] | None = None,
+                 output_names: Sequence[str] | None = None,
+                 output_shapes: Sequence[Sequence[Any]] | None = None):
         from unetsl.nets.shapes import model_patch_shape
 
         self.model = model
-        self.patch = model_patch_shape(model)
-        n_outputs = len(model.outputs)
+        self.patch = tuple(patch) if patch is not None else model_patch_shape(model)
+        self.output_names = (list(output_names) if output_names is not None
+                             else _output_names(model))
+        shapes = (list(output_shapes) if output_shapes is not None
+                  else [tuple(t.shape) for t in model.outputs])
+        n_outputs = len(shapes)
         self.indices = []
         for index in output_indices:
             if not -n_outputs <= index < n_outputs:
@@ -48,27 +59,33 @@ class KerasTiles:
         self.channels = []
         self.upsample = []  # the original's "upsample" shaper for low-resolution heads
         for index in self.indices:
-            shape = tuple(model.outputs[index].shape)
+            shape = tuple(shapes[index])
             factors = None
             if len(shape) == 5 and all(s and p % s == 0 for s, p in
                                        zip(shape[1:4], self.patch[1:])):
                 factors = tuple(p // s for s, p in zip(shape[1:4], self.patch[1:]))
             if factors is None:
                 raise UnetslError(
-                    f"model output {index} ({_output_name(model, index)}) has shape {shape}; "
+                    f"model output {index} ({self._name(index)}) has shape {shape}; "
                     f"only outputs the size of the input patch {self.patch[1:]} (or a whole "
                     "fraction of it) can be tiled"
                 )
-            if any(f > 1 for f in factors) and "crop" in _output_name(model, index):
+            if any(f > 1 for f in factors) and "crop" in self._name(index):
                 # the original's "crop" shaper: such a head sees only the tile centre
                 raise UnetslError(
-                    f"model output {index} ({_output_name(model, index)}) is a crop head "
+                    f"model output {index} ({self._name(index)}) is a crop head "
                     f"below full resolution {shape[1:4]}; only its upsampled (non-crop) or "
                     "full-resolution heads can be tiled"
                 )
             self.upsample.append(factors)
             self.channels.append(int(shape[-1]))
         self.distributed = distributed
+
+    def _name(self, index: int) -> str:
+        try:
+            return str(self.output_names[index])
+        except IndexError:
+            return f"output {index}"
 
     def __call__(self, tiles: np.ndarray) -> list[np.ndarray]:
         from unetsl.nets.shapes import from_model_layout, to_model_layout
@@ -85,7 +102,7 @@ class KerasTiles:
         else:
             out = self.model.predict_on_batch(x)
         if isinstance(out, dict):
-            out = [out[name] for name in self.model.output_names]
+            out = [out[name] for name in self.output_names]
         if not isinstance(out, (list, tuple)):
             out = [out]
         result = []
@@ -98,11 +115,11 @@ class KerasTiles:
         return result
 
 
-def _output_name(model, index: int) -> str:
+def _output_names(model) -> list[str]:
     try:
-        return str(model.output_names[index])
-    except (AttributeError, IndexError):
-        return f"output {index}"
+        return [str(name) for name in model.output_names]
+    except AttributeError:  # any function with .outputs (tests)
+        return []
 
 
 

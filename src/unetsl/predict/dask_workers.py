@@ -71,15 +71,13 @@ def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] 
         if tiles is None:
             from unetsl.nets.model_files import load_model, with_input_patch
             from unetsl.nets.precision import with_precision
-            from unetsl.nets.shapes import model_patch_shape
 
             _set_threads()
             keras_model = with_precision(load_model(os.fspath(model)), precision)
             if tile is not None:
                 keras_model = with_input_patch(keras_model, tile)
             tiles = KerasTiles(keras_model, list(output_indices))
-            c, *patch = model_patch_shape(keras_model)
-            tiles(np.zeros((1, c, *patch), dtype=np.float32))  # build the predict function
+            tiles(np.zeros((1, *tiles.patch), dtype=np.float32))  # build the predict function
             _MODELS[key] = tiles
             _LOADS["models"] += 1
     return tiles

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from unetsl.data.normalize import InputNormalization, resolve_normalization
+from unetsl.data.normalize import InputNormalization
 from unetsl.errors import UnetslError
 from unetsl.io.arrays import ArraySink, ArraySource
 from unetsl.predict.adapter import KerasTiles, Sink, TileModel
+from unetsl.predict.model_info import ModelInfo
 from unetsl.predict.reach import Reach, receptive_reach
 from unetsl.predict.tiling import TilePlan, model_for_tiles, plan_tiles
 
@@ -299,24 +300,28 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
                     batch_size: int = 16, overlap: Sequence[int] | None = None,
                     tile: Sequence[int] | None = None, normalize: bool | None = None,
                     normalization: InputNormalization | None = None,
-                    progress: Progress | None = None) -> list[np.ndarray]:
+                    progress: Progress | None = None,
+                    info: ModelInfo | None = None) -> list[np.ndarray]:
     """Like ``predict`` for several outputs of a multi-output (cascade) model at once.
 
     output_indices : which outputs (default: all). Returns one float32 array per output.
+    info : the model's :class:`~unetsl.predict.model_info.ModelInfo` when already read.
     """
+    if info is None:
+        info = ModelInfo.of(model)
     if output_indices is None:
-        output_indices = list(range(len(model.outputs)))
-    chosen = resolve_normalization(model, normalization, normalize)
+        output_indices = list(range(info.n_outputs))
+    chosen = info.input_normalization(normalization, normalize)
     array = np.asarray(image) if not hasattr(image, "shape") else image
     squeeze = len(array.shape) == 4
     if squeeze:
         array = array[None]
     source = chosen.scaled(ArraySource(array))
     t, _, z, y, x = source.shape
-    reach = receptive_reach(model)
+    reach = info.reach
     model, per_batch = model_for_tiles(model, (z, y, x), batch_size=batch_size,
                                        overlap=overlap, tile=tile, reach=reach)
-    tile_model = KerasTiles(model, output_indices)
+    tile_model = info.resized(model).tiles(model, output_indices)
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
     predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
                      overlap=overlap, normalize=chosen.zscore_tiles, progress=progress)

@@ -20,6 +20,7 @@ from unetsl.io.arrays import ArraySource, check_finite
 from unetsl.io.tiff import frames_as_depth, match_channels
 from unetsl.predict.engine import Progress, predict_outputs
 from unetsl.predict.job import PredictionJob
+from unetsl.predict.model_info import ModelInfo
 from unetsl.predict.reduce import reduce
 
 __all__ = ["ArrayPrediction", "predict_array"]
@@ -49,7 +50,6 @@ def predict_array(job: PredictionJob, image: np.ndarray, *, model: Any = None,
         stops the prediction (a cancel button).
     """
     from unetsl.nets.model_files import load_model
-    from unetsl.nets.shapes import model_patch_shape
 
     job.check_settings(job.values)
     array = np.asarray(image)
@@ -57,22 +57,24 @@ def predict_array(job: PredictionJob, image: np.ndarray, *, model: Any = None,
         raise UnetslError(f"image of shape {array.shape} is not (t, c, z, y, x)")
     if model is None:
         model = load_model(job.values["model file"])
-    c, z, _, _ = model_patch_shape(model)
+    info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach
+    c, z, _, _ = info.patch
     name = str(job.values["image to predict"])
     array = match_channels(array, c, source=name)
     check_finite(ArraySource(array), name)  # NaN/Inf pixels are refused, as from files
     array, swapped = frames_as_depth(array, z)
-    indices = job._indices(model)
-    reductions = job._reductions(model, indices)
+    indices = job._indices(info)
+    reductions = job._reductions(info, indices)
     overlap = job.values["overlap"]
     tile = job.values.get("tile shape")
     outputs = predict_outputs(
         model, array, output_indices=indices, batch_size=job.values["batch size"],
         overlap=tuple(overlap) if overlap is not None else None,
         tile=tuple(tile) if tile is not None else None,
-        normalization=InputNormalization.from_settings(job.values), progress=progress)
+        normalization=InputNormalization.from_settings(job.values), progress=progress,
+        info=info)
     if swapped:
         outputs = [np.swapaxes(p, 0, 2) for p in outputs]
     labels = [reduce(p, r, channel_axis=1) for p, r in zip(outputs, reductions, strict=True)]
-    names = [model.output_names[i] for i in indices]
+    names = [info.output_names[i] for i in indices]
     return ArrayPrediction(names, reductions, outputs, labels)

@@ -18,6 +18,7 @@ import numpy as np
 from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.errors import UnetslError
+from unetsl.predict.model_info import ModelInfo
 
 log = logging.getLogger("unetsl")
 
@@ -178,12 +179,11 @@ class PredictionJob:
         self.update(parse_overrides(overrides))
 
     # ---------------------------------------------------------------------------------
-    def _reductions(self, model, indices: list[int]) -> list[str]:
-        from unetsl.nets.shapes import output_activations
+    def _reductions(self, info: ModelInfo, indices: list[int]) -> list[str]:
         from unetsl.predict.reduce import reduction_for_activation, reduction_name
 
-        activations = output_activations(model)
-        names = list(model.output_names)
+        activations = info.activations
+        names = list(info.output_names)
         setting = self.values["reduction type"]
         if isinstance(setting, dict):
             unknown = sorted(set(setting) - set(names))
@@ -197,23 +197,22 @@ class PredictionJob:
                           else reduction_name(value))
         return result
 
-    def output_paths(self, model) -> list[Path]:
-        """The label file of each selected output (one per output with "all")."""
-        out = Path(self.values["output image"])
-        indices = self._indices(model)
-        if len(indices) == 1 and self.values["output index"] != "all" or len(model.outputs) == 1:
-            return [out]
-        return [_with_suffix(out, f"-{model.output_names[i]}") for i in indices]
+    def output_paths(self, model: Any) -> list[Path]:
+        """The label file of each selected output (one per output with "all").
 
-    def _indices(self, model) -> list[int]:
-        n = len(model.outputs)
+        model : a Keras model or its :class:`~unetsl.predict.model_info.ModelInfo`."""
+        info = _info(model)
+        out = Path(self.values["output image"])
+        indices = self._indices(info)
+        if len(indices) == 1 and self.values["output index"] != "all" or info.n_outputs == 1:
+            return [out]
+        return [_with_suffix(out, f"-{info.output_names[i]}") for i in indices]
+
+    def _indices(self, info: ModelInfo) -> list[int]:
         index = self.values["output index"]
         if index == "all":
-            return list(range(n))
-        if not -n <= index < n:
-            raise UnetslError(f'"output index" {index} is out of range: the model has {n} '
-                              "output(s)")
-        return [index % n]
+            return list(range(info.n_outputs))
+        return [info.output_index(index)]
 
     def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None,
             model=None, dask: Any = None, levels: int = 1) -> list[Path]:
@@ -233,10 +232,7 @@ class PredictionJob:
         from unetsl.io.tiff import match_channels, read_image
         from unetsl.nets.model_files import load_model
         from unetsl.nets.precision import choose_precision, with_precision
-        from unetsl.nets.shapes import model_patch_shape
-        from unetsl.predict.adapter import KerasTiles
         from unetsl.predict.engine import predict_to_sinks
-        from unetsl.predict.reach import receptive_reach
         from unetsl.predict.reduce import label_dtype
         from unetsl.predict.tiling import model_for_tiles
 
@@ -251,7 +247,8 @@ class PredictionJob:
         log.info(f"precision: {precision.policy} ({precision.reason})")
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = with_precision(model, precision.policy)
-        c, z, _, _ = model_patch_shape(model)
+        info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach
+        c, z, _, _ = info.patch
         source_name = self.values["image to predict"]
         image = open_image(source_name, depth_wanted=z)
         source = image.data
@@ -263,9 +260,9 @@ class PredictionJob:
         scaling = (image_scaling(source, normalization.percentiles)
                    if normalization.percentiles is not None else None)
         log.info(f"input normalisation: {normalization.describe()}")
-        indices = self._indices(model)
-        reductions = self._reductions(model, indices)
-        reach = receptive_reach(model)
+        indices = self._indices(info)
+        reductions = self._reductions(info, indices)
+        reach = info.reach
         overlap = self.values["overlap"]
         overlap = tuple(overlap) if overlap is not None else None
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -273,8 +270,9 @@ class PredictionJob:
             model, per_batch = model_for_tiles(
                 model, source.shape[2:], batch_size=self.values["batch size"], overlap=overlap,
                 tile=self.values.get("tile shape"), reach=reach)
-        tiles = KerasTiles(model, indices, distributed=strategy is not None)
-        paths = self.output_paths(model)
+        tiled = info.resized(model)
+        tiles = tiled.tiles(model, indices, distributed=strategy is not None)
+        paths = self.output_paths(tiled)
         check_writable([*paths, *(_with_suffix(p, "-prob") for p in paths if probabilities)])
         t, _, zs, ys, xs = source.shape
         written: list[Path] = []
@@ -327,6 +325,10 @@ class PredictionJob:
             log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
                      plan.patch, per_batch, plan.overlap)
         return written
+
+
+def _info(model: Any) -> ModelInfo:
+    return model if isinstance(model, ModelInfo) else ModelInfo.of(model)
 
 
 def _zarr_like(name: str, depth_wanted: int):
