@@ -8,9 +8,13 @@ up to 1.25x the voxels. The argument for keeping them: every voxel the network l
 saw the patch's zero padding along z, and a deeper tile shows it context it never had in
 training. This script measures what growing changes, on trained models, instead of arguing:
 
-- ``today``: ``model_for_tiles`` as it is (the fixed axes keep the training patch);
+- ``today``: ``model_for_tiles``' rule: ``choose_tile`` with the axes where the training
+  patch is narrower than the receptive field (2 x reach + 1) fixed at the patch;
 - ``grown``: ``choose_tile`` with only 1-voxel axes fixed (2D models stay 2D), the same memory
   budget (``batch size`` training patches);
+
+- ``abut``: today's tile with no overlap along those narrow axes (every voxel computed
+  once there, as on training patches; tiles then meet without blending);
 
 for each it reports the tile, the voxels computed (tiles x tile voxels, relative to the
 image: 1.00 = each voxel once), the seconds of ``predict`` (same process, same model, after
@@ -68,28 +72,34 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def tilings(model, shape: tuple[int, int, int], batch_size: int) -> dict[str, tuple[int, ...]]:
-    """The (z, y, x) tile of today's rule and of the grown rule for one image shape."""
+def tilings(model, shape: tuple[int, int, int], batch_size: int
+            ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(tile, overlap) of each rule for one (z, y, x) image shape."""
     from unetsl.nets.shapes import model_patch_shape
     from unetsl.predict.reach import receptive_reach
-    from unetsl.predict.tiling import choose_tile, model_for_tiles
+    from unetsl.predict.tiling import choose_tile, default_overlap
 
     _, *patch = model_patch_shape(model)
     reach = receptive_reach(model)
-    today_model, _ = model_for_tiles(model, shape, batch_size=batch_size)
-    today = tuple(model_patch_shape(today_model)[1:])
     budget = batch_size * math.prod(patch)
-    grown = choose_tile(shape, patch, reach, budget=budget,
-                        fixed=tuple(p == 1 for p in patch))
-    return {"today": today, "grown": tuple(int(t) for t in grown)}
+    narrow = [p == 1 or p < 2 * r + 1 for p, r in zip(patch, reach.reach)]
+    today = tuple(int(t) for t in choose_tile(shape, patch, reach, budget=budget,
+                                              fixed=tuple(narrow)))
+    grown = tuple(int(t) for t in choose_tile(shape, patch, reach, budget=budget,
+                                              fixed=tuple(p == 1 for p in patch)))
+    overlap = default_overlap(today, reach)
+    no_overlap = tuple(0 if n else o for n, o in zip(narrow, overlap))
+    return {"today": (today, overlap), "grown": (grown, default_overlap(grown, reach)),
+            "abut": (today, no_overlap)}
 
 
-def computed_voxels(shape: tuple[int, int, int], tile: tuple[int, ...], model) -> float:
+def computed_voxels(shape: tuple[int, int, int], tile: tuple[int, ...],
+                    overlap: tuple[int, ...], model) -> float:
     """Voxels the network computes for one time point, relative to the image's voxels."""
     from unetsl.predict.reach import receptive_reach
     from unetsl.predict.tiling import plan_tiles
 
-    plan = plan_tiles(shape, tile, receptive_reach(model))
+    plan = plan_tiles(shape, tile, receptive_reach(model), overlap)
     return plan.count() * math.prod(tile) / math.prod(shape)
 
 
@@ -104,14 +114,15 @@ def compare(name: str, model, image: np.ndarray, truth: np.ndarray | None,
     tiles = tilings(model, shape, batch_size)
     rows: dict[str, dict] = {}
     labels: dict[str, np.ndarray] = {}
-    for rule, tile in tiles.items():
-        predict(model, image, tile=tile, batch_size=batch_size)  # warm-up: trace once
+    for rule, (tile, overlap) in tiles.items():
+        kwargs = dict(tile=tile, overlap=overlap, batch_size=batch_size)
+        predict(model, image, **kwargs)  # warm-up: trace once
         started = time.perf_counter()
-        probabilities = predict(model, image, tile=tile, batch_size=batch_size)
+        probabilities = predict(model, image, **kwargs)
         seconds = time.perf_counter() - started
         labels[rule] = reduce(probabilities, "multiclass")
-        row = {"tile": list(tile), "computed / image voxels": round(
-            computed_voxels(shape, tile, model), 3), "seconds": round(seconds, 2)}
+        row = {"tile": list(tile), "overlap": list(overlap), "computed / image voxels": round(
+            computed_voxels(shape, tile, overlap, model), 3), "seconds": round(seconds, 2)}
         if truth is not None:
             scores = evaluate(labels[rule][:, 0], truth, labeller=labeller,
                               n_labels=probabilities.shape[1], tolerance=1.0, cells=None)
@@ -122,8 +133,9 @@ def compare(name: str, model, image: np.ndarray, truth: np.ndarray | None,
             row["equal to the original's labels"] = round(
                 float((labels[rule][:, 0] == reference).mean()), 6)
         rows[rule] = row
-    rows["grown"]["equal to today's labels"] = round(
-        float((labels["grown"] == labels["today"]).mean()), 6)
+    for rule in ("grown", "abut"):
+        rows[rule]["equal to today's labels"] = round(
+            float((labels[rule] == labels["today"]).mean()), 6)
     return {"case": name, "image (z, y, x)": list(shape), "rules": rows}
 
 
@@ -191,7 +203,8 @@ def demo_2d_time(demo: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'case':<14} {'rule':<6} {'tile (z,y,x)':<16} {'computed':>8} {'s':>7} "
+    lines = [f"{'case':<14} {'rule':<6} {'tile (z,y,x)':<16} {'overlap':<13} "
+             f"{'computed':>8} {'s':>7} "
              f"{'F1 per channel':<16} {'F1 ±1px':<16} {'= today':>8} {'= original':>10}"]
     for r in results:
         if "skipped" in r:
@@ -205,6 +218,7 @@ def table(results: list[dict]) -> str:
             orig = row.get("equal to the original's labels")
             lines.append(
                 f"{r['case']:<14} {rule:<6} {str(tuple(row['tile'])):<16} "
+                f"{str(tuple(row['overlap'])):<13} "
                 f"{row['computed / image voxels']:>8.2f} {row['seconds']:>7.2f} {f1:<16} "
                 f"{tol:<16} {'-' if same is None else f'{same:.5f}':>8} "
                 f"{'-' if orig is None else f'{orig:.5f}':>10}")
