@@ -87,6 +87,7 @@ def measure(name: str, steps: int, rounds: int, folder: Path, batch_size: int) -
     machine hits all feeds alike; report medians of the per-step times."""
     from unetsl.config.model_config import Config
     from unetsl.data.dataset import make_datasets
+    from unetsl.data.dataset_options import DatasetOptions
     from unetsl.data.synthetic import write_dataset
     from unetsl.nets.losses import get_loss, get_optimizer
     from unetsl.nets.model_files import build_model_from_config
@@ -107,7 +108,8 @@ def measure(name: str, steps: int, rounds: int, folder: Path, batch_size: int) -
                   loss=get_loss(cfg["loss function"]))
 
     # the data work alone, on the main thread: wall and CPU time per batch
-    probe, _ = make_datasets(cfg, patch_shape=patch, n_labels=1, output_names=None,
+    options = DatasetOptions.from_config(cfg)
+    probe, _ = make_datasets(options, patch_shape=patch, n_labels=1, output_names=None,
                              batch_size=batch_size)
     n_probe = min(len(probe), 30)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -123,7 +125,7 @@ def measure(name: str, steps: int, rounds: int, folder: Path, batch_size: int) -
     for workers, multi in WORKERS:
         key = f"PyDataset workers={workers}{' multiprocessing' if multi else ''}"
         t0 = time.perf_counter()
-        feeds[key], _ = make_datasets(cfg, patch_shape=patch, n_labels=1, output_names=None,
+        feeds[key], _ = make_datasets(options, patch_shape=patch, n_labels=1, output_names=None,
                                       batch_size=batch_size, workers=workers,
                                       use_multiprocessing=multi, max_queue_size=8)
         setup[key] = time.perf_counter() - t0

@@ -50,7 +50,7 @@ def test_no_sources_is_one_line_error(tmp_path):
         DatasetOptions.from_config(cfg)
 
 
-def test_options_and_config_give_the_same_batches(tmp_path):
+def test_options_give_the_same_batches_and_the_config_is_refused(tmp_path):
     write_dataset(tmp_path, kind="2d", n_images=1, shape=(3, 64, 64))
     cfg = Config(path=tmp_path / "m.json")
     cfg.update({"data sources": [paired()], "validation fraction": 0.0,
@@ -58,8 +58,10 @@ def test_options_and_config_give_the_same_batches(tmp_path):
     shapes = dict(patch_shape=(1, 3, 32, 32), n_labels=2, output_names=["output"],
                   batch_size=2)
     from_options, _ = make_datasets(DatasetOptions.from_config(cfg), **shapes)
-    from_config, _ = make_datasets(cfg, **shapes)
-    assert len(from_options) == len(from_config) == 2
+    again, _ = make_datasets(DatasetOptions.from_config(cfg), **shapes)
+    assert len(from_options) == len(again) == 2
     for i in range(len(from_options)):
-        for a, b in zip(from_options[i], from_config[i]):
+        for a, b in zip(from_options[i], again[i]):
             np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="DatasetOptions"):  # the dataset never reads a config
+        make_datasets(cfg, **shapes)

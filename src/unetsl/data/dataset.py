@@ -287,8 +287,8 @@ def make_datasets(options: DatasetOptions, *, patch_shape: Sequence[int], n_labe
                   ) -> tuple[PatchDataset, PatchDataset | None]:
     """Training and validation datasets of the data sources of ``options``.
 
-    options : :class:`~unetsl.data.dataset_options.DatasetOptions`; a config (scripts written
-        before them, such as the benchmarks) is read into them first.
+    options : :class:`~unetsl.data.dataset_options.DatasetOptions` (``from_config(cfg)``):
+        the dataset never reads the config itself.
 
     patch_shape : (c, z, y, x) of the model input; n_labels : output channels;
     output_names : the model's output names (several: y is a dict, same target each);
@@ -300,7 +300,8 @@ def make_datasets(options: DatasetOptions, *, patch_shape: Sequence[int], n_labe
     Returns (train, validation); validation is None when "validation fraction" is 0.
     """
     if not isinstance(options, DatasetOptions):
-        options = DatasetOptions.from_config(options)
+        raise TypeError(f"make_datasets takes DatasetOptions (DatasetOptions.from_config(cfg)), "
+                        f"not {type(options).__name__}")
     if seed is None:
         seed = options.seed
     split_seed = seed
