@@ -168,3 +168,26 @@ def test_config_pasted_from_the_original_readme_loads_leniently(tmp_path, caplog
     code.write_text('{"depth": __import__("os").getcwd()}')
     with pytest.raises(UnetslError, match="code.json: malformed JSON"):
         Config.load(code)
+
+
+def test_save_with_backup_keeps_the_old_file_and_refuses_before_touching_anything(tmp_path):
+    """The commands' one save path: the old NAME.json becomes NAME-json.bak, then the new one
+    is written; a target that cannot be written leaves every file as it was."""
+    path = tmp_path / "m.json"
+    first = Config(path=path)
+    first.update({"n filters": 8})
+    first.save(backup=True)
+    assert not (tmp_path / "m-json.bak").exists()  # nothing to back up yet
+    second = Config.load(path)
+    second.update({"n filters": 16})
+    second.save(backup=True)
+    assert Config.load(tmp_path / "m-json.bak", must_exist=True)["n filters"] == 8
+    assert Config.load(path)["n filters"] == 16
+    assert second.save(path, backup=True, text='{"n filters": 4}\n') == path
+    assert Config.load(path)["n filters"] == 4
+    blocked = tmp_path / "folder.json"
+    blocked.mkdir()  # a folder where the file should go
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UnetslError, match="folder.json"):
+        second.save(blocked, backup=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

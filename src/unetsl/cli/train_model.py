@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from unetsl.atomic import check_writable
 from unetsl.cli.common import (
     batch_option,
     define_option,
@@ -16,7 +15,7 @@ from unetsl.cli.common import (
     interactive,
     one_line_errors,
 )
-from unetsl.config.model_config import Config, back_up_config
+from unetsl.config.model_config import Config
 
 
 def _explicit_gpus(gpus: int) -> int | None:
@@ -99,9 +98,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
         to_save = config
     check_training_config(config)  # before saving: a bad -D value never reaches the file
     if to_save is not None and chief:
-        check_writable([path])
-        back_up_config(path)
-        to_save.save(path)
+        to_save.save(path, backup=True)
 
     notes = [f'-D "{text}"' + ("" if to_save is config else " (this run only)")
              for text in overrides]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unetsl.atomic import atomic_write_text
+from unetsl.atomic import atomic_write_text, check_writable
 from unetsl.config.fields import (
     FIELD_BY_KEY,
     OBSOLETE,
@@ -242,12 +242,19 @@ class Config:
         """The original's layout: 4-space indent, no trailing newline."""
         return json.dumps(self.values, indent=4)
 
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the JSON atomically (temp file + rename)."""
+    def save(self, path: str | os.PathLike | None = None, *, backup: bool = False,
+             text: str | None = None) -> Path:
+        """Write the JSON atomically (temp file + rename). ``backup``: the commands' one
+        save path (create_model, cerberus create, train_model): check that the file can be
+        written, keep the old one as ``NAME-json.bak``, then write. ``text`` replaces
+        ``to_json()`` (a layout that writes its file as it was read)."""
         target = Path(path) if path is not None else self.path
         if target is None:
             raise UnetslError("config has no file name to save to")
-        atomic_write_text(target, self.to_json())
+        if backup:
+            check_writable([target])
+            back_up_config(target)
+        atomic_write_text(target, self.to_json() if text is None else text)
         return target
 
 

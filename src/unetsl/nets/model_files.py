@@ -12,8 +12,8 @@ import h5py
 import keras
 from keras import layers
 
-from unetsl.atomic import atomic_path, atomic_write_text, check_writable
-from unetsl.config.model_config import Config, back_up_config
+from unetsl.atomic import atomic_path, check_writable
+from unetsl.config.model_config import Config
 from unetsl.data.normalize import attach_normalization, model_normalization
 from unetsl.errors import UnetslError
 from unetsl.nets import losses as _losses  # noqa: F401  (registers the losses for loading)
@@ -109,8 +109,7 @@ def create_model_files(config: Config, *, write_config: bool = True) -> keras.Mo
     check_writable([path, config.model_path])  # nothing is written unless all can be
     model = build_model(config)
     if write_config:
-        back_up_config(path)
-        atomic_write_text(path, config.created_json())
+        config.save(path, backup=True, text=config.created_json())
     save_model(model, config.model_path)
     return model
 
