@@ -25,6 +25,7 @@ the validation regions, unaugmented, in a fixed order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from unetsl.data.augment import (
     draw_transform,
 )
 from unetsl.data.augment import extract_patch as _extract
-from unetsl.data.dataset_options import DatasetOptions
+from unetsl.data.dataset_options import DatasetOptions, SourceOptions
 from unetsl.data.normalize import zscore_patch
 from unetsl.data.sampling import Region, split_regions
 from unetsl.data.volumes import Volume, load_source_volumes, load_volumes
@@ -62,15 +63,11 @@ TargetMaker = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one region is sampled (its source's settings resolved)."""
+    """How one region is sampled: its source's resolved options (validation: a plain grid,
+    no augmentation) and the rotation angles it is also sampled at."""
 
     region: Region
-    stride: tuple[int, int, int]
-    sampling: str
-    foreground_fraction: float
-    jitter: tuple[int, int, int]
-    normalize: bool
-    augment: AugmentSettings
+    options: SourceOptions
     angles: tuple[float, ...]
 
 
@@ -131,20 +128,19 @@ class PatchDataset(keras.utils.PyDataset):
     def _plan(self, region: Region, options: DatasetOptions) -> _Plan:
         source = self.volumes[region.volume].source
         mine = options.of(source)
-        normalize = mine.normalization.zscore_tiles
         if self.training:
-            return _Plan(region, mine.stride, mine.sampling, mine.foreground_fraction,
-                         mine.jitter, normalize, mine.augment, tuple(source.rotations))
-        return _Plan(region, mine.stride, "grid", 0.0, (0, 0, 0), normalize,
-                     AugmentSettings(), ())
+            return _Plan(region, mine, tuple(source.rotations))
+        plain = dataclasses.replace(mine, sampling="grid", foreground_fraction=0.0,
+                                    jitter=(0, 0, 0), augment=AugmentSettings())
+        return _Plan(region, plain, ())
 
     def _items(self) -> np.ndarray:
         """(n, 5) int64 rows (plan, z, y, x, angle index); angle index 0 = unrotated."""
         rows = []
         for p, plan in enumerate(self.plans):
-            origins = plan.region.grid(self.patch, plan.stride)
+            origins = plan.region.grid(self.patch, plan.options.stride)
             weights = self.volumes[plan.region.volume].weights
-            if weights is not None and plan.sampling == "grid":
+            if weights is not None and plan.options.sampling == "grid":
                 pz, py, px = self.patch
                 keep = [weights[z:z + pz, y:y + py, x:x + px].any() for z, y, x in origins]
                 origins = origins[np.asarray(keep, dtype=bool)]
@@ -212,12 +208,12 @@ class PatchDataset(keras.utils.PyDataset):
         if self.training:
             origin = self._place(rng, plan, p, origin, volume)
         angle = plan.angles[a - 1] if a else 0.0
-        transform = (draw_transform(rng, plan.augment, self.patch[1:], angle)
+        transform = (draw_transform(rng, plan.options.augment, self.patch[1:], angle)
                      if self.training else IDENTITY)
         bounds = (plan.region.start, plan.region.stop)
         xs, label, weights = _extract(volume.image, volume.label, volume.weights, origin,
                                       self.patch, bounds, transform)
-        if plan.normalize:
+        if plan.options.normalization.zscore_tiles:
             xs = zscore_patch(xs)
         xs = apply_intensity(xs, transform)
         target = (self.targets(label) if self.targets is not None
@@ -229,14 +225,15 @@ class PatchDataset(keras.utils.PyDataset):
         """The origin after jitter (grid) or a random / foreground draw."""
         start = np.asarray(plan.region.start)
         last = np.asarray(plan.region.stop) - np.asarray(self.patch)  # largest origin
-        if plan.sampling == "grid":
-            jitter = np.asarray(plan.jitter)
+        opts = plan.options
+        if opts.sampling == "grid":
+            jitter = np.asarray(opts.jitter)
             if not jitter.any():
                 return origin
             moved = np.asarray(origin) + rng.integers(-jitter, jitter + 1)
             return tuple(int(v) for v in np.clip(moved, start, last))  # type: ignore[return-value]
         for _ in range(_WEIGHT_TRIES):
-            if plan.sampling == "foreground" and rng.random() < plan.foreground_fraction:
+            if opts.sampling == "foreground" and rng.random() < opts.foreground_fraction:
                 found = self._foreground_pixels(p, volume)
                 if len(found):
                     centre = np.unravel_index(found[rng.integers(len(found))], plan.region.shape)
