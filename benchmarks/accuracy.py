@@ -91,6 +91,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "accuracy.json"
@@ -129,27 +130,6 @@ def settings() -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    """The CPU from /proc/cpuinfo: name, family/model (a hypervisor often shortens the name,
-    e.g. "AMD EPYC"), clock and widest SIMD; the platform string elsewhere."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "processor" and fields:
-                break
-            fields[key.strip()] = value.strip()
-    except OSError:
-        import platform
-
-        return platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    simd = next((f for f in ("avx512f", "avx2", "avx", "neon") if f in flags), "no AVX")
-    mhz = float(fields.get("cpu MHz", 0) or 0)
-    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model "
-            f"{fields.get('model', '?')}, {mhz:.0f} MHz, {simd})")
 
 
 def cpu_seconds() -> float:

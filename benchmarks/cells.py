@@ -76,6 +76,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from scipy import ndimage as ndi  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,16 +95,6 @@ DSB_LICENSE = ("DSB 2018 stage-1 image (BBBC038v1, Broad Bioimage Benchmark Coll
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def synthetic_module():
     from unetsl.data import synthetic
