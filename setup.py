@@ -18,10 +18,8 @@ SCRIPTS = {
 # The napari plugin (unetsl.napari): a Qt front end, kept out of the core install
 NAPARI = ["napari>=0.5", "magicgui", "qtpy", "PyQt5"]
 
-# Big images and clusters: OME-Zarr in/out, Dask prediction (--dask), Slurm worker jobs
+# Big images and clusters: Dask prediction (--dask), Slurm worker jobs (OME-Zarr is core)
 SCALE = [
-    "zarr>=3.0; python_version >= '3.11'",
-    "ome-zarr>=0.10; python_version >= '3.11'",
     "dask[array,distributed]>=2024.8",
     "dask-jobqueue>=0.8.5",
 ]
@@ -50,6 +48,10 @@ setup(
         "h5py>=3.9",
         "tqdm>=4.65",
         "zarr>=3.0; python_version >= '3.11'",  # lazy reading of compressed TIFF, zarr
+        # OME-Zarr: NGFF metadata written by ome-zarr (0.17: axes_units), read and validated
+        # by ome-zarr-models; ome-zarr wants Python > 3.11 (3.11.1 on)
+        "ome-zarr>=0.17; python_full_version >= '3.11.1'",
+        "ome-zarr-models>=1.0; python_full_version >= '3.11.1'",
         "roifile>=2024.1.10",  # ImageJ ROI sets of cell outlines
         "trimesh>=4.0",  # cell meshes (PLY/STL/OBJ)
         "pyyaml>=6.0",

@@ -28,10 +28,10 @@ def reader_nodes(path: Path) -> list:
     return list(reader.Reader(parse_url(str(path)))())
 
 
-def validate(path: Path) -> None:
+def validate(path: Path):
     """The official models of the NGFF specification accept the metadata."""
     models = pytest.importorskip("ome_zarr_models")
-    models.open_ome_zarr(zarr.open_group(str(path), mode="r"))
+    return models.open_ome_zarr(zarr.open_group(str(path), mode="r"))
 
 
 # ------------------------------------------------------------------------------- reading
@@ -105,6 +105,46 @@ def test_time_series_is_read_with_frames_as_depth_and_written_back(tmp_path):
     np.testing.assert_array_equal(back.data[:, 0, 0], frames)
 
 
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_reads_what_ome_zarr_writes(tmp_path, version):
+    """Stores written by ome-zarr itself (an image with a labels group, as napari and
+    ome-zarr's tools write them) open with their axes, pixel size, unit and levels."""
+    fmt_module = pytest.importorskip("ome_zarr.format")
+    writer = pytest.importorskip("ome_zarr.writer")
+    fmt = fmt_module.format_from_version(version)
+    image, cells = DATA[0], (DATA[0, 0] % 7).astype(np.uint8)  # czyx, zyx
+    root = zarr.open_group(tmp_path / "lib.ome.zarr", mode="w", zarr_format=fmt.zarr_format)
+    size = {"z": 2.0, "y": 0.5, "x": 0.25}
+    writer.write_image(image, root, axes="czyx", fmt=fmt, scale={"c": 1.0, **size},
+                       scale_factors=(2,),
+                       axes_units={a: "micrometer" for a in "zyx"})
+    writer.write_labels(cells, root, name="cells", axes="zyx", fmt=fmt, scale=size,
+                        scale_factors=(2,))
+    opened = zarr_io.open_zarr(tmp_path / "lib.ome.zarr")
+    assert (opened.axes, opened.version, opened.levels) == ("czyx", version, 2)
+    assert opened.spacing == (2.0, 0.5, 0.25) and opened.unit == "µm"
+    np.testing.assert_array_equal(opened.data[:], image[None])
+    half = zarr_io.open_zarr(tmp_path / "lib.ome.zarr", level=1)
+    h, w = half.shape[3:]  # ome-zarr's own resize; its scale is the ratio of the shapes
+    assert h < 37 and w < 41 and half.spacing == pytest.approx((2.0, 0.5 * 37 / h, 0.25 * 41 / w))
+    labels = zarr_io.open_zarr(tmp_path / "lib.ome.zarr" / "labels" / "cells")
+    assert labels.axes == "zyx" and labels.spacing == (2.0, 0.5, 0.25)
+    np.testing.assert_array_equal(labels.data[0, 0], cells)
+
+
+def test_old_ngff_versions_are_read_as_0_4(tmp_path):
+    """NGFF 0.3 (axes as names, no transforms), which ome-zarr-models do not cover."""
+    root = zarr.open_group(tmp_path / "old.zarr", mode="w", zarr_format=2)
+    for level, data in enumerate([DATA[0, 0], DATA[0, 0, :, ::2, ::2]]):
+        root.create_array(str(level), shape=data.shape, dtype=data.dtype)[:] = data
+    root.attrs["multiscales"] = [{"version": "0.3", "axes": ["z", "y", "x"],
+                                  "datasets": [{"path": "0"}, {"path": "1"}]}]
+    image = zarr_io.open_zarr(tmp_path / "old.zarr", level=1)
+    assert (image.axes, image.version, image.levels) == ("zyx", "0.3", 2)
+    assert image.spacing == (1.0, 1.0, 1.0) and image.unit == "pixel"
+    np.testing.assert_array_equal(image.data[0, 0], DATA[0, 0, :, ::2, ::2])
+
+
 def test_bioformats2raw_layout_is_followed(tmp_path):
     inner = tmp_path / "b2r.zarr"
     omezarr_write.write_ome_zarr(inner / "0", DATA[:1], spacing=(1.0, 0.2, 0.2), unit="µm")
@@ -121,12 +161,30 @@ def test_bioformats2raw_layout_is_followed(tmp_path):
     ("level", "resolution level 3 does not exist"),
     ("rank", "expected 2 to 5 dims"),
     ("file", "not a zarr array or OME-Zarr image"),
+    ("scale", "invalid OME-Zarr 0.4 \"multiscales\" metadata .*Got 3 axes, but the scale"),
+    ("axes", "invalid OME-Zarr 0.5 \"multiscales\" metadata .*space axes"),
+    ("version", "OME-Zarr version '0.7' is not supported"),
 ])
 def test_bad_stores_are_one_line_errors(tmp_path, setup, needle):
     path = tmp_path / "bad.zarr"
     level = 0
     if setup == "group":
         zarr.open_group(path, mode="w")
+    elif setup in ("scale", "version"):  # metadata the NGFF models refuse, or cannot know
+        omezarr_write.write_ome_zarr(path, DATA[:1, :1], axes="zyx")
+        group = zarr.open_group(path, mode="a")
+        multiscales = group.attrs["multiscales"]
+        if setup == "scale":
+            multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [1, 1]
+        else:
+            multiscales[0]["version"] = "0.7"
+        group.attrs["multiscales"] = multiscales
+    elif setup == "axes":
+        omezarr_write.write_ome_zarr(path, DATA[:1, :1], axes="zyx", version="0.5")
+        group = zarr.open_group(path, mode="a")
+        ome = group.attrs["ome"]
+        ome["multiscales"][0]["axes"][1]["type"] = "time"  # a time axis after z
+        group.attrs["ome"] = ome
     elif setup == "level":
         omezarr_write.write_ome_zarr(path, DATA[:1, :1], levels=2)
         level = 3
@@ -199,11 +257,13 @@ def test_scattered_writes_are_merged(tmp_path):
     np.testing.assert_array_equal(zarr_io.open_zarr(out.path).data[:], data)
 
 
-def test_levels_halve_y_and_x(tmp_path):
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_levels_halve_y_and_x(tmp_path, version):
     labels = np.random.default_rng(5).integers(0, 4, (1, 1, 3, 37, 41)).astype(np.uint8)
     path = omezarr_write.write_ome_zarr(tmp_path / "l.ome.zarr", labels, axes="zyx", levels=3,
-                                  labels=True, spacing=(2.0, 0.5, 0.5), unit="µm")
-    validate(path)
+                                        labels=True, spacing=(2.0, 0.5, 0.5), unit="µm",
+                                        version=version)
+    assert type(validate(path)).__name__ == "ImageLabel"  # the models see a label image
     one = zarr_io.open_zarr(path, level=1)
     assert one.shape == (1, 1, 3, 19, 21) and one.spacing == (2.0, 1.0, 1.0)
     np.testing.assert_array_equal(one.data[:], labels[..., ::2, ::2])  # nearest: still labels
@@ -211,10 +271,33 @@ def test_levels_halve_y_and_x(tmp_path):
     nodes = reader_nodes(path)
     assert any(type(s).__name__ == "Label" for s in nodes[0].specs)  # napari: a Labels layer
     probs = np.random.default_rng(6).random((1, 2, 1, 8, 6)).astype(np.float32)
-    p = omezarr_write.write_ome_zarr(tmp_path / "p.ome.zarr", probs, levels=2)
+    p = omezarr_write.write_ome_zarr(tmp_path / "p.ome.zarr", probs, levels=2,
+                                    version=version)
     half = zarr_io.open_zarr(p, level=1).data[:]
     np.testing.assert_allclose(half, probs.reshape(1, 2, 1, 4, 2, 3, 2).mean(axis=(4, 6)),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_metadata_says_how_levels_were_made(tmp_path, version):
+    """multiscales "type": every other pixel for labels and integer images, the mean for
+    floats (what ``_nearest`` decides), so the metadata tells the truth about level 1."""
+    ints = (DATA[:1, :1] % 50).astype(np.uint16)
+    written = {}
+    for name, data, labels in [("lab", ints, True), ("int", ints, False),
+                               ("float", ints.astype(np.float32), False)]:
+        path = omezarr_write.write_ome_zarr(tmp_path / f"{name}.ome.zarr", data, levels=2,
+                                            axes="zyx", labels=labels, version=version)
+        attrs = zarr.open_group(path, mode="r").attrs.asdict()
+        multiscale = (attrs["ome"] if version == "0.5" else attrs)["multiscales"][0]
+        written[name] = (multiscale["type"], "image-label" in attrs.get("ome", attrs))
+        half = zarr_io.open_zarr(path, level=1).data[:]
+        if multiscale["type"] == "nearest":
+            np.testing.assert_array_equal(half, data[..., ::2, ::2])
+        else:
+            assert not np.array_equal(half, data[..., ::2, ::2])
+    assert written == {"lab": ("nearest", True), "int": ("nearest", False),
+                       "float": ("mean", False)}
 
 
 @pytest.mark.parametrize("kwargs, needle", [

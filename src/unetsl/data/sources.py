@@ -41,6 +41,7 @@ import numpy as np
 import tifffile
 
 from unetsl.config.fields import check_value
+from unetsl.config.model_config import Config
 from unetsl.data.labellers import LABELLERS, Labeller, get_labeller
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import _AXIS_TARGET
@@ -279,7 +280,7 @@ def _parse_rotations(entry: Mapping[str, Any], where: str, folder: str | os.Path
 _NOTED: set[tuple[str, str]] = set()
 
 
-def parse_sources(cfg: Any) -> list[Source]:
+def parse_sources(cfg: Config) -> list[Source]:
     """Every entry of the config's "data sources", validated; an empty list is an error."""
     entries = cfg["data sources"]
     where = f"{cfg.path}: " if getattr(cfg, "path", None) else ""

@@ -12,11 +12,21 @@ from its dimension names (zarr v3 ``dimension_names`` or xarray's ``_ARRAY_DIMEN
 or, failing that, from its rank (yx, zyx, czyx, tczyx, as for .npy files). Nothing is read
 until a block is asked for.
 
+What the libraries do and what is ours: the ``multiscales`` metadata of NGFF 0.4 and 0.5
+is parsed and validated by ome-zarr-models (the specification's pydantic models), so a
+broken store is refused in one line naming the first problem. The rest is ours because the
+libraries do not fit: ``ome_zarr.reader`` hands out Dask arrays of every level, while the
+prediction engine wants one level as a plain zarr array behind ``ZarrView`` (chunk-by-chunk
+reads, t/z swapped for 2D time series, pickled as a path for Dask workers); plain zarr
+arrays with dimension names, bioformats2raw folders and NGFF <= 0.3 (no models) are not
+OME-Zarr images to the libraries.
+
 Writing (``OutputOmeZarr``): an OME-Zarr image whose level 0 is filled block by block
 (``write(t, (zs, ys, xs), block)``, the sink interface of ``unetsl.predict.engine``), or in parallel
 by Dask tasks (``ZarrTarget``); ``close`` adds the optional lower-resolution levels (2x in y
-and x per level: nearest neighbour for labels, the mean for intensities). NGFF 0.4 (zarr v2,
-"/" chunk keys) is the default because every viewer reads it; 0.5 (zarr v3) on request.
+and x per level: nearest neighbour for labels and integer images, the mean for floats). NGFF
+0.4 (zarr v2, "/" chunk keys) is the default because every viewer reads it; 0.5 (zarr v3) on
+request.
 
 Axes: internally always (t, c, z, y, x); the file keeps only the axes the input had (plus c
 when there are several channels), in NGFF order. ``time_as_depth`` (a 2D time series read
@@ -47,8 +57,7 @@ __all__ = [
 ]
 
 AXES = "tczyx"
-NGFF_VERSIONS = ("0.4", "0.5")
-_AXIS_TYPE = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+NGFF_VERSIONS = ("0.4", "0.5")  # written; read: these (validated) and 0.1 to 0.3
 _RANK_AXES = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
 # unetsl / ImageJ unit spellings -> NGFF (UDUNITS-2) names, and back
 _TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer",
@@ -65,9 +74,9 @@ _BUFFER_LIMIT = 256 * 2**20  # bytes a sink may hold to make its writes chunk-al
 def _zarr():
     try:
         import zarr
-    except ImportError:  # zarr 3 needs Python 3.11
-        raise UnetslError("zarr and OME-Zarr need the zarr package (pip install "
-                          '"unetsl[scale]")') from None
+    except ImportError:  # zarr 3 (a dependency from Python 3.11 on) needs Python 3.11
+        raise UnetslError("zarr and OME-Zarr need the zarr and ome-zarr packages, which "
+                          "need Python 3.11 or later") from None
     return zarr
 
 
@@ -227,22 +236,72 @@ class ZarrImage:
         return self.data.chunks
 
 
-def _multiscales(attrs: dict) -> tuple[list | None, str | None]:
-    """(multiscales, version) of OME-Zarr 0.5 (under "ome") or <= 0.4 group attributes."""
+def _multiscale(attrs: dict, name: str) -> tuple[Any, str] | None:
+    """(first ``multiscales`` entry, NGFF version) of a group's attributes, or None.
+
+    The entry is an ome-zarr-models ``Multiscale`` (validated: axes, datasets, scale
+    transforms of matching length). 0.1 to 0.3, which the models do not cover, are first
+    put in the 0.4 form (``_as_v04``).
+    """
     ome = attrs.get("ome")
-    if isinstance(ome, dict) and ome.get("multiscales"):
-        return ome["multiscales"], str(ome.get("version", "0.5"))
-    multiscales = attrs.get("multiscales")
-    if multiscales:
-        return multiscales, str(multiscales[0].get("version", "0.4"))
-    return None, None
+    if isinstance(ome, dict) and ome.get("multiscales"):  # 0.5: all under "ome"
+        found, version = ome["multiscales"], str(ome.get("version", "0.5"))
+    elif attrs.get("multiscales"):
+        found = attrs["multiscales"]
+        first = found[0] if isinstance(found, list) and isinstance(found[0], dict) else {}
+        version = str(first.get("version", "0.4"))
+    else:
+        return None
+    legacy = version in ("0.1", "0.2", "0.3")
+    if not legacy and version not in NGFF_VERSIONS:
+        raise UnetslError(f"{name}: OME-Zarr version {version!r} is not supported "
+                          f"(0.1 to {NGFF_VERSIONS[-1]})")
+    try:
+        if version == "0.5":
+            from ome_zarr_models.v05.multiscales import Multiscale
+        else:
+            from ome_zarr_models.v04.multiscales import Multiscale
+    except ImportError:
+        raise UnetslError(f"{name}: reading OME-Zarr needs the ome-zarr-models package "
+                          "(Python 3.11 or later)") from None
+    try:
+        return Multiscale.model_validate(_as_v04(found[0]) if legacy else found[0]), version
+    except Exception as exc:  # pydantic's ValidationError, or a malformed entry
+        raise UnetslError(f"{name}: invalid OME-Zarr {version} \"multiscales\" metadata "
+                          f"({_first_problem(exc)})") from exc
 
 
-def _scale_of(transforms: Sequence[dict] | None, n: int) -> list[float]:
+def _as_v04(entry: dict) -> dict:
+    """A NGFF 0.1 to 0.3 ``multiscales`` entry in the 0.4 form: axes as objects (0.3 names
+    them, 0.1 and 0.2 are always tczyx), each dataset with a unit scale."""
+    names = [str(a) for a in entry.get("axes") or AXES]
+    types = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    unit_scale = [{"type": "scale", "scale": [1.0] * len(names)}]
+    return {**entry, "version": "0.4", "axes": [{"name": a, "type": types.get(a)} for a in names],
+            "datasets": [{**d, "coordinateTransformations": unit_scale}
+                         for d in entry.get("datasets") or [] if isinstance(d, dict)]}
+
+
+def _first_problem(exc: BaseException) -> str:
+    """The first of pydantic's errors as one line: where, and what."""
+    try:
+        first = exc.errors()[0]  # a pydantic ValidationError
+    except Exception:
+        return _one_line(exc)
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    what = str(first.get("msg", "")).removeprefix("Value error, ")
+    return _one_line(ValueError(f"{where}: {what}" if where else what))
+
+
+def _scale_of(transforms: Sequence[Any] | None, n: int) -> list[float]:
+    """The product of the scale transforms of length ``n`` (models' ``VectorScale``; a
+    scale stored in a binary file is ignored)."""
     scale = [1.0] * n
     for transform in transforms or []:
-        if transform.get("type") == "scale" and len(transform.get("scale", [])) == n:
-            scale = [s * float(v) for s, v in zip(scale, transform["scale"])]
+        values = getattr(transform, "scale", None)
+        if getattr(transform, "type", None) == "scale" and isinstance(values, (list, tuple)) \
+                and len(values) == n:
+            scale = [s * float(v) for s, v in zip(scale, values)]
     return scale
 
 
@@ -297,46 +356,39 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
     attrs: dict = {}
     if isinstance(node, zarr.Group):
         attrs = node.attrs.asdict()
-        multiscales, version = _multiscales(attrs)
-        if multiscales is None and ("bioformats2raw.layout" in attrs
-                                    or "bioformats2raw.layout" in attrs.get("ome", {})) \
+        found = _multiscale(attrs, name)
+        if found is None and ("bioformats2raw.layout" in attrs
+                              or "bioformats2raw.layout" in attrs.get("ome", {})) \
                 and "0" in node:
             node, array_path = node["0"], "0/"
             attrs = node.attrs.asdict()
-            multiscales, version = _multiscales(attrs)
-        if multiscales is None:
+            found = _multiscale(attrs, name)
+        if found is None:
             raise UnetslError(f"{name}: zarr group without OME-Zarr \"multiscales\" metadata; "
                               "give the path of an image or array inside it")
-        first = multiscales[0]
-        datasets = first.get("datasets") or []
-        if not datasets:
-            raise UnetslError(f"{name}: OME-Zarr \"multiscales\" lists no datasets")
+        multiscale, version = found
+        datasets = multiscale.datasets  # at least one: the models check
         if not 0 <= level < len(datasets):
             raise UnetslError(f"{name}: resolution level {level} does not exist "
                               f"(levels 0..{len(datasets) - 1})")
         levels = len(datasets)
-        dataset_path = str(datasets[level]["path"])
+        dataset_path = str(datasets[level].path)
         try:
             array = node[dataset_path]
         except KeyError:
             raise UnetslError(f"{name}: OME-Zarr dataset {dataset_path!r} is missing") from None
         array_path = (array_path or "") + dataset_path
-        axes_meta = first.get("axes")
-        if axes_meta:
-            letters = "".join((a["name"] if isinstance(a, dict) else str(a))[:1].lower()
-                              for a in axes_meta)
-        else:  # NGFF <= 0.3: always tczyx
-            letters = _RANK_AXES.get(len(array.shape), "")
-        scale = _scale_of(datasets[level].get("coordinateTransformations"), len(letters))
-        top = _scale_of(first.get("coordinateTransformations"), len(letters))
+        letters = "".join(str(a.name)[:1].lower() for a in multiscale.axes)
+        scale = _scale_of(datasets[level].coordinateTransformations, len(letters))
+        top = _scale_of(multiscale.coordinateTransformations, len(letters))
         scale = [s * g for s, g in zip(scale, top)]
         for i, letter in enumerate(letters):
             if letter in "zyx" and scale[i] > 0:
                 spacing["zyx".index(letter)] = float(scale[i])
-        units = {(a.get("name", "") or "")[:1].lower(): a.get("unit")
-                 for a in axes_meta or [] if isinstance(a, dict)}
+        units = {str(a.name)[:1].lower(): a.unit for a in multiscale.axes
+                 if isinstance(a.unit, str)}
         unit = unetsl_unit(units.get("x") or units.get("y"))
-        label = first.get("name")
+        label = multiscale.name if isinstance(multiscale.name, str) else None
     else:
         array = node
         letters = _dimension_names(array) or _RANK_AXES.get(len(array.shape))

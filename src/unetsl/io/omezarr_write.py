@@ -1,4 +1,16 @@
-"""Writing OME-Zarr images and labels, block by block and atomically (renamed into place)."""
+"""Writing OME-Zarr images and labels, block by block and atomically (renamed into place).
+
+What the library does and what is ours: the NGFF metadata (``multiscales`` with its axes,
+units and scale transforms, the 0.5 ``ome`` namespace and version, ``image-label``) is
+written by ome-zarr's ``ome_zarr.writer`` functions for the ``ome_zarr.format`` of the
+version asked for, which also gives the zarr format and chunk key encoding. The rest is ours
+because the library does not fit it: ``ome_zarr.writer.write_image`` wants the whole image as
+a NumPy or Dask array and builds its own pyramid (other scales, translations, compression),
+while predictions arrive as rows of tiles that are gathered into whole chunk rows
+(``row_buffer``), written by Dask workers through ``ZarrTarget``, or downsampled chunk row
+by chunk row (``pyramid``); the store is written under a temporary name and renamed into
+place (``atomic_dir``); zarr v3 arrays carry their axes as dimension names.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +26,7 @@ from typing import Any
 import numpy as np
 
 from unetsl.errors import UnetslError
-from unetsl.io.omezarr import (
-    _AXIS_TYPE,
-    AXES,
-    NGFF_VERSIONS,
-    _one_line,
-    _zarr,
-    ngff_unit,
-)
+from unetsl.io.omezarr import AXES, NGFF_VERSIONS, _one_line, _zarr, ngff_unit
 from unetsl.io.pyramid import _downsample_into
 from unetsl.io.row_buffer import ChunkRowBuffer
 
@@ -252,18 +257,16 @@ class OutputOmeZarr:
                               f"got {chunks}")
         self.chunks = tuple(min(c, n) for c, n in zip(chunks, self.shape))
         self.name = name or Path(self.path).name.split(".")[0] or "image"
-        zarr_format = 2 if version == "0.4" else 3
         try:
-            self.group = zarr.open_group(self.path, mode="w", zarr_format=zarr_format)
-            extra: dict[str, Any] = {}
-            if zarr_format == 2:
-                extra["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-            else:
-                extra["dimension_names"] = list(self.axes)
-            self.array = self.group.create_array(
-                "0", shape=self.layout.file_shape(self.shape), dtype=self.dtype,
-                chunks=self.layout.file_shape(self.chunks), fill_value=0,
-                compressors=_compressors(version, self.dtype, compress), **extra)
+            from ome_zarr.format import format_from_version
+        except ImportError:
+            raise UnetslError(f"{self.path}: writing OME-Zarr needs the ome-zarr package "
+                              "(Python 3.11 or later)") from None
+        self.format = format_from_version(version)  # zarr format, chunk keys, metadata
+        try:
+            self.group = zarr.open_group(self.path, mode="w",
+                                         zarr_format=self.format.zarr_format)
+            self.array = self._create_level(0, self.shape)
         except UnetslError:
             raise
         except Exception as exc:
@@ -272,42 +275,51 @@ class OutputOmeZarr:
         self._buffer: ChunkRowBuffer | None = None
         self.client = None  # a distributed Client: close() builds the levels with it
 
-    # ------------------------------------------------------------------------- metadata
+    # ------------------------------------------------------------------ arrays, metadata
     def _level_shape(self, level: int) -> tuple[int, ...]:
         t, c, z, y, x = self.shape
         f = 2 ** level
         return (t, c, z, -(-y // f), -(-x // f))
 
+    def _create_level(self, level: int, shape: tuple[int, ...]) -> Any:
+        """The zarr array of resolution ``level``: our chunks, fill value and compression
+        (Blosc/zstd), the format's chunk keys ("/" also for zarr v2), and, in zarr v3, the
+        axes as dimension names."""
+        extra: dict[str, Any] = {}
+        if self.format.zarr_format == 3:
+            extra["dimension_names"] = list(self.axes)
+        chunks = tuple(min(c, n) for c, n in zip(self.chunks, shape))
+        return self.group.create_array(
+            str(level), shape=self.layout.file_shape(shape), dtype=self.dtype,
+            chunks=self.layout.file_shape(chunks), fill_value=0,
+            chunk_key_encoding=self.format.chunk_key_encoding,
+            compressors=_compressors(self.version, self.dtype, self.compress), **extra)
+
     def _write_metadata(self, levels: int) -> None:
-        axes = []
-        for a in self.axes:
-            entry: dict[str, Any] = {"name": a, "type": _AXIS_TYPE[a]}
-            unit = ngff_unit(self.unit) if a in "zyx" else None
-            if unit:
-                entry["unit"] = unit
-            axes.append(entry)
+        """The NGFF metadata of ``levels`` levels, written by ome-zarr (rewritten as each
+        level is added, so that a store always lists the levels it holds)."""
+        from ome_zarr.writer import add_metadata, get_metadata, write_multiscales_metadata
+
         sizes = dict(zip("zyx", self.spacing))
-        datasets = []
-        for level in range(levels):
-            scale = [sizes[a] * (2 ** level if a in "yx" else 1) if a in "zyx" else 1.0
-                     for a in self.axes]
-            datasets.append({"path": str(level),
-                             "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-        multiscale: dict[str, Any] = {"axes": axes, "datasets": datasets, "name": self.name,
-                                      "type": "nearest" if self.labels else "mean",
-                                      "metadata": {"method": "unetsl.io.omezarr downsample_2x",
-                                                   "version": _unetsl_version()}}
-        if self.version == "0.4":
-            multiscale = {"version": "0.4", **multiscale}
-            attrs: dict[str, Any] = {"multiscales": [multiscale]}
-            if self.labels:
-                attrs["image-label"] = {"version": "0.4"}
-        else:
-            ome: dict[str, Any] = {"version": "0.5", "multiscales": [multiscale]}
-            if self.labels:
-                ome["image-label"] = {}
-            attrs = {"ome": ome}
-        self.group.attrs.update(attrs)
+        datasets = [{"path": str(level), "coordinateTransformations": [{
+            "type": "scale",
+            "scale": [sizes[a] * (2 ** level if a in "yx" else 1) if a in "zyx" else 1.0
+                      for a in self.axes]}]} for level in range(levels)]
+        unit = ngff_unit(self.unit)
+        write_multiscales_metadata(
+            self.group, datasets, fmt=self.format, axes=list(self.axes), name=self.name,
+            axes_units={a: unit for a in self.axes if a in "zyx"} if unit else None,
+            metadata={"method": "unetsl.io.omezarr downsample_2x",
+                      "version": _unetsl_version()})
+        # what write_multiscales_metadata has no argument for: the downsampling "type",
+        # and the image-label mark (write_label_metadata wants the label image inside an
+        # image's "labels" group; ours stand alone, as napari opens them)
+        multiscales = get_metadata(self.group)["multiscales"]
+        multiscales[0]["type"] = "nearest" if self._nearest() else "mean"
+        extra: dict[str, Any] = {"multiscales": multiscales}
+        if self.labels:
+            extra["image-label"] = {"version": self.version} if self.version == "0.4" else {}
+        add_metadata(self.group, extra, fmt=self.format)
 
     # ---------------------------------------------------------------------------- writes
     def __setitem__(self, key: tuple, block: np.ndarray) -> None:
@@ -359,16 +371,7 @@ class OutputOmeZarr:
             shape = self._level_shape(level)
             if min(shape[3:]) < 1:
                 break
-            extra: dict[str, Any] = {}
-            if self.version == "0.4":
-                extra["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-            else:
-                extra["dimension_names"] = list(self.axes)
-            chunks = tuple(min(c, n) for c, n in zip(self.chunks, shape))
-            array = self.group.create_array(
-                str(level), shape=self.layout.file_shape(shape), dtype=self.dtype,
-                chunks=self.layout.file_shape(chunks), fill_value=0,
-                compressors=_compressors(self.version, self.dtype, self.compress), **extra)
+            array = self._create_level(level, shape)
             _downsample_into(previous, array, self.axes, nearest=self._nearest(),
                              client=client, path=self.path, level=level)
             previous = array
