@@ -12,6 +12,7 @@ import tifffile
 import yaml
 
 from unetsl.config.model_config import config_for_model
+from unetsl.errors import UnetslError
 from unetsl.export.bioimageio import export_bioimageio, validate_package
 from unetsl.nets.model_files import load_model, save_model
 from unetsl.nets.unet import build_unet
@@ -92,8 +93,11 @@ def test_preprocessing_from_the_config(tmp_path: Path) -> None:
     result = export_bioimageio(tmp_path / "net-best.h5", out, weight_formats=["keras_v3"],
                                description="Three classes.", tags=["Test"])
     steps = result.rdf["inputs"][0]["preprocessing"]
-    assert [s["id"] for s in steps] == ["ensure_dtype", "scale_range", "zero_mean_unit_variance"]
+    # bioimageio.spec ends the steps with a cast to the input's dtype (a no-op here)
+    assert [s["id"] for s in steps] == ["ensure_dtype", "scale_range", "zero_mean_unit_variance",
+                                        "ensure_dtype"]
     assert steps[1]["kwargs"]["max_percentile"] == 99.8
+    assert steps[2]["kwargs"] == {"axes": ["z", "y", "x"], "eps": 1e-6}
     assert result.rdf["outputs"][0]["axes"][-1]["channel_names"] == ["class0", "class1",
                                                                      "background"]
     assert [a["type"] for a in result.rdf["inputs"][0]["axes"]][1] == "space"
@@ -107,6 +111,46 @@ def test_preprocessing_from_the_config(tmp_path: Path) -> None:
     x = (raw - lo) / (hi - lo + 1e-6)
     x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / (x.std(axis=(1, 2, 3), keepdims=True) + 1e-6)
     np.testing.assert_allclose(model.predict_on_batch(x.astype(np.float32)), expected, atol=1e-5)
+
+
+def _tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.h5"
+    save_model(build_unet((1, 1, 16, 16), n_labels=2, depth=1, n_filters=2,
+                          activation="sigmoid", pooling=(1, 2, 2)), path)
+    return path
+
+
+def test_bad_license_stops_before_the_model_is_loaded(tmp_path: Path, monkeypatch) -> None:
+    model = _tiny(tmp_path)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the license was checked")
+
+    monkeypatch.setattr("unetsl.nets.model_files.load_model", loaded)
+    with pytest.raises(UnetslError, match="license 'not-a-licence' is not an SPDX"):
+        export_bioimageio(model, tmp_path / "out.zip", license="not-a-licence")
+    assert not (tmp_path / "out.zip").exists()
+
+
+def test_a_crash_while_packaging_leaves_no_zip(tmp_path: Path, monkeypatch) -> None:
+    import bioimageio.spec
+
+    model = _tiny(tmp_path)
+    save = bioimageio.spec.save_bioimageio_package
+
+    def crash(descr, *, output_path, **kwargs):
+        save(descr, output_path=output_path, **kwargs)  # the whole zip, then a crash
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_bioimageio(model, tmp_path / "out.zip", weight_formats=["keras_v3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.h5"]
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", save)
+    result = export_bioimageio(model, tmp_path / "out.zip", weight_formats=["keras_v3"])
+    assert sorted(zipfile.ZipFile(result.path).namelist()) == result.files == [
+        "README.md", "cover.png", "rdf.yaml", "sample_input.tif", "sample_output.tif",
+        "test_input.npy", "test_output.npy", "weights.keras"]
 
 
 def test_three_headed_cerberus_exports_every_head(compat: Path, tmp_path: Path) -> None:

@@ -9,26 +9,29 @@ tensors (channels-last: batch, z or time, y, x, channel), the pixel size of the 
 the pre-processing the model was trained with ("normalize samples", "normalization
 percentiles" of its config) and how unetsl turns the probabilities into labels.
 
-The YAML is written directly; the official ``bioimageio.spec`` package is only needed to
-validate a package (:func:`validate_package`, ``pip install unetsl[bioimageio]``).
+The description is built from the official ``bioimageio.spec`` model classes (ModelDescr,
+tensor, axis, preprocessing and weights descriptions), which check every field as it is
+made, and the library writes the package (rdf.yaml, checksums, zip); so export needs that
+package (``pip install 'unetsl[bioimageio]'``) and says so before any model is loaded. Our
+own code writes only what the library cannot (unetsl.export.package_files): the weights of
+the Keras model, the test and sample tensors, the cover image and the README.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-import tifffile
-import yaml
 
 import unetsl
 from unetsl.atomic import atomic_path
@@ -36,29 +39,28 @@ from unetsl.errors import UnetslError
 from unetsl.export.inputs import (
     _config_settings,
     _preprocess,
-    _preprocessing_rdf,
+    _preprocessing_descr,
     _sample_tile,
     _synthetic_tile,
 )
-from unetsl.export.package_files import _cover, _sha256, _write_weights
+from unetsl.export.package_files import (
+    REDUCTION_TEXT,
+    UNET_CITATIONS,
+    _cover,
+    _readme,
+    _write_tensors,
+    _write_weights,
+)
 
 __all__ = ["ExportResult", "WEIGHT_FORMATS", "export_bioimageio", "validate_package"]
 
 log = logging.getLogger("unetsl")
 
-#: The format version written when ``bioimageio.spec`` is not installed to say the latest.
-FALLBACK_FORMAT_VERSION = "0.5.14"
 #: Weight formats that suit a Keras / TensorFlow model, the first one being the source.
 WEIGHT_FORMATS = ("keras_v3", "keras_hdf5", "tensorflow_saved_model_bundle")
-
-UNET_CITATIONS = [
-    {"text": "Ronneberger, O., Fischer, P., Brox, T. U-Net: Convolutional Networks for "
-             "Biomedical Image Segmentation. MICCAI 2015.",
-     "doi": "10.1007/978-3-319-24574-4_28"},
-    {"text": "Cicek, O., Abdulkadir, A., Lienkamp, S. S., Brox, T., Ronneberger, O. 3D U-Net: "
-             "Learning Dense Volumetric Segmentation from Sparse Annotation. MICCAI 2016.",
-     "doi": "10.1007/978-3-319-46723-8_49"},
-]
+GIT_REPO = "https://github.com/FrancisCrickInstitute/ActiveUnetSegmentation"
+#: zlib's default, which the package had before the library wrote it (the library's is 1).
+ZIP_LEVEL = 6
 
 _UNITS = {
     "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
@@ -68,10 +70,12 @@ _UNITS = {
     "angstrom": "angstrom", "pm": "picometer",
 }
 
+T = TypeVar("T")
+
 
 @dataclass
 class ExportResult:
-    """What :func:`export_bioimageio` wrote."""
+    """What :func:`export_bioimageio` wrote; ``rdf`` is the package's rdf.yaml, as read back."""
 
     path: Path
     rdf: dict
@@ -84,12 +88,50 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _format_version() -> str:
+def _require_spec() -> None:
+    """bioimageio.spec builds and writes the package: check for it before the long work."""
     try:
-        from bioimageio.spec.model.v0_5 import ModelDescr
+        import bioimageio.spec  # noqa: F401
     except ImportError:
-        return FALLBACK_FORMAT_VERSION
-    return str(ModelDescr.implemented_format_version)
+        raise UnetslError("exporting a bioimage.io package needs the bioimageio.spec package: "
+                          "pip install 'unetsl[bioimageio]'") from None
+
+
+def _context():
+    """Build without file I/O: no online look-up of GitHub users (validate_package does it,
+    when asked), no re-hashing (the hashes are given); warnings are not logged."""
+    from bioimageio.spec import ValidationContext
+
+    return ValidationContext(perform_io_checks=False, log_warnings=False)
+
+
+def _described(what: str, build: Callable[[], T]) -> T:
+    """``build()``, a spec description; its validation error as one UnetslError line."""
+    from pydantic import ValidationError
+
+    try:
+        with _context():
+            return build()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise UnetslError(_short(f"{what} is not valid for bioimage.io: "
+                                 f"{where + ': ' if where else ''}{first['msg']}{more}")) from None
+
+
+def _license(text: str):
+    """An SPDX identifier that bioimage.io knows (current or deprecated)."""
+    from bioimageio.spec.model import v0_5
+    from pydantic import ValidationError
+
+    for kind in (v0_5.LicenseId, v0_5.DeprecatedLicenseId):
+        try:
+            return kind(text)
+        except ValidationError:
+            pass
+    raise UnetslError(f"license {text!r} is not an SPDX license identifier bioimage.io knows "
+                      "(https://spdx.org/licenses/)")
 
 
 def _resource_name(text: str) -> str:
@@ -102,42 +144,58 @@ def _space_unit(unit: str) -> str | None:
     return _UNITS.get(unit.strip().lower()) if unit else None
 
 
-def _input_axes(patch, image, space_ids: list[str]) -> list[dict]:
+def _file(path: Path):
+    """A packaged file and its checksum."""
+    from bioimageio.spec.common import FileDescr
+    from bioimageio.spec.utils import get_sha256
+
+    return FileDescr(source=path, sha256=get_sha256(path))
+
+
+def _input_axes(patch, image, space_ids: list[str]) -> list:
+    """(batch, z or time, y, x, channel) axes of the patch; space axes carry the sample's
+    pixel size when its unit is one bioimage.io knows."""
+    from bioimageio.spec.model import v0_5
+
     c, z, y, x = patch
     spacing = image.spacing if image is not None else (1.0, 1.0, 1.0)
     unit = _space_unit(image.unit) if image is not None else None
-    axes: list[dict] = [{"type": "batch"}]
+    axes: list = [v0_5.BatchAxis()]
     for axis_id, size, scale in zip(space_ids, (z, y, x), spacing):
         if axis_id == "time":
-            axes.append({"type": "time", "id": "time", "size": int(size)})
-            continue
-        entry: dict[str, Any] = {"type": "space", "id": axis_id, "size": int(size)}
-        if unit is not None:
-            entry["unit"] = unit
-            entry["scale"] = float(scale)
-        axes.append(entry)
-    axes.append({"type": "channel", "channel_names": [f"channel{i}" for i in range(c)]})
+            axes.append(v0_5.TimeInputAxis(id=v0_5.AxisId("time"), size=int(size)))
+        elif unit is None:
+            axes.append(v0_5.SpaceInputAxis(id=v0_5.AxisId(axis_id), size=int(size)))
+        else:
+            axes.append(v0_5.SpaceInputAxis(id=v0_5.AxisId(axis_id), size=int(size),
+                                            unit=unit, scale=float(scale)))
+    axes.append(v0_5.ChannelAxis(channel_names=[f"channel{i}" for i in range(c)]))
     return axes
 
 
-def _output_axes(input_axes: list[dict], out_shape: tuple[int, ...], channel_names: list[str],
-                 patch: tuple[int, int, int, int]) -> list[dict]:
+def _output_axes(input_axes: list, out_shape: tuple[int, ...], channel_names: list[str],
+                 patch: tuple[int, int, int, int]) -> list:
     """(batch, z, y, x, n) axes; full-resolution axes get a halo for tiled use."""
-    axes: list[dict] = [{"type": "batch"}]
+    from bioimageio.spec.model import v0_5
+
+    axes: list = [v0_5.BatchAxis()]
     for in_axis, size, p in zip(input_axes[1:4], out_shape[1:4], patch[1:]):
-        entry = {k: v for k, v in in_axis.items() if k not in ("size",)}
         factor = p / size
-        if entry.get("scale") is not None:
-            entry["scale"] = float(entry["scale"]) * factor
+        extra: dict[str, Any] = {}
+        if "unit" in in_axis.model_fields_set:  # a pixel size: scaled with the resolution
+            extra = {"unit": in_axis.unit, "scale": float(in_axis.scale) * factor}
         elif factor != 1:
-            entry["scale"] = float(factor)
-        entry["size"] = int(size)
+            extra = {"scale": float(factor)}
+        time = in_axis.type == "time"
         halo = size // 8 if size == p and size >= 16 else 0
         if halo:
-            entry["size"] = {"tensor_id": "raw", "axis_id": in_axis["id"]}
-            entry["halo"] = int(halo)
-        axes.append(entry)
-    axes.append({"type": "channel", "channel_names": channel_names})
+            cls = v0_5.TimeOutputAxisWithHalo if time else v0_5.SpaceOutputAxisWithHalo
+            axes.append(cls(id=in_axis.id, halo=int(halo), **extra, size=v0_5.SizeReference(
+                tensor_id=v0_5.TensorId("raw"), axis_id=in_axis.id)))
+        else:
+            cls = v0_5.TimeOutputAxis if time else v0_5.SpaceOutputAxis
+            axes.append(cls(id=in_axis.id, size=int(size), **extra))
+    axes.append(v0_5.ChannelAxis(channel_names=channel_names))
     return axes
 
 
@@ -151,61 +209,41 @@ def _channel_names(n: int, reduction: str, labeller: str | None) -> list[str]:
     return [f"bit{i}" for i in range(n)]
 
 
-_REDUCTION_TEXT = {
-    "multiclass": "channel k above 0.5 sets bit k of the label (label = sum of 2^k)",
-    "categorical": "the arg-max channel k gives label 2^k; the last channel is the background "
-                   "(label 0)",
-    "linear": "the value itself (e.g. a distance)",
-}
+def _people(authors: Sequence[str], github_user: str | None) -> dict[str, Any]:
+    """authors (and maintainers, with a GitHub user), checked before the long work."""
+    from bioimageio.spec.model import v0_5
+
+    people: dict[str, Any] = {"authors": [v0_5.Author(name=a) for a in authors]}
+    if github_user:
+        people["authors"][0] = v0_5.Author(name=authors[0], github_user=github_user)
+        people["maintainers"] = [v0_5.Maintainer(name=authors[0], github_user=github_user)]
+    return people
 
 
-def _readme(name: str, description: str, patch, outputs_info: list[dict], settings: dict,
-            source_model: str, legacy_note: str | None, space_ids: list[str]) -> str:
-    c, z, y, x = patch
-    first = space_ids[0]
-    lines = [
-        f"# {name}", "", description, "",
-        "A U-Net pixel classifier trained with [unetsl](https://github.com/FrancisCrickInstitute/"
-        "ActiveUnetSegmentation) (the successor of ActiveUnetSegmentation), exported by "
-        f"unetsl {unetsl.__version__} from `{source_model}`.", "",
-        "## Input", "",
-        f"One tensor `raw` of shape (batch, {first}, y, x, channel) = (b, {z}, {y}, {x}, {c}), "
-        "channels last, float32 intensities as in the training images.",
-    ]
-    if space_ids[0] == "time":
-        lines.append(f"The {z} planes along the first axis are consecutive time points of a 2D "
-                     "time series (the model sees frames as depth).")
-    pre = []
-    if settings["normalization percentiles"] is not None:
-        lo, hi = settings["normalization percentiles"]
-        pre.append(f"percentile scaling per channel ({lo}th -> 0, {hi}th -> 1; unetsl applies "
-                   "it to the whole image, bioimage.io tools to each tile)")
-    if settings["normalize samples"]:
-        pre.append("z-score per tile and channel (\"normalize samples\")")
-    lines += ["", "Pre-processing: " + ("; then ".join(pre) if pre else
-                                        "none (raw intensities, converted to float32)") + "."]
-    lines += ["", "## Outputs", ""]
-    for info in outputs_info:
-        lines.append(f"- `{info['id']}`: {info['activation']} output of shape {info['shape']} "
-                     f"(batch, {first}, y, x, channel); to labels: "
-                     f"{_REDUCTION_TEXT[info['reduction']]}.")
-    lines += [
-        "", "Tiles overlap: crop the halo declared in rdf.yaml (or blend overlapping tiles, as "
-        "`predict_image` does) to avoid seams from the zero padding at tile edges.", "",
-        "## Use with unetsl", "",
-        "    predict_image weights.h5 image.tif prediction.tif -b", "",
-        "## Validation", "",
-        "The package carries a test input (`test_input.npy`) and the output unetsl computed for "
-        "it (`test_output*.npy`); `bioimageio test` runs the model on the input and compares. "
-        "To validate the model on unseen data, predict annotated images that were not used "
-        "for training and compare the labels with the annotation (e.g. Jaccard index of the "
-        "regions between membranes, as `compare_prediction_truth` does).",
-    ]
-    if legacy_note:
-        lines += ["", "## Provenance", "", legacy_note]
-    lines += ["", "## References", ""]
-    lines += [f"- {c['text']} doi:{c['doi']}" for c in UNET_CITATIONS]
-    return "\n".join(lines) + "\n"
+def _weights_descr(weights: dict[str, Path], formats: list[str]):
+    """One entry per weight file; the first format is the source the others derive from."""
+    import keras
+    import tensorflow as tf
+    from bioimageio.spec.model import v0_5
+    from bioimageio.spec.utils import get_sha256
+
+    entries: dict[str, Any] = {}
+    for i, fmt in enumerate(formats):
+        common: dict[str, Any] = {"source": weights[fmt], "sha256": get_sha256(weights[fmt])}
+        if i > 0:
+            common["parent"] = formats[0]
+            common["comment"] = f"converted from the {formats[0]} weights by unetsl"
+        if fmt == "keras_v3":
+            entries[fmt] = v0_5.KerasV3WeightsDescr(
+                keras_version=keras.__version__, backend=("tensorflow", tf.__version__),
+                **common)
+        elif fmt == "keras_hdf5":
+            entries[fmt] = v0_5.KerasHdf5WeightsDescr(tensorflow_version=tf.__version__,
+                                                      **common)
+        else:
+            entries[fmt] = v0_5.TensorflowSavedModelBundleWeightsDescr(
+                tensorflow_version=tf.__version__, **common)
+    return v0_5.WeightsDescr(**entries)
 
 
 def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, *,
@@ -241,6 +279,15 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
     if unknown or not formats:
         raise UnetslError(f"weight format(s) {', '.join(unknown) or '(none)'} unknown; choose "
                           f"from {', '.join(WEIGHT_FORMATS)}")
+    _require_spec()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5
+    from bioimageio.spec.utils import read_yaml
+
+    # What the user gave is checked before the model is loaded and run.
+    authors = [a for a in authors if a.strip()] or [os.environ.get("USER") or "unetsl user"]
+    people = _described("the author or GitHub user", lambda: _people(authors, github_user))
+    license_id = _license(license)
     model = load_model(model_path)
     notes: list[str] = []
     legacy_note = None
@@ -268,6 +315,8 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
         tile = _synthetic_tile(patch)
         notes.append("no --sample given: the test input is a smooth random tile")
     space_ids = ["time" if image is not None and image.time_as_depth else "z", "y", "x"]
+    preprocessing = _described("the pre-processing of the config",
+                               lambda: _preprocessing_descr(settings, space_ids))
     raw = np.moveaxis(tile, 0, -1)[None].astype(np.float32)  # (1, z, y, x, c)
     predictions = model.predict_on_batch(_preprocess(raw, settings))
     if not isinstance(predictions, (list, tuple)):
@@ -279,13 +328,7 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
     title = _resource_name(name or f"unetsl {model_name}")
     text = description or (f"U-Net pixel classifier ({'3D' if patch[1] > 1 else '2D'}, patch "
                             f"{patch[1]}x{patch[2]}x{patch[3]}) trained with unetsl.")
-    authors = [a for a in authors if a.strip()] or [os.environ.get("USER") or "unetsl user"]
 
-    authors_rdf: list[dict[str, str]] = [{"name": a} for a in authors]
-    if github_user:
-        authors_rdf[0]["github_user"] = github_user
-    input_axes = _input_axes(patch, image, space_ids)
-    outputs_rdf = []
     outputs_info = []
     multi = len(predictions) > 1
     for k, (pred, activation) in enumerate(zip(predictions, activations)):
@@ -294,39 +337,22 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
         if tensor_id == "raw":
             tensor_id = "output_raw"
         reduction = reduction_for_activation(activation)
-        channels = _channel_names(pred.shape[-1], reduction, settings["labeller"])
-        data: dict[str, Any] = {"type": "float32"}
-        if activation in ("sigmoid", "softmax"):
-            data["range"] = [0.0, 1.0]
-        outputs_rdf.append({
-            "id": tensor_id,
-            "description": f"{activation} output '{out_name}'; labels: "
-                           f"{_REDUCTION_TEXT[reduction]}",
-            "axes": _output_axes(input_axes, pred.shape, channels, patch),
-            "test_tensor": {"source": f"test_output_{tensor_id}.npy" if multi
-                            else "test_output.npy"},
-            "sample_tensor": {"source": f"sample_output_{tensor_id}.tif" if multi
-                              else "sample_output.tif"},
-            "data": data,
-        })
-        outputs_info.append({"id": tensor_id, "activation": activation, "reduction": reduction,
-                             "shape": tuple(int(s) for s in pred.shape)})
+        outputs_info.append({
+            "id": tensor_id, "name": out_name, "activation": activation, "reduction": reduction,
+            "channels": _channel_names(pred.shape[-1], reduction, settings["labeller"]),
+            "shape": tuple(int(s) for s in pred.shape)})
 
     # Tools pair the outputs of the weights with the rdf's outputs by position, and a
     # SavedModel signature lists its outputs sorted by name: export every format with the
     # outputs sorted by id, and describe them in that order.
-    order = sorted(range(len(outputs_rdf)), key=lambda k: outputs_rdf[k]["id"])
-    outputs_rdf = [outputs_rdf[k] for k in order]
+    order = sorted(range(len(outputs_info)), key=lambda k: outputs_info[k]["id"])
     outputs_info = [outputs_info[k] for k in order]
     predictions = [predictions[k] for k in order]
 
     with tempfile.TemporaryDirectory(prefix="unetsl-export-") as tmp:
         folder = Path(tmp)
-        np.save(folder / "test_input.npy", raw)
-        tifffile.imwrite(folder / "sample_input.tif", raw.squeeze())
-        for entry, pred in zip(outputs_rdf, predictions):
-            np.save(folder / entry["test_tensor"]["source"], pred)
-            tifffile.imwrite(folder / entry["sample_tensor"]["source"], pred.squeeze())
+        tensors = _write_tensors(folder, raw, predictions, [i["id"] for i in outputs_info],
+                                 multi)
         _cover(raw, predictions, folder / "cover.png")
         (folder / "README.md").write_text(
             _readme(title, text, patch, outputs_info, settings, model_path.name, legacy_note,
@@ -335,76 +361,61 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
                                  order, notes)
         formats = [f for f in formats if f in weights]
 
-        import keras
-        import tensorflow as tf
+        def describe():
+            input_axes = _input_axes(patch, image, space_ids)
+            outputs = [v0_5.OutputTensorDescr(
+                id=v0_5.TensorId(info["id"]),
+                description=f"{info['activation']} output '{info['name']}'; labels: "
+                            f"{REDUCTION_TEXT[info['reduction']]}",
+                axes=_output_axes(input_axes, info["shape"], info["channels"], patch),
+                test_tensor=_file(tensors[info["id"]][0]),
+                sample_tensor=_file(tensors[info["id"]][1]),
+                data=v0_5.IntervalOrRatioDataDescr(
+                    type="float32", **({"range": (0.0, 1.0)} if info["activation"] in (
+                        "sigmoid", "softmax") else {})),
+            ) for info in outputs_info]
+            return v0_5.ModelDescr(
+                name=title, description=text, **people,
+                cite=[v0_5.CiteEntry(text=c["text"], doi=v0_5.Doi(c["doi"]))
+                      for c in UNET_CITATIONS],
+                license=license_id, documentation=_file(folder / "README.md"),
+                covers=[_file(folder / "cover.png")],
+                tags=sorted({"unet", "unetsl", "segmentation", "tensorflow", "keras",
+                             "3d" if patch[1] > 1 and space_ids[0] == "z" else "2d",
+                             *[t.lower() for t in tags]}),
+                git_repo=v0_5.HttpUrl(GIT_REPO),
+                timestamp=v0_5.Datetime(datetime.datetime.now(datetime.timezone.utc)
+                                        .replace(microsecond=0)),
+                inputs=[v0_5.InputTensorDescr(
+                    id=v0_5.TensorId("raw"), description="image intensities, channels last",
+                    axes=input_axes, test_tensor=_file(tensors["raw"][0]),
+                    sample_tensor=_file(tensors["raw"][1]),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                    preprocessing=preprocessing)],
+                outputs=outputs,
+                weights=_weights_descr(weights, formats),
+                config=v0_5.Config(unetsl={
+                    "version": unetsl.__version__,
+                    "source model": model_path.name,
+                    "patch (c, z, y, x)": [int(p) for p in patch],
+                    "reductions": {i["id"]: i["reduction"] for i in outputs_info},
+                    "normalize samples": settings["normalize samples"],
+                    "normalization percentiles": settings["normalization percentiles"],
+                }),
+            )
 
-        weights_rdf: dict[str, dict] = {}
-        for i, fmt in enumerate(formats):
-            path = weights[fmt]
-            entry: dict[str, Any] = {"source": path.name, "sha256": _sha256(path)}
-            if fmt == "keras_v3":
-                entry["keras_version"] = keras.__version__
-                entry["backend"] = ["tensorflow", tf.__version__]
-            else:
-                entry["tensorflow_version"] = tf.__version__
-            if i > 0:
-                entry["parent"] = formats[0]
-                entry["comment"] = f"converted from the {formats[0]} weights by unetsl"
-            weights_rdf[fmt] = entry
-
-        def file_entry(name: str) -> dict[str, str]:
-            return {"source": name, "sha256": _sha256(folder / name)}
-
-        for entry in outputs_rdf:
-            for key in ("test_tensor", "sample_tensor"):
-                entry[key] = file_entry(entry[key]["source"])
-        rdf: dict[str, Any] = {
-            "format_version": _format_version(),
-            "type": "model",
-            "name": title,
-            "description": text,
-            "authors": authors_rdf,
-            "cite": UNET_CITATIONS,
-            "license": license,
-            "documentation": file_entry("README.md"),
-            "covers": [file_entry("cover.png")],
-            "tags": sorted({"unet", "unetsl", "segmentation", "tensorflow", "keras",
-                            "3d" if patch[1] > 1 and space_ids[0] == "z" else "2d",
-                            *[t.lower() for t in tags]}),
-            "git_repo": "https://github.com/FrancisCrickInstitute/ActiveUnetSegmentation",
-            "timestamp": datetime.datetime.now(datetime.timezone.utc)
-            .replace(microsecond=0).isoformat(),
-            "inputs": [{
-                "id": "raw",
-                "description": "image intensities, channels last",
-                "axes": input_axes,
-                "test_tensor": file_entry("test_input.npy"),
-                "sample_tensor": file_entry("sample_input.tif"),
-                "data": {"type": "float32"},
-                "preprocessing": _preprocessing_rdf(settings, space_ids),
-            }],
-            "outputs": outputs_rdf,
-            **({"maintainers": [{"name": authors[0], "github_user": github_user}]}
-               if github_user else {}),
-            "weights": weights_rdf,
-            "config": {"unetsl": {
-                "version": unetsl.__version__,
-                "source model": model_path.name,
-                "patch (c, z, y, x)": [int(p) for p in patch],
-                "reductions": {i["id"]: i["reduction"] for i in outputs_info},
-                "normalize samples": settings["normalize samples"],
-                "normalization percentiles": settings["normalization percentiles"],
-            }},
-        }
-        (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False,
-                                                        allow_unicode=True), encoding="utf-8")
-        files = sorted(p.name for p in folder.iterdir())
-        with atomic_path(output) as tmp_zip:
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.write(folder / "rdf.yaml", "rdf.yaml")
-                for fname in files:
-                    if fname != "rdf.yaml":
-                        zf.write(folder / fname, fname)
+        model_descr = _described("the model description", describe)
+        with atomic_path(output) as tmp_zip, _context():
+            try:
+                save_bioimageio_package(model_descr, output_path=tmp_zip,
+                                        compression_level=ZIP_LEVEL)
+            except ValueError as err:  # the library re-reads the zip and refused it
+                raise UnetslError(f"{output}: bioimageio.spec refused the package: "
+                                  f"{str(err).splitlines()[0]}") from None
+            with zipfile.ZipFile(tmp_zip) as zf:
+                files = sorted(zf.namelist())
+                # the library's YAML 1.2 reader: PyYAML (1.1) reads 1e-06 as a string
+                rdf = json.loads(json.dumps(read_yaml(zipfile.Path(zf, "rdf.yaml"))))
     return ExportResult(path=output, rdf=rdf, files=files, notes=notes)
 
 

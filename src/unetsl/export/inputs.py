@@ -86,17 +86,19 @@ def _preprocess(tile: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _preprocessing_rdf(settings: dict[str, Any], space_ids: list[str]) -> list[dict]:
-    steps: list[dict] = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
+def _preprocessing_descr(settings: dict[str, Any], space_ids: list[str]) -> list:
+    """The input's bioimage.io preprocessing steps (bioimageio.spec descriptions): the same
+    operations, in the same order, as :func:`_preprocess` applies to the test input."""
+    from bioimageio.spec.model import v0_5
+
+    axes = [v0_5.AxisId(a) for a in space_ids]
+    steps: list = [v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32"))]
     percentiles = settings["normalization percentiles"]
     if percentiles is not None:
-        steps.append({"id": "scale_range", "kwargs": {
-            "axes": space_ids, "min_percentile": float(percentiles[0]),
-            "max_percentile": float(percentiles[1]), "eps": 1e-6}})
+        steps.append(v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
+            axes=axes, min_percentile=float(percentiles[0]),
+            max_percentile=float(percentiles[1]), eps=1e-6)))
     if settings["normalize samples"]:
-        steps.append({"id": "zero_mean_unit_variance", "kwargs": {"axes": space_ids,
-                                                                  "eps": 1e-6}})
+        steps.append(v0_5.ZeroMeanUnitVarianceDescr(
+            kwargs=v0_5.ZeroMeanUnitVarianceKwargs(axes=axes, eps=1e-6)))
     return steps
-
-
-# --------------------------------------------------------------------------------------------
