@@ -30,7 +30,7 @@ from unetsl.cli.common import one_line_errors
               show_default=True, help="Comma-separated weight formats; the first is the source.")
 @click.option("--tag", "tags", multiple=True, help="Extra tag (repeatable), e.g. epithelium.")
 @click.option("--no-validate", is_flag=True,
-              help="Skip the check with bioimageio.spec (done when the package is installed).")
+              help="Skip the final check of the written package with bioimageio.spec.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show what Keras, TensorFlow and bioimageio print (progress bars, "
                    "retracing and log lines); hidden by default.")
