@@ -113,29 +113,21 @@ def test_preprocessing_from_the_config(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.predict_on_batch(x.astype(np.float32)), expected, atol=1e-5)
 
 
-def _tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.h5"
-    save_model(build_unet((1, 1, 16, 16), n_labels=2, depth=1, n_filters=2,
-                          activation="sigmoid", pooling=(1, 2, 2)), path)
-    return path
-
-
-def test_bad_license_stops_before_the_model_is_loaded(tmp_path: Path, monkeypatch) -> None:
-    model = _tiny(tmp_path)
-
+def test_bad_license_stops_before_the_model_is_loaded(tiny_model: Path, tmp_path: Path,
+                                                     monkeypatch) -> None:
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the license was checked")
 
     monkeypatch.setattr("unetsl.nets.model_files.load_model", loaded)
     with pytest.raises(UnetslError, match="license 'not-a-licence' is not an SPDX"):
-        export_bioimageio(model, tmp_path / "out.zip", license="not-a-licence")
+        export_bioimageio(tiny_model, tmp_path / "out.zip", license="not-a-licence")
     assert not (tmp_path / "out.zip").exists()
 
 
-def test_a_crash_while_packaging_leaves_no_zip(tmp_path: Path, monkeypatch) -> None:
+def test_a_crash_while_packaging_leaves_no_zip(tiny_model: Path, tmp_path: Path,
+                                               monkeypatch) -> None:
     import bioimageio.spec
 
-    model = _tiny(tmp_path)
     save = bioimageio.spec.save_bioimageio_package
 
     def crash(descr, *, output_path, **kwargs):
@@ -144,10 +136,10 @@ def test_a_crash_while_packaging_leaves_no_zip(tmp_path: Path, monkeypatch) -> N
 
     monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", crash)
     with pytest.raises(KeyboardInterrupt):
-        export_bioimageio(model, tmp_path / "out.zip", weight_formats=["keras_v3"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.h5"]
+        export_bioimageio(tiny_model, tmp_path / "out.zip", weight_formats=["keras_v3"])
+    assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", save)
-    result = export_bioimageio(model, tmp_path / "out.zip", weight_formats=["keras_v3"])
+    result = export_bioimageio(tiny_model, tmp_path / "out.zip", weight_formats=["keras_v3"])
     assert sorted(zipfile.ZipFile(result.path).namelist()) == result.files == [
         "README.md", "cover.png", "rdf.yaml", "sample_input.tif", "sample_output.tif",
         "test_input.npy", "test_output.npy", "weights.keras"]

@@ -17,17 +17,6 @@ from unetsl.export.bioimageio import export_bioimageio
 HIDE_SPEC = "import sys; sys.modules['bioimageio.spec'] = None"  # its import then fails
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from unetsl.nets.model_files import save_model
-    from unetsl.nets.unet import build_unet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.h5"
-    save_model(build_unet((1, 1, 16, 16), n_labels=2, depth=1, n_filters=2,
-                          activation="sigmoid", pooling=(1, 2, 2)), path)
-    return path
-
-
 def test_missing_spec_stops_before_the_model_is_loaded(tiny_model: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "bioimageio.spec", None)
