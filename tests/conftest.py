@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Results that do not depend on the CPU: "auto" would compute in bfloat16 on AMX Xeons and
+# GPUs, while tests compare predictions with float32 ones (console scripts, Dask workers and
+# training workers started by tests inherit it). Tests of "auto" and of the reduced
+# precisions set their own (tests/nets/test_precision*.py).
+os.environ["UNETSL_PRECISION"] = "float32"
 
 REPO = Path(__file__).resolve().parents[1]
 COMPAT = REPO.parent / "shared" / "compat"

@@ -15,7 +15,7 @@ from unetsl.data.synthetic import write_dataset
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import read_image
 from unetsl.nets.model_files import load_model
-from unetsl.nets.precision import as_float32, choose_precision, with_precision
+from unetsl.nets.precision import PRECISION_ENV, as_float32, choose_precision, with_precision
 from unetsl.nets.unet import build_unet
 from unetsl.predict.engine import predict
 from unetsl.predict.job import PredictionJob
@@ -24,17 +24,35 @@ from unetsl.training.logs import read_log
 from unetsl.training.train import train
 
 
-def test_auto_follows_the_hardware():
-    assert choose_precision("auto", gpus=[], cpu=("Xeon", {"avx512f", "amx_bf16"})).policy == (
-        "mixed_bfloat16")
-    no_amx = choose_precision("auto", gpus=[], cpu=("EPYC", {"avx512_bf16"}))
+def test_auto_proposes_what_the_hardware_is_fast_in():
+    bare: dict[str, str] = {}  # no UNETSL_PRECISION (tests/conftest.py pins float32)
+    amx = choose_precision("auto", gpus=[], cpu=("Xeon", {"avx512f", "amx_bf16"}), environ=bare)
+    assert amx.policy == "mixed_bfloat16" and amx.automatic
+    no_amx = choose_precision("auto", gpus=[], cpu=("EPYC", {"avx512_bf16"}), environ=bare)
     assert no_amx.policy == "float32" and "no AMX" in no_amx.reason
-    assert choose_precision("auto", gpus=[("H200", 9.0)]).policy == "mixed_bfloat16"
-    assert choose_precision("auto", gpus=[("T4", 7.5)]).policy == "mixed_float16"
-    assert choose_precision("auto", gpus=[("K80", 3.7)]).policy == "float32"
-    assert choose_precision("mixed_float16", gpus=[]).policy == "mixed_float16"
+    for gpu, policy in ((("H200", 9.0), "mixed_bfloat16"), (("T4", 7.5), "mixed_float16"),
+                        (("K80", 3.7), "float32")):
+        assert choose_precision("auto", gpus=[gpu], environ=bare).policy == policy
+    set_by_hand = choose_precision("mixed_float16", gpus=[], environ=bare)
+    assert set_by_hand.policy == "mixed_float16" and not set_by_hand.automatic
     with pytest.raises(UnetslError, match='"precision" must be one of'):
         choose_precision("half")
+
+
+def test_the_environment_variable_replaces_auto_only():
+    pinned = {PRECISION_ENV: "float32"}
+    amx = ("Xeon", {"amx_bf16"})
+    chosen = choose_precision("auto", gpus=[("H100", 9.0)], cpu=amx, environ=pinned)
+    assert chosen.policy == "float32" and chosen.reason == "UNETSL_PRECISION=float32"
+    assert not chosen.automatic  # set by hand: no fallback, a warning if its check fails
+    reduced = choose_precision("auto", gpus=[], cpu=("EPYC", set()),
+                               environ={PRECISION_ENV: "mixed_bfloat16"})
+    assert reduced.policy == "mixed_bfloat16"
+    assert choose_precision("mixed_bfloat16", environ=pinned).policy == "mixed_bfloat16"
+    unset = choose_precision("auto", gpus=[], cpu=amx, environ={PRECISION_ENV: " auto "})
+    assert unset.policy == "mixed_bfloat16" and unset.automatic
+    with pytest.raises(UnetslError, match=r"^UNETSL_PRECISION must be one of .*'bf16'"):
+        choose_precision("auto", environ={PRECISION_ENV: "bf16"})
 
 
 def test_a_reduced_model_keeps_weights_record_and_float32_outputs():
@@ -106,6 +124,7 @@ def test_predict_image_in_bfloat16_agrees_and_says_so(trained, tmp_path, caplog)
         job.apply_overrides([f'precision="{policy}"'])
         with caplog.at_level(logging.INFO, logger="unetsl"):
             job.run()
-        assert f"precision: {policy} (as set)" in caplog.text
+        said = "(as set)" if policy == "float32" else "(as set; start-up check passed: "
+        assert f"precision: {policy} {said}" in caplog.text
         labels[policy] = read_image(tmp_path / f"{policy}.tif").data
     assert _agreement(labels["float32"], labels["mixed_bfloat16"]) >= 0.995

@@ -7,10 +7,15 @@ instructions emulate it, slower than float32). GPUs of compute capability >= 8.0
 Hopper) have bfloat16 tensor cores; 7.x (Volta, Turing) have float16 ones, which need loss
 scaling in training (Keras adds it when it compiles a ``mixed_float16`` model).
 
-"auto" therefore picks bfloat16 on AMX CPUs and Ampere-or-newer GPUs, float16 on older
-tensor-core GPUs, and float32 elsewhere. The outputs (the last activation of every output and
-anything after it) always stay float32, as Keras recommends, so probabilities, losses and
-reductions are computed in float32. A model is switched by cloning its layers with the new
+"auto" therefore proposes bfloat16 on AMX CPUs and Ampere-or-newer GPUs, float16 on older
+tensor-core GPUs, and float32 elsewhere; ``UNETSL_PRECISION`` replaces "auto" for every
+command. A proposal is only used after :mod:`unetsl.nets.precision_check` has shown on this
+machine's kernels that it trains (or predicts) like float32: AMX's bfloat16 kernels train
+3D convolutions wrongly (issue 24), so there training falls back to float32.
+
+The outputs (the last activation of every output and anything after it) always stay
+float32, as Keras recommends, so probabilities, losses and reductions are computed in
+float32. A model is switched by cloning its layers with the new
 dtype policy and copying the weights, so it works for models loaded from files (a global
 policy set before loading changes nothing there), the original's included; models saved
 from a mixed run load back as float32 models (:func:`as_float32`).
@@ -19,6 +24,8 @@ from a mixed run load back as float32 models (:func:`as_float32`).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +37,11 @@ from unetsl.errors import UnetslError
 
 log = logging.getLogger("unetsl")
 
-__all__ = ["PRECISIONS", "PrecisionChoice", "as_float32", "choose_precision", "cpu_flags",
-           "with_precision"]
+__all__ = ["PRECISIONS", "PRECISION_ENV", "PrecisionChoice", "as_float32", "choose_precision",
+           "cpu_flags", "with_precision"]
+
+#: Replaces "auto" for every command (a cluster's admin, CI, a paper's methods section).
+PRECISION_ENV = "UNETSL_PRECISION"
 
 @dataclass(frozen=True)
 class PrecisionChoice:
@@ -39,6 +49,8 @@ class PrecisionChoice:
 
     policy: str
     reason: str
+    #: True when "auto" chose it from the hardware (then a failed check falls back to float32)
+    automatic: bool = False
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
@@ -58,8 +70,14 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
 
 
 def _gpu_capabilities() -> list[tuple[str, float]]:
-    """(name, compute capability) of every visible GPU (TensorFlow backend only)."""
-    if keras.backend.backend() != "tensorflow":
+    """(name, compute capability) of every visible GPU (TensorFlow and JAX backends)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [(d.device_kind, float(getattr(d, "compute_capability", 0) or 0))
+                for d in jax.devices() if d.platform == "gpu"]
+    if backend != "tensorflow":
         return []
     import tensorflow as tf
 
@@ -72,28 +90,40 @@ def _gpu_capabilities() -> list[tuple[str, float]]:
 
 
 def choose_precision(setting: str, *, gpus: list[tuple[str, float]] | None = None,
-                     cpu: tuple[str, set[str]] | None = None) -> PrecisionChoice:
-    """The policy for the "precision" setting; "auto" looks at the hardware (``gpus`` and
-    ``cpu`` replace what this machine has, for tests and reports)."""
+                     cpu: tuple[str, set[str]] | None = None,
+                     environ: Mapping[str, str] | None = None) -> PrecisionChoice:
+    """The policy for the "precision" setting before any check; "auto" takes
+    ``UNETSL_PRECISION`` when it is set, else looks at the hardware (``gpus``, ``cpu`` and
+    ``environ`` replace this machine's, for tests and reports)."""
     if setting not in PRECISIONS:
         raise UnetslError(f'"precision" must be one of {", ".join(PRECISIONS)}, got {setting!r}')
     if setting != "auto":
         return PrecisionChoice(setting, "as set")
-    gpus = _gpu_capabilities() if gpus is None else gpus
+    override = (os.environ if environ is None else environ).get(PRECISION_ENV, "").strip()
+    if override and override != "auto":
+        if override not in PRECISIONS:
+            raise UnetslError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, "
+                              f"got {override!r}")
+        return PrecisionChoice(override, f"{PRECISION_ENV}={override}")
+    return _hardware_choice(_gpu_capabilities() if gpus is None else gpus,
+                            cpu_flags() if cpu is None else cpu)
+
+
+def _hardware_choice(gpus: list[tuple[str, float]], cpu: tuple[str, set[str]]) -> PrecisionChoice:
     if gpus:
         name, capability = min(gpus, key=lambda g: g[1])
         if capability >= 8.0:
             return PrecisionChoice("mixed_bfloat16", f"{name} (compute capability "
-                                   f"{capability:.1f}) has bfloat16 tensor cores")
+                                   f"{capability:.1f}) has bfloat16 tensor cores", True)
         if capability >= 7.0:
             return PrecisionChoice("mixed_float16", f"{name} (compute capability "
-                                   f"{capability:.1f}) has float16 tensor cores")
-        return PrecisionChoice("float32", f"{name} has no tensor cores")
-    model, flags = cpu_flags() if cpu is None else cpu
+                                   f"{capability:.1f}) has float16 tensor cores", True)
+        return PrecisionChoice("float32", f"{name} has no tensor cores", True)
+    model, flags = cpu
     if "amx_bf16" in flags:
         return PrecisionChoice("mixed_bfloat16", f"{model} has AMX (bfloat16 measured 3.5x "
-                               "faster)")
-    return PrecisionChoice("float32", f"{model} has no AMX (bfloat16 would not be faster)")
+                               "faster for prediction)", True)
+    return PrecisionChoice("float32", f"{model} has no AMX (bfloat16 would not be faster)", True)
 
 
 def _output_chain(model: keras.Model) -> set[str]:

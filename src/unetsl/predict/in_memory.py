@@ -50,6 +50,7 @@ def predict_array(job: PredictionJob, image: np.ndarray, *, model: Any = None,
         stops the prediction (a cancel button).
     """
     from unetsl.nets.model_files import load_model
+    from unetsl.nets.precision import with_precision
 
     job.check_settings(job.values)
     array = np.asarray(image)
@@ -57,6 +58,7 @@ def predict_array(job: PredictionJob, image: np.ndarray, *, model: Any = None,
         raise UnetslError(f"image of shape {array.shape} is not (t, c, z, y, x)")
     if model is None:
         model = load_model(job.values["model file"])
+    model = with_precision(model, job.decide_precision().policy)  # as predict_image does
     info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach
     c, z, _, _ = info.patch
     name = str(job.values["image to predict"])

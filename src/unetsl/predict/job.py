@@ -18,6 +18,8 @@ import numpy as np
 from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.errors import UnetslError
+from unetsl.nets.precision import PrecisionChoice
+from unetsl.nets.precision_check import decide_precision
 from unetsl.predict.model_info import ModelInfo
 
 log = logging.getLogger("unetsl")
@@ -178,6 +180,13 @@ class PredictionJob:
     def apply_overrides(self, overrides: tuple[str, ...] | list[str]) -> None:
         self.update(parse_overrides(overrides))
 
+    def decide_precision(self) -> PrecisionChoice:
+        """The dtype policy of the "precision" setting, checked on this machine's kernels
+        (``unetsl.nets.precision_check``: once per process), said in one info line."""
+        precision = decide_precision(self.values["precision"], "prediction")
+        log.info(f"precision: {precision.policy} ({precision.reason})")
+        return precision
+
     # ---------------------------------------------------------------------------------
     def _reductions(self, info: ModelInfo, indices: list[int]) -> list[str]:
         from unetsl.predict.reduce import reduction_for_activation, reduction_name
@@ -231,7 +240,7 @@ class PredictionJob:
         from unetsl.io.lazy import OutputTiff, open_image
         from unetsl.io.tiff import match_channels, read_image
         from unetsl.nets.model_files import load_model
-        from unetsl.nets.precision import choose_precision, with_precision
+        from unetsl.nets.precision import with_precision
         from unetsl.predict.engine import predict_to_sinks
         from unetsl.predict.reduce import label_dtype
         from unetsl.predict.tiling import model_for_tiles
@@ -243,8 +252,7 @@ class PredictionJob:
             scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
             with scope:
                 model = load_model(self.values["model file"])
-        precision = choose_precision(self.values["precision"])
-        log.info(f"precision: {precision.policy} ({precision.reason})")
+        precision = self.decide_precision()
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = with_precision(model, precision.policy)
         info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach

@@ -18,6 +18,8 @@ import numpy as np
 from unetsl.config.heads import Head
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
+from unetsl.nets.precision import PrecisionChoice, choose_precision
+from unetsl.nets.precision_check import decide_precision
 from unetsl.training.checkpoints import Checkpointer, TrainingState, monitor_mode, read_state
 from unetsl.training.logs import (
     BatchLog,
@@ -284,6 +286,21 @@ def _progress_mode(progress: str) -> str:
     return progress
 
 
+def training_precision(setting: str, strategy: Any = None) -> PrecisionChoice:
+    """The dtype policy training computes in: a reduced one only after the start-up check
+    shows that it trains like float32 on this machine (``unetsl.nets.precision_check``).
+    Several workers take float32 under "auto": a check per node could choose differently,
+    and every worker must compute the same steps."""
+    from unetsl.training.multiworker import is_multiworker
+
+    choice = choose_precision(setting)
+    if choice.automatic and choice.policy != "float32" and is_multiworker(strategy):
+        choice = PrecisionChoice("float32", f"{choice.policy} proposed ({choice.reason}), but "
+                                 "several workers train in float32 so that all compute alike; "
+                                 'set "precision" to choose', True)
+    return decide_precision(setting, "training", choice=choice)
+
+
 def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = None,
                      progress: str = "auto", datasets: tuple[Any, Any] | None = None,
                      strategy: Any = None, data_options: dict[str, Any] | None = None,
@@ -301,7 +318,7 @@ def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = No
     from unetsl.data.targets import check_training_labels, training_targets
     from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
     from unetsl.nets.heads import check_model_heads
-    from unetsl.nets.precision import choose_precision, with_precision
+    from unetsl.nets.precision import with_precision
     from unetsl.nets.shapes import model_patch_shape
     from unetsl.training import multiworker
     from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
@@ -334,7 +351,7 @@ def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = No
                  '"epochs"; raise "epochs" to train on')
         return TrainingSetup(cfg.name, paths, paths, chief, source, state, epochs)
 
-    precision = choose_precision(cfg["precision"])
+    precision = training_precision(cfg["precision"], strategy)
     log.info(f"precision: {precision.policy} ({precision.reason})")
     with strategy.scope():
         model = with_precision(_load_or_build(cfg, source, save=chief), precision.policy)
