@@ -192,10 +192,13 @@ FIELDS: tuple[Field, ...] = (
           "Factor of each learning-rate cut (see \"reduce lr patience\").", new=True),
     Field("precision", "auto", '"auto", "float32", "mixed_bfloat16" or "mixed_float16"',
           _one_of(*PRECISIONS),
-          "Number format of training (and of predict_image's default): \"auto\" = bfloat16 on "
-          "CPUs with AMX and GPUs of compute capability >= 8.0, float16 on older tensor-core "
-          "GPUs, float32 elsewhere (said in one info line). Outputs and losses stay float32; "
-          "saved models are ordinary float32 models.", new=True),
+          "Number format of training (and of predict_image's default): \"auto\" proposes "
+          "bfloat16 on CPUs with AMX and GPUs of compute capability >= 8.0, float16 on older "
+          "tensor-core GPUs, float32 elsewhere, and keeps a proposal only when a start-up check "
+          "(a few seconds) shows that it trains (predicts) like float32 on this machine; the "
+          "environment variable UNETSL_PRECISION replaces \"auto\". Said in one info line. "
+          "Outputs and losses stay float32; saved models are ordinary float32 models.",
+          new=True),
     Field("seed", None, "integer or null", _optional_int,
           "Random seed for sampling, augmentation and weight initialisation; null = random.",
           new=True),
