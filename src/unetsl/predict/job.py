@@ -11,16 +11,17 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.errors import UnetslError
-from unetsl.nets.precision import PrecisionChoice
-from unetsl.nets.precision_check import decide_precision
 from unetsl.predict.model_info import ModelInfo
+
+if TYPE_CHECKING:
+    from unetsl.nets.precision import PrecisionChoice
 
 log = logging.getLogger("unetsl")
 
@@ -183,6 +184,8 @@ class PredictionJob:
     def decide_precision(self) -> PrecisionChoice:
         """The dtype policy of the "precision" setting, checked on this machine's kernels
         (``unetsl.nets.precision_check``: once per process), said in one info line."""
+        from unetsl.nets.precision_check import decide_precision  # loads Keras: not at import
+
         precision = decide_precision(self.values["precision"], "prediction")
         log.info(f"precision: {precision.policy} ({precision.reason})")
         return precision
