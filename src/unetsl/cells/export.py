@@ -7,7 +7,6 @@ interrupted run never leaves a truncated file that looks complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import trimesh
 from scipy import ndimage as ndi
 from skimage.measure import find_contours, marching_cubes
 
+from unetsl.atomic import atomic_path
 from unetsl.cells.segment import check_spacing
 from unetsl.errors import UnetslError
 
@@ -25,18 +25,13 @@ MESH_FORMATS = ("ply", "stl", "obj")
 _FLOAT32_EXACT = 2**24  # float32 holds every integer up to this exactly
 
 
-def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> Path:
-    """Run write(temp path) in path's folder, then move the temp file onto path."""
+def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Run write(temp path) in path's folder, then move the temp file onto path (with the
+    permissions of the user's umask, as every file unetsl writes)."""
     if not path.parent.is_dir():
         raise UnetslError(f"folder for {path} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
     return path
 
 
@@ -73,7 +68,7 @@ def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray,
         tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
                          metadata=metadata)
 
-    return _atomic(Path(path), write, ".tif")
+    return _atomic(Path(path), write)
 
 
 def cell_outline(mask: np.ndarray) -> np.ndarray:
@@ -114,7 +109,7 @@ def write_roi_zip(path: str | os.PathLike, labels: np.ndarray) -> Path:
     def write(tmp: str) -> None:
         roifile.roiwrite(tmp, rois, name=names, mode="w")
 
-    return _atomic(Path(path), write, ".zip")
+    return _atomic(Path(path), write)
 
 
 def cell_mesh(mask: np.ndarray, spacing: Sequence[float], offset: Sequence[float] = (0, 0, 0)

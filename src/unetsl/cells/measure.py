@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from scipy import ndimage as ndi
 from skimage.measure import find_contours, marching_cubes, mesh_surface_area, regionprops_table
 from skimage.segmentation import find_boundaries
 
+from unetsl.atomic import atomic_path
 from unetsl.cells.segment import check_spacing, touching_pairs
 from unetsl.cells.tracking import Track
 from unetsl.errors import UnetslError
@@ -147,17 +147,11 @@ def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     lengths = {len(table[k]) for k in keys}
     if len(lengths) > 1:
         raise UnetslError(f"table columns for {path} differ in length: {sorted(lengths)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(keys)
-            for row in zip(*(table[k] for k in keys)):
-                writer.writerow([_cell(v) for v in row])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for row in zip(*(table[k] for k in keys)):
+            writer.writerow([_cell(v) for v in row])
     return path
 
 

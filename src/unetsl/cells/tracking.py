@@ -9,7 +9,6 @@ Tracking Challenge (CTC) format.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from unetsl.atomic import atomic_write_text
 from unetsl.cells.settings import CellSettings
 from unetsl.errors import UnetslError
 
@@ -199,12 +199,5 @@ def write_ctc_tracks(tracks: Sequence[Track], path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise UnetslError(f"folder for tracks file {path} does not exist")
     text = "".join(f"{tr.id} {tr.first} {tr.last} {tr.parent}\n" for tr in tracks)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path

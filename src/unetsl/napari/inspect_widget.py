@@ -13,61 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton, SpinBox, TextEdit
 
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import put_layer
+from unetsl.napari.process import worker
 from unetsl.napari.tasks import notify, run_task
+from unetsl.napari.worker_tasks import LayerData
 
 if TYPE_CHECKING:
     import napari
-
-    from unetsl.data.inspect import Page, Panel
-
-LayerData = tuple[np.ndarray, dict[str, Any], str]
-AXES = ("patch", "z", "y", "x")
-COLORMAPS = {"input": "gray", "binary": "magma", "linear": "viridis", "weights": "viridis"}
-
-
-def placement(panel: Panel) -> tuple[list[float], list[float]]:
-    """(scale, translate) of a panel over (patch, z, y, x), in input-patch pixels."""
-    _, y_size, x_size = panel.image.shape
-    scale, translate = [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]
-    if panel.z_map is not None:
-        first = np.flatnonzero(np.asarray(panel.z_map) == 0)
-        if len(first):
-            scale[1], translate[1] = float(len(first)), float(first.mean())
-    if panel.extent is not None:
-        left, right, bottom, top = panel.extent
-        scale[2], scale[3] = (bottom - top) / y_size, (right - left) / x_size
-        translate[2], translate[3] = top + scale[2] / 2, left + scale[3] / 2
-    return scale, translate
-
-
-def patch_layers(page: Page, count: int, prefix: str) -> list[LayerData]:
-    """One layer per panel title of ``count`` patches of ``page``, the patches stacked."""
-    from unetsl.data.inspect import panels
-
-    stacks: dict[str, list[Panel]] = {}
-    for patch in page.patches(0, count):
-        for panel in panels(page, patch):
-            stacks.setdefault(panel.title.replace("\n", ", "), []).append(panel)
-    layers = []
-    for title, shown in stacks.items():
-        data = np.stack([p.image for p in shown])
-        scale, translate = placement(shown[0])
-        kind = shown[0].kind
-        options: dict[str, Any] = {"name": f"{prefix} {title}", "scale": scale,
-                                   "translate": translate, "axis_labels": AXES}
-        if kind == "label" and np.issubdtype(data.dtype, np.integer):
-            layers.append((data, options, "labels"))
-            continue
-        options["colormap"] = COLORMAPS.get(kind, "gray")
-        if kind == "binary":
-            options["contrast_limits"] = (0.0, 1.0)
-        layers.append((data.astype(np.float32), options, "image"))
-    return layers
 
 
 class InspectWidget(Container):
@@ -92,10 +47,8 @@ class InspectWidget(Container):
         self.show_button.clicked.connect(self.run)
 
     def run(self) -> None:
-        """Sample the patches in a worker thread (or here when ``synchronous``)."""
+        """Sample the patches in the worker process (or wait here when ``synchronous``)."""
         from unetsl.config.model_config import Config
-        from unetsl.data.inspect import build_pages
-        from unetsl.training.setup import training_shapes
 
         path = Path(str(self.config_file.value))
         index, count, seed = int(self.source.value), int(self.patches.value), int(self.seed.value)
@@ -111,11 +64,9 @@ class InspectWidget(Container):
             self.status.value = notify(err)
             return
 
-        def task() -> tuple[Page, list[LayerData]]:
-            patch_shape, n_labels = training_shapes(cfg)
-            page = build_pages(cfg, patch_shape=patch_shape, n_labels=n_labels, seed=seed,
-                               sources=[index])[0]
-            return page, patch_layers(page, count, f"source {index}")
+        def task() -> tuple[list[str], list[LayerData], int]:
+            return worker("prediction").call("inspect", config=str(path.resolve()),
+                                             source=index, count=count, seed=seed)
 
         self.show_button.enabled = False
         self.status.value = f"sampling source {index} ..."
@@ -126,12 +77,11 @@ class InspectWidget(Container):
         self.show_button.enabled = True
         self.status.value = notify(error)
 
-    def _show(self, made: tuple[Page, list[LayerData]]) -> None:
+    def _show(self, made: tuple[list[str], list[LayerData], int]) -> None:
         self.show_button.enabled = True
-        page, layers = made
+        summary, layers, shown = made
         for data, options, kind in layers:
             options = dict(options)
             put_layer(self.viewer, kind, data, options.pop("name"), **options)
-        self.summary.value = "\n".join(page.summary)
-        shown = min(len(page.order), int(self.patches.value))
+        self.summary.value = "\n".join(summary)
         self.status.value = f"{len(layers)} layers of {shown} patches"

@@ -89,15 +89,28 @@ def like_layer(layer: Any, axes: str, out_axes: str) -> dict[str, Any]:
             "axis_labels": tuple(out_axes)}
 
 
+#: metadata key that marks the layers a unetsl widget made (and may therefore replace)
+MADE_BY = "unetsl"
+
+
 def put_layer(viewer: Any, kind: str, data: np.ndarray, name: str, **kwargs: Any) -> Any:
-    """Add a layer, or replace the data of the layer of that name (a rerun updates it)."""
-    if name in viewer.layers:
-        layer = viewer.layers[name]
+    """Add a layer, or replace the data of the layer of that name when unetsl made it (a
+    rerun updates its own result). A layer of that name that the user made or opened (an
+    annotation) is never touched: the new layer gets a free name, "name [2]" and so on."""
+    made_here = [layer for layer in viewer.layers
+                 if layer.name == name and layer.metadata.get(MADE_BY)]
+    if made_here:
+        layer = made_here[0]
         if layer.data.shape == data.shape and _is_kind(layer, kind):
             layer.data = data
             return layer
-        viewer.layers.remove(name)
-    return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+        viewer.layers.remove(layer)
+    free, k = name, 1
+    while free in viewer.layers:
+        k += 1
+        free = f"{name} [{k}]"
+    metadata = {**kwargs.pop("metadata", {}), MADE_BY: True}
+    return getattr(viewer, f"add_{kind}")(data, name=free, metadata=metadata, **kwargs)
 
 
 def layers_of(viewer: Any, kind: str) -> list[Any]:

@@ -1,7 +1,8 @@
 """Live loss curves in the Train dock: batch losses as they come, epoch values per epoch.
 
-A matplotlib canvas (Qt Agg) fed from Keras callbacks; the callbacks run in the training
-thread, so :class:`LossCurves` hands every value to the main thread before drawing.
+A matplotlib canvas (Qt Agg) fed with the losses the worker process sends (its Keras
+callback is in :mod:`unetsl.napari.worker_tasks`); they arrive in a waiting thread, so
+:class:`LossCurves` hands every value to the main thread before drawing.
 """
 
 from __future__ import annotations
@@ -34,30 +35,7 @@ class LossCurves(FigureCanvasQTAgg):
         self._drawn = 0.0
         self.redraw()
 
-    # --- values, from the training thread --------------------------------------------
-    def callback(self) -> Any:
-        """A Keras callback that feeds these curves (give it to ``train``)."""
-        import keras
-
-        curves = self
-
-        class Feed(keras.callbacks.Callback):
-            epoch, steps = 0, 1
-
-            def on_train_begin(self, logs: Any = None) -> None:
-                self.steps = max(1, int((self.params or {}).get("steps") or 1))
-
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self.epoch = int(epoch)
-
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                curves.add_batch(self.epoch + (batch + 1) / self.steps, dict(logs or {}))
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                curves.add_epoch(epoch, dict(logs or {}))
-
-        return Feed()
-
+    # --- values, from the worker process (any thread) -----------------------------
     @ensure_main_thread
     def add_batch(self, x: float, logs: Mapping[str, Any]) -> None:
         """The loss of a batch ending at ``x`` epochs."""

@@ -3,7 +3,9 @@
 The widget only gathers settings and shows results; the prediction is
 :func:`unetsl.predict.in_memory.predict_array` with a :class:`~unetsl.predict.job.PredictionJob`
 (the settings predict_image edits), so the labels equal predict_image's on the same image.
-It runs in a worker thread with napari's progress bar; cancel stops it between batches.
+It runs in the plugin's worker process (:mod:`unetsl.napari.process`: TensorFlow never
+loads into napari), with napari's progress bar; cancel stops it between batches. Results
+never replace a layer the plugin did not make.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from superqt.utils import ensure_main_thread
 
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import (
@@ -31,7 +34,8 @@ from unetsl.napari.layers import (
     like_layer,
     put_layer,
 )
-from unetsl.napari.tasks import TaskProgress, notify, run_task
+from unetsl.napari.process import worker
+from unetsl.napari.tasks import TaskProgress, notify, run_task, show_warning_line
 
 if TYPE_CHECKING:
     import napari
@@ -56,13 +60,12 @@ def parse_triple(text: str, key: str) -> list[int] | None:
 
 class PredictWidget(Container):
     """Predict the selected image layer with a model file (.h5 / .keras, also the original's
-    .h5); adds "<image> prob <k>" and "<image> labels" layers on the image's scale."""
+    .h5); adds "<image> prob <k>" and "<image> predicted labels" layers on the image's scale."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run in the calling thread
-        self._models: dict[tuple[str, float], Any] = {}
         self.progress: TaskProgress | None = None
         self.worker: Any = None
         self.result: ArrayPrediction | None = None
@@ -89,56 +92,55 @@ class PredictWidget(Container):
         follow_layers(self.viewer, [self.image], self.axes)
 
     # --- running ---------------------------------------------------------------------
-    def job(self) -> Any:
-        """The PredictionJob of the current settings (what predict_image -D would set)."""
-        from unetsl.predict.job import PredictionJob
-
-        model = Path(str(self.model_file.value))
-        if not model.is_file():
-            raise UnetslError(f"{model}: no such model file")
+    def settings(self) -> dict[str, Any]:
+        """The prediction settings of the fields (what predict_image -D would set), checked;
+        the worker process makes the PredictionJob of them (the model file decides the
+        normalisation)."""
+        model = str(self.model_file.value).strip()
+        if not model or model == "." or not Path(model).is_file():
+            raise UnetslError(f"model file {model or '(empty)'!r} does not exist: choose a "
+                              ".h5 or .keras model")
         if self.image.value not in self.viewer.layers:
             raise UnetslError("choose an image layer to predict")
-        job = PredictionJob.create(model, Path(str(self.image.value)),
-                                   all_outputs=bool(self.all_outputs.value))
-        job.update({"batch size": int(self.batch_size.value),
-                    "tile shape": parse_triple(self.tile.value, "tile shape"),
-                    "overlap": parse_triple(self.overlap.value, "overlap")})
-        return job
-
-    def _load(self, path: str) -> Any:
-        from unetsl.nets.model_files import load_model
-
-        key = (path, Path(path).stat().st_mtime)
-        if key not in self._models:
-            self._models = {key: load_model(path)}  # keep one model in memory
-        return self._models[key]
+        return {"batch size": int(self.batch_size.value),
+                "tile shape": parse_triple(self.tile.value, "tile shape"),
+                "overlap": parse_triple(self.overlap.value, "overlap"),
+                "all outputs": bool(self.all_outputs.value)}
 
     def run(self) -> None:
-        """Predict in a worker thread (or here when ``synchronous``)."""
+        """Predict in the worker process, waited for in a thread (or here when
+        ``synchronous``); napari's process never loads TensorFlow."""
         try:
-            job = self.job()
+            settings = self.settings()
             layer = self.viewer.layers[self.image.value]
             axes = self.axes.value.strip().lower()
             image = layer_tczyx(layer, axes)
         except UnetslError as err:
             self.status.value = notify(err)
             return
-        from unetsl.predict.in_memory import predict_array
-
         progress = self.progress = TaskProgress(f"predict {layer.name}")
-        model_path = job.values["model file"]
+        model = str(Path(str(self.model_file.value)).resolve())
 
         def task() -> ArrayPrediction:
-            return predict_array(job, image, model=self._load(model_path), progress=progress)
+            return worker("prediction").call(
+                "predict", progress=progress, on_event=self._event, model=model,
+                image_name=layer.name, image=image, settings=settings)
 
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"predicting {layer.name} ..."
         self.worker = run_task(task, lambda result: self._show(result, layer, axes),
                                on_error=self._failed, synchronous=self.synchronous)
 
+    @ensure_main_thread
+    def _event(self, kind: str, *payload: Any) -> None:
+        """Warnings of the worker process in the status line (and napari's notifications)."""
+        if kind == "log" and payload[0] in ("warning", "error"):
+            self.status.value = show_warning_line(payload[1])
+
     def cancel(self) -> None:
         if self.progress is not None:
             self.progress.cancel()
+            worker("prediction").cancel()
 
     def _finish(self) -> None:
         self.run_button.enabled, self.cancel_button.enabled = True, False
@@ -167,5 +169,5 @@ class PredictWidget(Container):
             if reduction == "linear":
                 continue  # the values are the probability layers already
             put_layer(self.viewer, "labels", from_tczyx(labels, out_axes),
-                      f"{prefix} labels", **place)
+                      f"{prefix} predicted labels", **place)
         self.status.value = f"predicted {layer.name}"

@@ -17,13 +17,9 @@ from typing import Any
 from superqt.utils import ensure_main_thread
 
 from unetsl.errors import UnetslError
+from unetsl.napari.process import Cancelled
 
-
-class Cancelled(Exception):
-    """The user cancelled a running task."""
-
-    def __init__(self) -> None:
-        super().__init__("cancelled")
+__all__ = ["Cancelled", "TaskProgress", "notify", "run_task", "show_warning_line"]
 
 
 def notify(error: BaseException) -> str:
@@ -35,6 +31,15 @@ def notify(error: BaseException) -> str:
         return "cancelled"
     text = str(error) if isinstance(error, UnetslError) else f"{type(error).__name__}: {error}"
     show_error(f"unetsl: {text}")
+    return text
+
+
+def show_warning_line(text: str) -> str:
+    """A warning of the library (sent by the worker process) as a napari notification;
+    returns the text for the widget's status line."""
+    from napari.utils.notifications import show_warning
+
+    show_warning(f"unetsl: {text}")
     return text
 
 

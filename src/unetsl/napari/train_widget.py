@@ -1,9 +1,10 @@
-"""Train: a config file -> training in a worker thread, live loss curves, a stop button.
+"""Train: a config file -> training in a worker process, live loss curves, a stop button.
 
 Training is :func:`unetsl.training.train.train` as train_model runs it (logs, -best and
--latest checkpoints beside the config); the stop button is a
-:class:`~unetsl.training.checkpoints.StopRequest`, which saves -latest after the current
-batch as Ctrl-C does for train_model. The config's data sources are listed, and an image
+-latest checkpoints beside the config), in the plugin's worker process for training
+(:mod:`unetsl.napari.process`: TensorFlow never loads into napari); the stop button is a
+:class:`~unetsl.training.checkpoints.StopRequest` there, which saves -latest after the
+current batch as Ctrl-C does for train_model. The config's data sources are listed, and an image
 layer with its labels layer becomes a paired source with
 :func:`unetsl.data.attach.add_array_pair` (the files are written beside the config).
 """
@@ -23,6 +24,7 @@ from magicgui.widgets import (
     PushButton,
     TextEdit,
 )
+from superqt.utils import ensure_main_thread
 
 from unetsl.config.fields import LABELLER_NAMES
 from unetsl.errors import UnetslError
@@ -35,7 +37,8 @@ from unetsl.napari.layers import (
     layer_unit,
 )
 from unetsl.napari.loss_plot import LossCurves
-from unetsl.napari.tasks import notify, run_task
+from unetsl.napari.process import worker
+from unetsl.napari.tasks import notify, run_task, show_warning_line
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +53,7 @@ class TrainWidget(Container):
         self.synchronous = False  # tests: run in the calling thread
         self.worker: Any = None
         self.result: Any = None
-        self.stop_request: Any = None
+        self.warnings: list[str] = []
         self.config_file = FileEdit(label="config", mode="r", filter="*.json")
         self.sources = TextEdit(label="data sources", value="")
         self.sources.native.setReadOnly(True)
@@ -129,45 +132,66 @@ class TrainWidget(Container):
 
     # --- training --------------------------------------------------------------------
     def run(self) -> None:
-        """Train in a worker thread (or here when ``synchronous``)."""
-        from unetsl.training.checkpoints import InterruptCheck, StopRequest
-        from unetsl.training.train import train
-
+        """Train in the worker process for training, waited for in a thread (or here when
+        ``synchronous``); epoch lines, losses and warnings come back as events."""
         try:
             cfg = self.config()
         except UnetslError as err:
             self.status.value = notify(err)
             return
-        stop = self.stop_request = StopRequest()
-        callbacks = [InterruptCheck(stop), self.curves.callback()]
         resume = bool(self.resume.value)
         self.curves.clear_curves()
+        self.warnings = []
 
-        def task() -> Any:
-            return train(cfg, resume=resume, progress="none", extra_callbacks=callbacks)
+        def task() -> dict[str, Any]:
+            return worker("training").call("train", on_event=self._event,
+                                           config=str(cfg.path), resume=resume)
 
         self.train_button.enabled, self.stop_button.enabled = False, True
         self.status.value = f"training {cfg.name} ..."
         self.worker = run_task(task, self._done, on_error=self._failed,
                                synchronous=self.synchronous)
 
+    def _event(self, kind: str, *payload: Any) -> None:
+        """Losses to the curves; epoch lines and warnings to the status line."""
+        if kind == "batch":
+            self.curves.add_batch(*payload)
+        elif kind == "epoch":
+            self.curves.add_epoch(*payload)
+        elif kind == "line":
+            self._say(payload[0], warning=False)
+        elif kind == "log" and payload[0] in ("warning", "error"):
+            self._say(payload[1], warning=True)
+
+    @ensure_main_thread
+    def _say(self, text: str, *, warning: bool) -> None:
+        if warning:
+            self.warnings.append(text)
+            show_warning_line(text)
+        self.status.value = text
+
     def stop(self) -> None:
         """Stop after the current batch; -latest is saved (train_model --resume goes on)."""
-        if self.stop_request is not None:
-            self.stop_request.request()
-            self.status.value = "stopping after this batch ..."
+        if self.train_button.enabled:
+            return  # nothing is training
+        worker("training").stop()
+        self.status.value = "stopping after this batch ..."
 
     def _failed(self, error: BaseException) -> None:
         self.train_button.enabled, self.stop_button.enabled = True, False
         self.status.value = notify(error)
 
-    def _done(self, result: Any) -> None:
+    def _done(self, result: dict[str, Any]) -> None:
         self.train_button.enabled, self.stop_button.enabled = True, False
         self.result = result
-        best = (f"; best {result.monitor} {result.best:.4g} (epoch {result.best_epoch + 1})"
-                if result.best is not None and result.best_epoch is not None else "")
-        if result.interrupted is not None:
-            self.status.value = (f"stopped at epoch {result.epochs_done}/{result.epochs}: "
-                                 f"saved {result.paths.latest.name}{best}")
+        best = (f"; best {result['monitor']} {result['best']:.4g} (epoch "
+                f"{result['best_epoch'] + 1})" if result["best"] is not None
+                and result["best_epoch"] is not None else "")
+        if result["interrupted"] is not None:
+            text = (f"stopped at epoch {result['epochs_done']}/{result['epochs']}: saved "
+                    f"{Path(result['latest']).name}{best}")
         else:
-            self.status.value = f"trained {result.epochs_done}/{result.epochs} epochs{best}"
+            text = f"trained {result['epochs_done']}/{result['epochs']} epochs{best}"
+        if self.warnings:
+            text += f" ({len(self.warnings)} warning(s): {self.warnings[-1]})"
+        self.status.value = text

@@ -1,0 +1,156 @@
+"""What the plugin's worker process runs: predict, train, inspect (the console scripts' own
+library calls). Imported in the child only (:mod:`unetsl.napari.process`): TensorFlow loads
+here, never in napari's process. Arguments and results are plain values and arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from unetsl.data.inspect import Page, Panel
+    from unetsl.napari.process import TaskContext
+    from unetsl.predict.in_memory import ArrayPrediction
+
+LayerData = tuple[np.ndarray, dict[str, Any], str]
+PATCH_AXES = ("patch", "z", "y", "x")
+COLORMAPS = {"input": "gray", "binary": "magma", "linear": "viridis", "weights": "viridis"}
+
+
+def predict(context: TaskContext, *, model: str, image_name: str, image: np.ndarray,
+            settings: dict[str, Any]) -> ArrayPrediction:
+    """predict_image's steps on a (t, c, z, y, x) array; the model stays loaded."""
+    from unetsl.nets.model_files import load_model
+    from unetsl.predict.in_memory import predict_array
+    from unetsl.predict.job import PredictionJob
+
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    job = PredictionJob.create(path, Path(image_name),
+                               all_outputs=bool(settings.pop("all outputs", False)))
+    job.update(settings)
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if context.cache.get("model key") != key:
+        context.cache.pop("model", None)  # one model in memory
+        context.cache["model"] = load_model(path)
+        context.cache["model key"] = key
+    return predict_array(job, image, model=context.cache["model"], progress=context.progress)
+
+
+def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
+    """train_model -b on ``config``: epoch lines, losses and warnings sent as events; the
+    parent's Stop saves -latest after the current batch. Returns what the dock shows."""
+    import keras
+
+    from unetsl.config.model_config import Config
+    from unetsl.training.checkpoints import InterruptCheck, StopRequest
+    from unetsl.training.train import train as train_model
+
+    class Feed(keras.callbacks.Callback):
+        """Batch and epoch losses for the dock's curves (x in epochs)."""
+
+        epoch, steps = 0, 1
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.steps = max(1, int((self.params or {}).get("steps") or 1))
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = int(epoch)
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            context.emit("batch", self.epoch + (batch + 1) / self.steps, _numbers(logs))
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            context.emit("epoch", int(epoch), _numbers(logs))
+
+    class Lines:
+        """The epoch lines train_model prints, one "line" event each."""
+
+        def write(self, text: str) -> None:
+            for line in text.splitlines():
+                if line.strip():
+                    context.emit("line", line.strip())
+
+        def flush(self) -> None:
+            pass
+
+    cfg = Config.load(Path(config))
+    stop = context.stop_request = StopRequest()
+    result = train_model(cfg, resume=resume, progress="lines", stream=Lines(),  # type: ignore
+                         extra_callbacks=[InterruptCheck(stop), Feed()])
+    return {"epochs_done": result.epochs_done, "epochs": result.epochs,
+            "monitor": result.monitor, "best": result.best, "best_epoch": result.best_epoch,
+            "interrupted": result.interrupted, "latest": str(result.paths.latest),
+            "best_model": str(result.paths.best)}
+
+
+def inspect(context: TaskContext, *, config: str, source: int, count: int,
+            seed: int) -> tuple[list[str], list[LayerData], int]:
+    """The patches and targets training draws from data source ``source``, as layer data:
+    (summary lines, layers, patches shown)."""
+    from unetsl.config.model_config import Config
+    from unetsl.data.inspect import build_pages
+    from unetsl.training.setup import training_shapes
+
+    cfg = Config.load(Path(config))
+    patch_shape, n_labels = training_shapes(cfg)
+    page = build_pages(cfg, patch_shape=patch_shape, n_labels=n_labels, seed=seed,
+                       sources=[source])[0]
+    return list(page.summary), patch_layers(page, count, f"source {source}"), min(
+        len(page.order), count)
+
+
+def _numbers(logs: Any) -> dict[str, float]:
+    out = {}
+    for key, value in dict(logs or {}).items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def placement(panel: Panel) -> tuple[list[float], list[float]]:
+    """(scale, translate) of a panel over (patch, z, y, x), in input-patch pixels."""
+    _, y_size, x_size = panel.image.shape
+    scale, translate = [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]
+    if panel.z_map is not None:
+        first = np.flatnonzero(np.asarray(panel.z_map) == 0)
+        if len(first):
+            scale[1], translate[1] = float(len(first)), float(first.mean())
+    if panel.extent is not None:
+        left, right, bottom, top = panel.extent
+        scale[2], scale[3] = (bottom - top) / y_size, (right - left) / x_size
+        translate[2], translate[3] = top + scale[2] / 2, left + scale[3] / 2
+    return scale, translate
+
+
+def patch_layers(page: Page, count: int, prefix: str) -> list[LayerData]:
+    """One layer per panel title of ``count`` patches of ``page``, the patches stacked."""
+    from unetsl.data.inspect import panels
+
+    stacks: dict[str, list[Panel]] = {}
+    for patch in page.patches(0, count):
+        for panel in panels(page, patch):
+            stacks.setdefault(panel.title.replace("\n", ", "), []).append(panel)
+    layers = []
+    for title, shown in stacks.items():
+        data = np.stack([p.image for p in shown])
+        scale, translate = placement(shown[0])
+        kind = shown[0].kind
+        options: dict[str, Any] = {"name": f"{prefix} {title}", "scale": scale,
+                                   "translate": translate, "axis_labels": PATCH_AXES}
+        if kind == "label" and np.issubdtype(data.dtype, np.integer):
+            layers.append((data, options, "labels"))
+            continue
+        options["colormap"] = COLORMAPS.get(kind, "gray")
+        if kind == "binary":
+            options["contrast_limits"] = (0.0, 1.0)
+        layers.append((data.astype(np.float32), options, "image"))
+    return layers
+
+
+TASKS = {"predict": predict, "train": train, "inspect": inspect}
