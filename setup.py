@@ -16,7 +16,7 @@ SCRIPTS = {
 }
 
 # The napari plugin (unetsl.napari): a Qt front end, kept out of the core install
-NAPARI = ["napari>=0.5", "magicgui", "qtpy", "PyQt5"]
+NAPARI = ["napari>=0.5", "magicgui", "qtpy", "PyQt6"]  # PyQt5: deprecated by napari
 
 # Big images and clusters: Dask prediction (--dask), Slurm worker jobs (OME-Zarr is core)
 SCALE = [

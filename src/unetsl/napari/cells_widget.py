@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, SpinBox
 
 from unetsl.cells.files import MESH_FORMATS, MODES
 from unetsl.cells.settings import CellSettings
@@ -25,7 +25,7 @@ from unetsl.napari.layers import (
     like_layer,
     put_layer,
 )
-from unetsl.napari.tasks import notify, run_task
+from unetsl.napari.tasks import ScrollingDock, notify, run_task, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -33,12 +33,12 @@ if TYPE_CHECKING:
     from unetsl.cells.files import CellsResult
 
 
-class CellsWidget(Container):
+class CellsWidget(ScrollingDock):
     """Cells from the selected probability layer (channel 0 of predict = membrane), tracked
     over time; the table below lists them (click a row to select the cell)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run in the calling thread
         self.worker: Any = None
@@ -59,17 +59,17 @@ class CellsWidget(Container):
                                 tooltip="smallest cell in pixels (voxels in 3D)")
         self.tracking = CheckBox(text="track over time", value=True)
         self.run_button = PushButton(text="Segment cells")
-        self.status = Label(value="")
+        self.status = status_label()
         self.mesh_format = ComboBox(label="mesh format", choices=list(MESH_FORMATS),
                                     value="ply")
         self.csv_button = PushButton(text="Save CSV ...")
         self.rois_button = PushButton(text="Save ROI zip ...")
         self.meshes_button = PushButton(text="Save meshes ...")
-        self.extend([self.probabilities, self.axes, self.channel, self.mode, self.min_size,
+        self.form.extend([self.probabilities, self.axes, self.channel, self.mode, self.min_size,
                      self.tracking, self.run_button, self.status, self.mesh_format,
                      self.csv_button, self.rois_button, self.meshes_button])
         self.table = CellsTable(self.select_cell)
-        self.native.layout().addWidget(self.table)
+        self.form.native.layout().addWidget(self.table)
         self.run_button.clicked.connect(self.run)
         self.csv_button.clicked.connect(lambda: self.save("csv"))
         self.rois_button.clicked.connect(lambda: self.save("rois"))
@@ -146,6 +146,19 @@ class CellsWidget(Container):
             self.viewer.dims.set_point(axis, position)
 
     # --- files -----------------------------------------------------------------------
+    def _folder(self) -> Path:
+        """Where save dialogs open: the folder of the file the segmented layer (or the layer
+        it was predicted from) came from, else the working folder."""
+        for layer in self.viewer.layers:
+            source = getattr(getattr(layer, "source", None), "path", None)
+            if source and layer.name in (self.probabilities.value or "", *self._origins()):
+                return Path(source).parent
+        return Path.cwd()
+
+    def _origins(self) -> list[str]:
+        name = str(self.probabilities.value or "")
+        return [name.rsplit(" prob ", 1)[0]] if " prob " in name else []
+
     def save(self, what: str, path: str | Path | None = None) -> Path | None:
         """Write the table ("csv"), the ROI set ("rois", 2D) or the meshes ("meshes", 3D)
         with segment_cells' writers; asks for the path when none is given."""
@@ -156,10 +169,10 @@ class CellsWidget(Container):
             if self.result is None:
                 raise UnetslError("segment cells first")
             if path is None:
-                path = _ask_path(what)
+                path = _ask_path(what, self._folder())
                 if path is None:
                     return None
-            path = Path(path)
+            path = with_extension(Path(path), what)
             if what == "csv":
                 write_csv(self.result.table, path)
             elif what == "rois":
@@ -174,14 +187,30 @@ class CellsWidget(Container):
         return path
 
 
-def _ask_path(what: str) -> str | None:
-    """A save dialog for the table and ROI set, a folder dialog for meshes."""
+#: the extension each saved file must have for Fiji, roifile and spreadsheets to open it
+EXTENSIONS = {"csv": ".csv", "rois": ".zip"}
+
+
+def with_extension(path: Path, what: str) -> Path:
+    """``path`` with the extension of ``what`` added when it lacks it ("cells" -> cells.csv,
+    "cells-rois" -> cells-rois.zip: Fiji and roifile reject a ROI set without .zip)."""
+    wanted = EXTENSIONS.get(what)
+    if wanted is None or path.suffix.lower() == wanted:
+        return path
+    return path.with_name(path.name + wanted)
+
+
+def _ask_path(what: str, folder: Path) -> str | None:
+    """A save dialog for the table and ROI set, a folder dialog for meshes; both open in
+    ``folder`` (where the probabilities' file lies), not napari's working folder."""
     from qtpy.QtWidgets import QFileDialog
 
     if what == "meshes":
-        folder = QFileDialog.getExistingDirectory(None, "Folder for the cell meshes")
-        return folder or None
-    caption, pattern = (("Save the cell table", "CSV (*.csv)") if what == "csv"
-                        else ("Save the ImageJ ROI set", "ROI zip (*.zip)"))
-    path, _ = QFileDialog.getSaveFileName(None, caption, "", pattern)
+        chosen = QFileDialog.getExistingDirectory(None, "Folder for the cell meshes",
+                                                  str(folder))
+        return chosen or None
+    caption, pattern, name = (("Save the cell table", "CSV (*.csv)", "cells.csv")
+                              if what == "csv" else
+                              ("Save the ImageJ ROI set", "ROI zip (*.zip)", "cells-rois.zip"))
+    path, _ = QFileDialog.getSaveFileName(None, caption, str(folder / name), pattern)
     return path or None

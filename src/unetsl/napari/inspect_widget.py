@@ -13,23 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container, FileEdit, Label, PushButton, SpinBox, TextEdit
+from magicgui.widgets import FileEdit, PushButton, SpinBox, TextEdit
 
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import put_layer
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import notify, run_task
+from unetsl.napari.tasks import ScrollingDock, notify, run_task, status_label
 from unetsl.napari.worker_tasks import LayerData
 
 if TYPE_CHECKING:
     import napari
 
 
-class InspectWidget(Container):
+class InspectWidget(ScrollingDock):
     """Show training patches of one data source of a config: input, label, every target."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run in the calling thread
         self.worker: Any = None
@@ -39,10 +39,10 @@ class InspectWidget(Container):
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0,
                             tooltip="seed of the sampling and augmentation shown")
         self.show_button = PushButton(text="Show patches")
-        self.status = Label(value="")
+        self.status = status_label()
         self.summary = TextEdit(label="summary", value="")
         self.summary.native.setReadOnly(True)
-        self.extend([self.config_file, self.source, self.patches, self.seed, self.show_button,
+        self.form.extend([self.config_file, self.source, self.patches, self.seed, self.show_button,
                      self.status, self.summary])
         self.show_button.clicked.connect(self.run)
 

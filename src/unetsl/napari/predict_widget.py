@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -35,7 +33,14 @@ from unetsl.napari.layers import (
     put_layer,
 )
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import TaskProgress, notify, run_task, show_warning_line
+from unetsl.napari.tasks import (
+    ScrollingDock,
+    TaskProgress,
+    notify,
+    run_task,
+    show_warning_line,
+    status_label,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -58,12 +63,12 @@ def parse_triple(text: str, key: str) -> list[int] | None:
     return values
 
 
-class PredictWidget(Container):
+class PredictWidget(ScrollingDock):
     """Predict the selected image layer with a model file (.h5 / .keras, also the original's
     .h5); adds "<image> prob <k>" and "<image> predicted labels" layers on the image's scale."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run in the calling thread
         self.progress: TaskProgress | None = None
@@ -83,8 +88,8 @@ class PredictWidget(Container):
         self.all_outputs = CheckBox(text="all outputs (cascade)", value=False)
         self.run_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
+        self.status = status_label()
+        self.form.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
                      self.overlap, self.all_outputs, self.run_button, self.cancel_button,
                      self.status])
         self.run_button.clicked.connect(self.run)

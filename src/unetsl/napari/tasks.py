@@ -14,12 +14,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from magicgui.widgets import Container
 from superqt.utils import ensure_main_thread
 
 from unetsl.errors import UnetslError
 from unetsl.napari.process import Cancelled
 
-__all__ = ["Cancelled", "TaskProgress", "notify", "run_task", "show_warning_line"]
+__all__ = ["Cancelled", "ScrollingDock", "TaskProgress", "notify", "run_task", "show_warning_line",
+           "status_label"]
 
 
 def notify(error: BaseException) -> str:
@@ -32,6 +34,35 @@ def notify(error: BaseException) -> str:
     text = str(error) if isinstance(error, UnetslError) else f"{type(error).__name__}: {error}"
     show_error(f"unetsl: {text}")
     return text
+
+
+class ScrollingDock(Container):
+    """A dock whose fields scroll (``self.form`` holds them): four docked widgets fit a
+    1366x768 screen instead of pushing the time slider and status bar off it (napari docks
+    a magicgui container's inner widget, so magicgui's own ``scrollable`` has no effect)."""
+
+    def __init__(self) -> None:
+        from qtpy.QtWidgets import QFrame, QScrollArea
+
+        super().__init__(labels=False)
+        self.form = Container(labels=True)
+        area = QScrollArea()
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.NoFrame)
+        area.setWidget(self.form.native)
+        area.setMinimumHeight(120)
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.native.layout().addWidget(area)
+
+
+def status_label() -> Any:
+    """A widget's status line: long messages wrap instead of widening the dock until the
+    canvas is cropped."""
+    from magicgui.widgets import Label
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    return label
 
 
 def show_warning_line(text: str) -> str:

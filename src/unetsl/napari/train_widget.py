@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
-    Label,
     LineEdit,
     PushButton,
     TextEdit,
@@ -38,17 +36,17 @@ from unetsl.napari.layers import (
 )
 from unetsl.napari.loss_plot import LossCurves
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import notify, run_task, show_warning_line
+from unetsl.napari.tasks import ScrollingDock, notify, run_task, show_warning_line, status_label
 
 if TYPE_CHECKING:
     import napari
 
 
-class TrainWidget(Container):
+class TrainWidget(ScrollingDock):
     """Train the model of a config (NAME.json); add training pairs from open layers."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = napari_viewer
         self.synchronous = False  # tests: run in the calling thread
         self.worker: Any = None
@@ -68,12 +66,12 @@ class TrainWidget(Container):
         self.resume = CheckBox(text="resume from -latest", value=False)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop (save -latest)", enabled=False)
-        self.status = Label(value="")
-        self.extend([self.config_file, self.sources, self.image, self.labels, self.axes,
+        self.status = status_label()
+        self.form.extend([self.config_file, self.sources, self.image, self.labels, self.axes,
                      self.labeller, self.add_button, self.resume, self.train_button,
                      self.stop_button, self.status])
         self.curves = LossCurves()
-        self.native.layout().addWidget(self.curves)
+        self.form.native.layout().addWidget(self.curves)
         self.config_file.changed.connect(self.show_sources)
         self.add_button.clicked.connect(self.add_layers)
         self.train_button.clicked.connect(self.run)

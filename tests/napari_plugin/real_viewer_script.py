@@ -1,0 +1,80 @@
+"""A biologist's session in a real napari window (run under Xvfb by test_real_viewer.py):
+open the sample, dock every widget, train 1 epoch, predict, segment cells, save the table
+and the ROI set, take screenshots. Prints one "key: value" line per finding.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python real_viewer_script.py OUT_FOLDER
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+from unetsl.config.model_config import Config
+from unetsl.napari.cells_widget import CellsWidget
+from unetsl.napari.predict_widget import PredictWidget
+from unetsl.napari.train_widget import TrainWidget
+
+WIDGETS = ("Predict", "Segment cells", "Train", "Inspect training data")
+
+
+def say(key: str, value: object) -> None:
+    print(f"{key}: {value}", flush=True)
+
+
+def settle() -> None:
+    for _ in range(5):
+        QApplication.processEvents()
+
+
+def main(out: Path) -> None:
+    viewer = napari.Viewer(title="unetsl real viewer test")
+    viewer.window._qt_window.resize(1366, 768)
+    viewer.open_sample("unetsl", "epithelium-movie")
+    docked = {name: viewer.window.add_plugin_dock_widget("unetsl", name)[1] for name in WIDGETS}
+    settle()
+    truth = viewer.layers["epithelium movie labels"].data.copy()
+
+    cfg = Config.new(out / "movie.json")
+    cfg.update({"input shape": [1, 3, 32, 32], "depth": 2, "n filters": 4, "n labels": 2,
+                "stride": [0, 1, 32, 32], "batch size": 4, "epochs": 1, "seed": 1,
+                "validation fraction": 0.0, "data sources": []})
+    cfg.save()
+    train: TrainWidget = docked["Train"]
+    train.synchronous = True
+    train.config_file.value = cfg.path
+    train.image.value, train.labels.value = "epithelium movie", "epithelium movie labels"
+    train.add_layers()
+    train.run()
+    say("train", train.status.value)
+
+    predict: PredictWidget = docked["Predict"]
+    predict.synchronous = True
+    predict.model_file.value = out / "movie-latest.h5"
+    predict.image.value = "epithelium movie"
+    predict.run()
+    say("predict", predict.status.value)
+    kept = viewer.layers["epithelium movie labels"].data
+    say("annotation kept", bool(np.array_equal(kept, truth)))
+
+    cells: CellsWidget = docked["Segment cells"]
+    cells.synchronous = True
+    cells.probabilities.value = "epithelium movie prob 0"
+    cells.run()
+    say("cells", cells.status.value)
+    say("csv", cells.save("csv", out / "cells"))
+    say("rois", cells.save("rois", out / "cells-rois"))
+    say("layers", sorted(layer.name for layer in viewer.layers))
+    settle()
+    viewer.screenshot(str(out / "canvas.png"), canvas_only=True)
+    viewer.screenshot(str(out / "window.png"), canvas_only=False)
+    say("loaded", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
