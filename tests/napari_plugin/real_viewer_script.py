@@ -1,6 +1,6 @@
 """A biologist's session in a real napari window (run under Xvfb by test_real_viewer.py):
-open the sample, dock every widget, train 1 epoch, predict, segment cells, save the table
-and the ROI set, take screenshots. Prints one "key: value" line per finding.
+open the sample, dock every widget, create a model, train 1 epoch, predict, segment cells,
+save the table and the ROI set, take screenshots. Prints one "key: value" line per finding.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python real_viewer_script.py OUT_FOLDER
 """
@@ -16,10 +16,11 @@ from qtpy.QtWidgets import QApplication
 
 from unetsl.config.model_config import Config
 from unetsl.napari.cells_widget import CellsWidget
+from unetsl.napari.new_model_widget import NewModelWidget
 from unetsl.napari.predict_widget import PredictWidget
 from unetsl.napari.train_widget import TrainWidget
 
-WIDGETS = ("Predict", "Segment cells", "Train", "Inspect training data")
+WIDGETS = ("New model", "Predict", "Segment cells", "Train", "Inspect training data")
 
 
 def say(key: str, value: object) -> None:
@@ -39,10 +40,16 @@ def main(out: Path) -> None:
     settle()
     truth = viewer.layers["epithelium movie labels"].data.copy()
 
-    cfg = Config.new(out / "movie.json")
-    cfg.update({"input shape": [1, 3, 32, 32], "depth": 2, "n filters": 4, "n labels": 2,
-                "stride": [0, 1, 32, 32], "batch size": 4, "epochs": 1, "seed": 1,
-                "validation fraction": 0.0, "data sources": []})
+    new: NewModelWidget = docked["New model"]
+    new.synchronous = True
+    new.config_file.value = out / "movie.json"
+    new.patch.value, new.epochs.value, new.filters.value, new.depth.value = (
+        "1, 3, 32, 32", 1, 4, 2)
+    new.run()
+    say("new model", new.status.value.splitlines()[0])
+    cfg = Config.load(out / "movie.json")
+    cfg.update({"stride": [0, 1, 32, 32], "batch size": 4, "seed": 1,
+                "validation fraction": 0.0})  # a quick test run: what -D would set
     cfg.save()
     train: TrainWidget = docked["Train"]
     train.synchronous = True

@@ -91,11 +91,47 @@ def test_stack_cells_use_the_z_spacing_and_save_meshes(viewer, tmp_path):
     assert written is not None and any(written.glob("cell-*.ply"))
 
 
-def test_label_layers_and_missing_channels_are_refused_in_one_line(viewer):
-    widget = _segment(viewer, np.ones((20, 20), np.uint8), "yx", (1.0, 1.0))
-    assert widget.status.value == ("holds uint8 pixels, not probabilities; give a float map "
-                                   "in [0, 1] such as predict's probabilities")
+def test_only_float_layers_are_offered_and_errors_name_the_layer(viewer):
+    """Raw camera images (integers) are not probabilities: the list offers float layers, and
+    picks the first one rather than "-----"."""
+    from unetsl.napari.cells_widget import CellsWidget
+
+    viewer.add_image(np.ones((20, 20), np.uint16), name="raw")
+    widget = CellsWidget(viewer)
+    assert widget.probabilities.choices == (None,) and widget.probabilities.value is None
+    widget.run()
+    assert widget.status.value == "choose a probability layer"
+    viewer.add_image(np.full((20, 20), 2.0, np.float32), name="prob", axis_labels=("y", "x"))
+    assert widget.probabilities.choices == (None, "prob")
+    assert widget.probabilities.value == "prob"
+    widget.synchronous = True
+    widget.run()
+    assert widget.status.value.startswith("layer 'prob': "), widget.status.value
     widget.channel.value = 2
     widget.run()
     assert widget.status.value.startswith("layer 'prob': channel 2 does not exist")
-    assert [layer.name for layer in viewer.layers] == ["prob"]
+    assert [layer.name for layer in viewer.layers] == ["raw", "prob"]
+
+
+def test_a_weak_map_hints_at_training_headers_have_units_rows_centre_the_cell(viewer,
+                                                                            tmp_path):
+    maps = 0.45 * _membrane_map(epithelium_time_series((2, 64, 64), seed=3).labels)
+    widget = _segment(viewer, maps, "tyx", (1.0, PIXEL, PIXEL))
+    viewer.layers["prob"].units = ("pixel", "micrometer", "micrometer")
+    widget.run()
+    assert widget.status.value.endswith("; the probabilities peak at 0.45: is the model "
+                                        "trained enough?"), widget.status.value
+    titles = [widget.table.horizontalHeaderItem(k).text()
+              for k in range(widget.table.columnCount())]
+    assert titles[:3] == ["id", "t (from 0)", "centroid_z (µm)"] and "area (µm²)" in titles
+    assert not widget.rois_button.native.isHidden() and widget.meshes_button.native.isHidden()
+
+    cell = int(widget.result.labels[1].max())
+    widget.select_cell(cell, 1)
+    where = np.argwhere(widget.result.labels[1, 0] == cell)
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx(tuple(where.mean(0) * PIXEL))
+    assert viewer.camera.zoom > 1.0  # zoomed in on one cell
+
+    assert widget.save("csv", tmp_path / "cells") == tmp_path / "cells.csv"
+    assert widget.save("rois", tmp_path / "cells-rois") == tmp_path / "cells-rois.zip"
+    assert (tmp_path / "cells.csv").exists() and (tmp_path / "cells-rois.zip").exists()

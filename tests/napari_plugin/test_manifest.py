@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 
-WIDGETS = ["Predict", "Segment cells", "Train", "Inspect training data"]
+WIDGETS = ["New model", "Predict", "Segment cells", "Train", "Inspect training data"]
 
 
 def test_npe2_validate_passes_with_imports():
@@ -60,19 +60,20 @@ def test_a_real_viewer_docks_every_widget_and_opens_a_sample(qapp):
 
     from unetsl.napari.cells_widget import CellsWidget
     from unetsl.napari.inspect_widget import InspectWidget
+    from unetsl.napari.new_model_widget import NewModelWidget
     from unetsl.napari.predict_widget import PredictWidget
     from unetsl.napari.train_widget import TrainWidget
 
     viewer = napari.Viewer(show=False)
     try:
         docked = [viewer.window.add_plugin_dock_widget("unetsl", name)[1] for name in WIDGETS]
-        assert [type(w) for w in docked] == [PredictWidget, CellsWidget, TrainWidget,
-                                             InspectWidget]
+        assert [type(w) for w in docked] == [NewModelWidget, PredictWidget, CellsWidget,
+                                             TrainWidget, InspectWidget]
         if not _opengl_works():
             pytest.skip("a full napari.Viewer needs OpenGL to show layers, which this "
                         "machine lacks (the widgets are tested on a ViewerModel)")
         viewer.open_sample("unetsl", "epithelium-movie")
-        assert docked[0].image.choices == ("epithelium movie",)
-        assert docked[0].axes.value == "tyx"
+        assert docked[1].image.choices == ("epithelium movie",)
+        assert docked[1].axes.value == "tyx"
     finally:
         viewer.close()

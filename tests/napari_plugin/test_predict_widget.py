@@ -105,3 +105,27 @@ def test_bad_settings_are_one_line_messages(viewer, work):
     widget.run()
     assert "axes 'zyxq' do not name its 3 dimensions" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["movie"]
+
+
+def test_a_layer_the_user_made_is_never_replaced(viewer, work):
+    """Predict's labels used to be named like the sample's annotations and overwrote them."""
+    widget = _widget(viewer, work)
+    painted = np.zeros((4, 40, 48), np.uint8)
+    painted[:, 5:9, 5:9] = 3
+    viewer.add_labels(painted.copy(), name="movie predicted labels")
+    widget.run()
+    np.testing.assert_array_equal(viewer.layers["movie predicted labels"].data, painted)
+    assert "movie predicted labels [2]" in viewer.layers
+    widget.run()  # its own result is updated in place, no "[3]"
+    assert [layer.name for layer in viewer.layers].count("movie predicted labels [2]") == 1
+    assert "movie predicted labels [3]" not in viewer.layers
+
+
+def test_an_empty_model_field_says_so(viewer, work):
+    widget = _widget(viewer, work)
+    widget.model_file.value = ""
+    widget.run()
+    assert widget.status.value.startswith("choose a model file (.h5 or .keras)")
+    widget.model_file.value = work / "missing.h5"
+    widget.run()
+    assert widget.status.value == f"model file '{work / 'missing.h5'}' does not exist"

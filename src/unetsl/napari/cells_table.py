@@ -12,6 +12,25 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
+#: the power of the unit each measurement carries (1 length, 2 area, 3 volume)
+UNIT_POWERS = {"centroid_z": 1, "centroid_y": 1, "centroid_x": 1, "perimeter": 1,
+               "equivalent_diameter": 1, "major_axis_length": 1, "minor_axis_length": 1,
+               "area": 2, "surface_area": 2, "volume": 3}
+SYMBOLS = {"micron": "µm", "micrometer": "µm", "um": "µm", "nanometer": "nm",
+           "millimeter": "mm"}
+
+
+def header(key: str, unit: str) -> str:
+    """A column's title with its unit ("area (µm²)"); t says it counts from 0 (ImageJ ROI
+    positions count from 1)."""
+    if key == "t":
+        return "t (from 0)"
+    power = UNIT_POWERS.get(key)
+    if power is None:
+        return key
+    symbol = SYMBOLS.get(unit, unit)
+    return f"{key} ({symbol}{'' if power == 1 else '²' if power == 2 else '³'})"
+
 
 class CellsTable(QTableWidget):
     """One row per cell per time point; ``on_select(cell id, t)`` when a row is clicked."""
@@ -27,15 +46,16 @@ class CellsTable(QTableWidget):
         self.columns: list[str] = []
         self.itemSelectionChanged.connect(self._selected)
 
-    def set_table(self, table: Mapping[str, np.ndarray]) -> None:
-        """Show ``table`` (columns of equal length) in place of what was shown."""
+    def set_table(self, table: Mapping[str, np.ndarray], unit: str = "pixel") -> None:
+        """Show ``table`` (columns of equal length, lengths in ``unit``) in place of what
+        was shown."""
         self.setSortingEnabled(False)  # or rows move while they are filled
         self.clear()
         self.columns = list(table)
         n_rows = len(next(iter(table.values()))) if table else 0
         self.setColumnCount(len(self.columns))
         self.setRowCount(n_rows)
-        self.setHorizontalHeaderLabels(self.columns)
+        self.setHorizontalHeaderLabels([header(key, unit) for key in self.columns])
         for col, key in enumerate(self.columns):
             values = np.asarray(table[key])
             integer = np.issubdtype(values.dtype, np.integer)

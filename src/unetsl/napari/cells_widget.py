@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, SpinBox
 
 from unetsl.cells.files import MESH_FORMATS, MODES
@@ -22,6 +23,7 @@ from unetsl.napari.layers import (
     layer_names,
     layer_spacing,
     layer_tczyx,
+    layer_unit,
     like_layer,
     put_layer,
 )
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
     import napari
 
     from unetsl.cells.files import CellsResult
+
+
+#: a membrane map that never exceeds this comes from a model that has not learned much yet
+UNDERTRAINED_PEAK = 0.6
 
 
 class CellsWidget(ScrollingDock):
@@ -47,7 +53,7 @@ class CellsWidget(ScrollingDock):
         self.out_axes = ""
         self.spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self.probabilities = ComboBox(label="probabilities",
-                                      choices=layer_names(self.viewer, "image"),
+                                      choices=layer_names(self.viewer, "image", floating=True),
                                       nullable=True)
         self.axes = LineEdit(label="axes", tooltip="axis letters of the layer: t, c, z, y, x")
         self.channel = SpinBox(label="channel", min=0, max=255, value=0,
@@ -105,12 +111,17 @@ class CellsWidget(ScrollingDock):
         mode, tracking = str(self.mode.value), bool(self.tracking.value)
 
         def task() -> CellsResult:
-            return segment_array(maps, spacing, mode=mode, settings=settings,
-                                 tracking=tracking)
+            try:
+                return segment_array(maps, spacing, mode=mode, settings=settings,
+                                     tracking=tracking)
+            except UnetslError as err:  # say which layer
+                raise UnetslError(f"layer {name!r}: {err}") from None
 
         self.run_button.enabled = False
         self.status.value = f"segmenting {name} ..."
-        self.worker = run_task(task, lambda result: self._show(result, layer, axes, spacing),
+        peak = float(np.max(maps)) if maps.size else 0.0
+        self.worker = run_task(task, lambda result: self._show(result, layer, axes, spacing,
+                                                               peak),
                                on_error=self._failed, synchronous=self.synchronous)
 
     def _failed(self, error: BaseException) -> None:
@@ -118,7 +129,7 @@ class CellsWidget(ScrollingDock):
         self.status.value = notify(error)
 
     def _show(self, result: CellsResult, layer: Any, axes: str,
-              spacing: tuple[float, float, float]) -> None:
+              spacing: tuple[float, float, float], peak: float = 1.0) -> None:
         self.run_button.enabled = True
         self.result, self.spacing = result, spacing
         out_axes = "".join(a for a in axes if a != "c")
@@ -126,24 +137,43 @@ class CellsWidget(ScrollingDock):
         self.labels_layer = put_layer(self.viewer, "labels",
                                       from_tczyx(result.labels[:, None], out_axes),
                                       f"{layer.name} cells", **like_layer(layer, axes, out_axes))
-        self.table.set_table(result.table)
+        self.table.set_table(result.table, layer_unit(layer))
         ids = result.table.get("id")
         n_cells = len(set(ids.tolist())) if ids is not None else 0
         tracks = f", {len(result.tracks)} tracks" if result.tracks else ""
-        self.status.value = f"{n_cells} cells in {result.labels.shape[0]} time point(s){tracks}"
+        hint = (f"; the probabilities peak at {peak:.2f}: is the model trained enough?"
+                if peak < UNDERTRAINED_PEAK else "")
+        self.status.value = (f"{n_cells} cells in {result.labels.shape[0]} time point(s)"
+                             f"{tracks}{hint}")
+        flat = result.labels.shape[1] == 1  # 2D (t, 1, y, x): ROIs; 3D: meshes
+        self.rois_button.visible, self.meshes_button.visible = flat, not flat
+        self.mesh_format.visible = not flat
 
     def select_cell(self, cell: int, t: int) -> None:
-        """Show cell ``cell`` alone in the labels layer, at time point ``t``."""
+        """Show cell ``cell`` alone in the labels layer, at time point ``t``, centred and
+        zoomed so that it fills about a third of the canvas."""
         layer = self.labels_layer
-        if layer is None or layer not in self.viewer.layers:
+        if layer is None or layer not in self.viewer.layers or self.result is None:
             return
         layer.selected_label = cell
         layer.show_selected_label = True
-        if "t" in self.out_axes:
-            axis = self.viewer.dims.ndim - layer.ndim + self.out_axes.index("t")
-            position = t * layer.scale[self.out_axes.index("t")] + \
-                layer.translate[self.out_axes.index("t")]
-            self.viewer.dims.set_point(axis, position)
+        axes = self.out_axes
+        if "t" in axes:
+            axis = self.viewer.dims.ndim - layer.ndim + axes.index("t")
+            self.viewer.dims.set_point(axis, t * layer.scale[axes.index("t")]
+                                       + layer.translate[axes.index("t")])
+        where = np.argwhere(self.result.labels[t] == cell)  # (z, y, x) pixels
+        if not len(where):
+            return
+        world = {a: (where[:, k] * layer.scale[axes.index(a)] + layer.translate[axes.index(a)])
+                 for k, a in enumerate("zyx") if a in axes}
+        shown = [world[a] for a in "yx" if a in world]
+        if len(shown) == 2:
+            self.viewer.camera.center = tuple(float(v.mean()) for v in shown)
+            extent = max(float(np.ptp(v)) + float(layer.scale[axes.index(a)])
+                         for v, a in zip(shown, "yx", strict=True))
+            canvas = min(getattr(self.viewer, "_canvas_size", (600, 600)))
+            self.viewer.camera.zoom = canvas / (3 * extent)
 
     # --- files -----------------------------------------------------------------------
     def _folder(self) -> Path:

@@ -89,7 +89,8 @@ def like_layer(layer: Any, axes: str, out_axes: str) -> dict[str, Any]:
             "axis_labels": tuple(out_axes)}
 
 
-#: metadata key that marks the layers a unetsl widget made (and may therefore replace)
+#: metadata key that marks the layers a unetsl widget made (and may therefore replace); its
+#: value is the name the widget asked for (the layer may be called "name [2]")
 MADE_BY = "unetsl"
 
 
@@ -97,8 +98,7 @@ def put_layer(viewer: Any, kind: str, data: np.ndarray, name: str, **kwargs: Any
     """Add a layer, or replace the data of the layer of that name when unetsl made it (a
     rerun updates its own result). A layer of that name that the user made or opened (an
     annotation) is never touched: the new layer gets a free name, "name [2]" and so on."""
-    made_here = [layer for layer in viewer.layers
-                 if layer.name == name and layer.metadata.get(MADE_BY)]
+    made_here = [layer for layer in viewer.layers if layer.metadata.get(MADE_BY) == name]
     if made_here:
         layer = made_here[0]
         if layer.data.shape == data.shape and _is_kind(layer, kind):
@@ -109,13 +109,15 @@ def put_layer(viewer: Any, kind: str, data: np.ndarray, name: str, **kwargs: Any
     while free in viewer.layers:
         k += 1
         free = f"{name} [{k}]"
-    metadata = {**kwargs.pop("metadata", {}), MADE_BY: True}
+    metadata = {**kwargs.pop("metadata", {}), MADE_BY: name}  # the name it was made under
     return getattr(viewer, f"add_{kind}")(data, name=free, metadata=metadata, **kwargs)
 
 
-def layers_of(viewer: Any, kind: str) -> list[Any]:
-    """The viewer's layers of a kind ("image", "labels"), for the widgets' layer choices."""
-    return [layer for layer in viewer.layers if _is_kind(layer, kind)]
+def layers_of(viewer: Any, kind: str, *, floating: bool = False) -> list[Any]:
+    """The viewer's layers of a kind ("image", "labels"), for the widgets' layer choices;
+    ``floating``: only those with float pixels (probabilities, not raw camera images)."""
+    return [layer for layer in viewer.layers if _is_kind(layer, kind)
+            and (not floating or np.issubdtype(np.dtype(layer.data.dtype), np.floating))]
 
 
 def _is_kind(layer: Any, kind: str) -> bool:
@@ -124,9 +126,10 @@ def _is_kind(layer: Any, kind: str) -> bool:
     return isinstance(layer, {"image": layers.Image, "labels": layers.Labels}[kind])
 
 
-def layer_names(viewer: Any, kind: str) -> Any:
+def layer_names(viewer: Any, kind: str, *, floating: bool = False) -> Any:
     """A ComboBox ``choices`` callable: the names of the viewer's layers of a kind."""
-    return lambda _widget=None: [layer.name for layer in layers_of(viewer, kind)]
+    return lambda _widget=None: [layer.name for layer in layers_of(viewer, kind,
+                                                                   floating=floating)]
 
 
 def follow_layers(viewer: Any, combos: list[Any], axes: Any) -> None:
@@ -141,6 +144,9 @@ def follow_layers(viewer: Any, combos: list[Any], axes: Any) -> None:
     def layers_changed(_event: Any = None) -> None:
         for combo in combos:
             combo.reset_choices()
+            named = [choice for choice in combo.choices if choice is not None]
+            if combo.value is None and named:  # not "-----" when a layer is there
+                combo.value = named[0]
         layer_chosen()
 
     combos[0].changed.connect(layer_chosen)

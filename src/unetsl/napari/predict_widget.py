@@ -101,10 +101,12 @@ class PredictWidget(ScrollingDock):
         """The prediction settings of the fields (what predict_image -D would set), checked;
         the worker process makes the PredictionJob of them (the model file decides the
         normalisation)."""
-        model = str(self.model_file.value).strip()
-        if not model or model == "." or not Path(model).is_file():
-            raise UnetslError(f"model file {model or '(empty)'!r} does not exist: choose a "
-                              ".h5 or .keras model")
+        model = self.model_file.line_edit.value.strip()
+        if model in ("", ".") or Path(model).is_dir():  # an empty field reads as a folder
+            raise UnetslError("choose a model file (.h5 or .keras)"
+                              + (f"; {model} is a folder" if model not in ("", ".") else ""))
+        if not Path(model).is_file():
+            raise UnetslError(f"model file {model!r} does not exist")
         if self.image.value not in self.viewer.layers:
             raise UnetslError("choose an image layer to predict")
         return {"batch size": int(self.batch_size.value),

@@ -37,7 +37,7 @@ def notify(error: BaseException) -> str:
 
 
 class ScrollingDock(Container):
-    """A dock whose fields scroll (``self.form`` holds them): four docked widgets fit a
+    """A dock whose fields scroll (``self.form`` holds them): all five docked widgets fit a
     1366x768 screen instead of pushing the time slider and status bar off it (napari docks
     a magicgui container's inner widget, so magicgui's own ``scrollable`` has no effect)."""
 
@@ -50,7 +50,7 @@ class ScrollingDock(Container):
         area.setWidgetResizable(True)
         area.setFrameShape(QFrame.NoFrame)
         area.setWidget(self.form.native)
-        area.setMinimumHeight(120)
+        area.setMinimumHeight(90)
         self.native.layout().setContentsMargins(0, 0, 0, 0)
         self.native.layout().addWidget(area)
 

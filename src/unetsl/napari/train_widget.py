@@ -140,6 +140,11 @@ class TrainWidget(ScrollingDock):
         resume = bool(self.resume.value)
         self.curves.clear_curves()
         self.warnings = []
+        earlier = [p.name for p in (cfg.sibling("-best.h5"), cfg.sibling("-latest.h5"))
+                   if p.exists()]
+        if earlier and not resume:  # train_model says it in an info line; here it is louder
+            show_warning_line(f"training anew: {' and '.join(earlier)} will be replaced; "
+                              'tick "resume from -latest" to continue that training instead')
 
         def task() -> dict[str, Any]:
             return worker("training").call("train", on_event=self._event,

@@ -1,6 +1,7 @@
-"""What the plugin's worker process runs: predict, train, inspect (the console scripts' own
-library calls). Imported in the child only (:mod:`unetsl.napari.process`): TensorFlow loads
-here, never in napari's process. Arguments and results are plain values and arrays."""
+"""What the plugin's worker process runs: predict, train, inspect, create (the console
+scripts' own library calls). Imported in the child only (:mod:`unetsl.napari.process`):
+TensorFlow loads here, never in napari's process. Arguments and results are plain values
+and arrays."""
 
 from __future__ import annotations
 
@@ -103,6 +104,19 @@ def inspect(context: TaskContext, *, config: str, source: int, count: int,
         len(page.order), count)
 
 
+def create(context: TaskContext, *, config: str, values: dict[str, Any]) -> str:
+    """create_model -b with ``values`` on top of the config (or the new-config defaults):
+    returns what was written and the model's one-screen summary."""
+    from unetsl.config.model_config import Config
+    from unetsl.nets.model_files import create_model_files, describe_model
+
+    cfg = Config.load(Path(config), must_exist=False)
+    cfg.update(values)
+    model = create_model_files(cfg)
+    return (f"wrote {cfg.path.name} and {cfg.model_path.name}; choose {cfg.path.name} in "
+            f"Train\n{describe_model(model)}")
+
+
 def _numbers(logs: Any) -> dict[str, float]:
     out = {}
     for key, value in dict(logs or {}).items():
@@ -153,4 +167,4 @@ def patch_layers(page: Page, count: int, prefix: str) -> list[LayerData]:
     return layers
 
 
-TASKS = {"predict": predict, "train": train, "inspect": inspect}
+TASKS = {"predict": predict, "train": train, "inspect": inspect, "create": create}
