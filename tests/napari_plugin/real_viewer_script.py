@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QApplication
 
 from unetsl.config.model_config import Config
 from unetsl.napari.cells_widget import CellsWidget
+from unetsl.napari.inspect_widget import InspectWidget
 from unetsl.napari.new_model_widget import NewModelWidget
 from unetsl.napari.predict_widget import PredictWidget
 from unetsl.napari.train_widget import TrainWidget
@@ -75,11 +76,20 @@ def main(out: Path) -> None:
     say("cells", cells.status.value)
     say("csv", cells.save("csv", out / "cells"))
     say("rois", cells.save("rois", out / "cells-rois"))
+    axis_labels = tuple(viewer.dims.axis_labels)
+    inspect: InspectWidget = docked["Inspect training data"]
+    inspect.synchronous = True
+    inspect.config_file.value = cfg.path
+    inspect.run()
+    say("inspect", inspect.status.value)
+    say("patch window layers", len(inspect.patch_viewer().layers))
+    say("sliders kept", tuple(viewer.dims.axis_labels) == axis_labels)
     say("layers", sorted(layer.name for layer in viewer.layers))
     settle()
     viewer.screenshot(str(out / "canvas.png"), canvas_only=True)
     viewer.screenshot(str(out / "window.png"), canvas_only=False)
     say("loaded", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+    inspect.patch_viewer().close()
     viewer.close()
 
 

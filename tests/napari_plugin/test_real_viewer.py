@@ -48,6 +48,12 @@ def test_the_workflow_runs_without_tensorflow_in_napari(session):
     assert found["loaded"] == "[]", "TensorFlow or Keras was imported into napari's process"
 
 
+def test_inspect_opens_its_own_window(session):
+    found, _ = session
+    assert found["inspect"] == "4 layers of 4 patches", found
+    assert found["patch window layers"] == "4" and found["sliders kept"] == "True", found
+
+
 def test_the_annotation_layer_is_kept(session):
     found, _ = session
     assert found["annotation kept"] == "True"

@@ -5,7 +5,8 @@ samples them as training does (stride, jitter, rotations, augmentation, seeded) 
 :func:`unetsl.data.inspect.panels` splits each into input, label and target channels (a
 cerberus head at its own resolution). Each panel becomes a layer with the patches along
 its first axis; a head below full resolution is placed on the input's pixels by scale and
-translation rather than upsampled.
+translation rather than upsampled. In a napari window the layers open in a second window,
+away from the images being segmented.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class InspectWidget(ScrollingDock):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self._patches: Any = None
         self.synchronous = False  # tests: run in the calling thread
         self.worker: Any = None
         self.config_file = FileEdit(label="config", mode="r", filter="*.json")
@@ -77,11 +79,27 @@ class InspectWidget(ScrollingDock):
         self.show_button.enabled = True
         self.status.value = notify(error)
 
+    def patch_viewer(self) -> Any:
+        """Where the patches go: in a napari window, a second window of their own, so that
+        the (patch, z, y, x) layers neither relabel the image's sliders (a movie's t would
+        become z) nor cover it; elsewhere (a ViewerModel in scripts) the viewer itself."""
+        import napari
+
+        if not isinstance(self.viewer, napari.Viewer):
+            return self.viewer
+        try:
+            if self._patches is not None and self._patches.window._qt_window.isVisible():
+                return self._patches
+        except (AttributeError, RuntimeError):  # the user closed it
+            pass
+        self._patches = napari.Viewer(title="unetsl: training patches")
+        return self._patches
+
     def _show(self, made: tuple[list[str], list[LayerData], int]) -> None:
         self.show_button.enabled = True
         summary, layers, shown = made
         for data, options, kind in layers:
             options = dict(options)
-            put_layer(self.viewer, kind, data, options.pop("name"), **options)
+            put_layer(self.patch_viewer(), kind, data, options.pop("name"), **options)
         self.summary.value = "\n".join(summary)
         self.status.value = f"{len(layers)} layers of {shown} patches"
