@@ -77,3 +77,19 @@ def test_a_real_viewer_docks_every_widget_and_opens_a_sample(qapp):
         assert docked[1].axes.value == "tyx"
     finally:
         viewer.close()
+
+
+def test_every_field_has_hover_help(viewer):
+    from magicgui.widgets import Label
+
+    from unetsl.napari.cells_widget import CellsWidget
+    from unetsl.napari.inspect_widget import InspectWidget
+    from unetsl.napari.new_model_widget import NewModelWidget
+    from unetsl.napari.predict_widget import PredictWidget
+    from unetsl.napari.train_widget import TrainWidget
+
+    for kind in (NewModelWidget, PredictWidget, CellsWidget, TrainWidget, InspectWidget):
+        widget = kind(viewer)
+        silent = [field.label or field.text for field in widget.form
+                  if not isinstance(field, Label) and not field.tooltip]
+        assert silent == [], f"{kind.__name__}: no tooltip on {silent}"

@@ -27,7 +27,7 @@ from unetsl.napari.layers import (
     like_layer,
     put_layer,
 )
-from unetsl.napari.tasks import ScrollingDock, notify, run_task, status_label
+from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -37,6 +37,19 @@ if TYPE_CHECKING:
 
 #: a membrane map that never exceeds this comes from a model that has not learned much yet
 UNDERTRAINED_PEAK = 0.6
+
+
+#: hover help of the fields that do not carry their own
+TOOLTIPS = {
+    "probabilities": "a probability layer of Predict (float pixels): channel 0 = membrane",
+    "mode": "membrane: cells between membranes (watershed); foreground: connected objects",
+    "tracking": "give a cell the same id in every time point it is seen",
+    "run_button": "segment, track and measure; the table below lists the cells",
+    "mesh_format": "file format of the cell meshes (3D)",
+    "csv_button": "the table as CSV (t counts from 0; ImageJ ROI positions from 1)",
+    "rois_button": "every cell outline as an ImageJ ROI set (open in Fiji's ROI Manager)",
+    "meshes_button": "one mesh file per cell and time point, in physical units",
+}
 
 
 class CellsWidget(ScrollingDock):
@@ -74,6 +87,7 @@ class CellsWidget(ScrollingDock):
         self.form.extend([self.probabilities, self.axes, self.channel, self.mode, self.min_size,
                      self.tracking, self.run_button, self.status, self.mesh_format,
                      self.csv_button, self.rois_button, self.meshes_button])
+        add_tooltips(self, TOOLTIPS)
         self.table = CellsTable(self.select_cell)
         self.form.native.layout().addWidget(self.table)
         self.run_button.clicked.connect(self.run)

@@ -19,11 +19,21 @@ from magicgui.widgets import FileEdit, PushButton, SpinBox, TextEdit
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import put_layer
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import ScrollingDock, notify, run_task, status_label
+from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, status_label
 from unetsl.napari.worker_tasks import LayerData
 
 if TYPE_CHECKING:
     import napari
+
+
+#: hover help of the fields that do not carry their own
+TOOLTIPS = {
+    "config_file": "NAME.json whose data sources to show",
+    "source": "which data source (0 = the first, as attach_data_sources --list numbers them)",
+    "patches": "how many training patches to show",
+    "show_button": "draw the patches as training does and show input, label and targets",
+    "summary": "what the sampling saw: patch counts, label values, heads",
+}
 
 
 class InspectWidget(ScrollingDock):
@@ -46,6 +56,7 @@ class InspectWidget(ScrollingDock):
         self.summary.native.setReadOnly(True)
         self.form.extend([self.config_file, self.source, self.patches, self.seed, self.show_button,
                      self.status, self.summary])
+        add_tooltips(self, TOOLTIPS)
         self.show_button.clicked.connect(self.run)
 
     def run(self) -> None:

@@ -18,7 +18,7 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, PushBut
 from unetsl.config.fields import LABELLER_NAMES, PRECISIONS
 from unetsl.errors import UnetslError
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import ScrollingDock, notify, run_task, status_label
+from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -60,6 +60,14 @@ def config_values(patch: str, n_labels: int, labeller: str, epochs: int,
             "pooling": [2 if shape[1] >= 8 else 1, 2, 2]}
 
 
+#: hover help of the fields that do not carry their own
+TOOLTIPS = {
+    "epochs": "passes over the training data; -best keeps the best one",
+    "learning_rate": "Adam's initial learning rate",
+    "create_button": "write NAME.json and build the untrained NAME.h5",
+}
+
+
 class NewModelWidget(ScrollingDock):
     """Write NAME.json with the fields' keys and build its untrained NAME.h5."""
 
@@ -96,6 +104,7 @@ class NewModelWidget(ScrollingDock):
         self.form.extend([self.config_file, self.patch, self.n_labels, self.labeller,
                           self.epochs, self.learning_rate, self.precision, self.filters,
                           self.depth, self.create_button, self.status])
+        add_tooltips(self, TOOLTIPS)
         self.create_button.clicked.connect(self.run)
 
     def values(self) -> dict[str, Any]:

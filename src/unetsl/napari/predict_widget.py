@@ -36,6 +36,7 @@ from unetsl.napari.process import worker
 from unetsl.napari.tasks import (
     ScrollingDock,
     TaskProgress,
+    add_tooltips,
     notify,
     run_task,
     show_warning_line,
@@ -61,6 +62,16 @@ def parse_triple(text: str, key: str) -> list[int] | None:
     if len(values) != 3:
         raise UnetslError(f'"{key}" must be auto or three integers z, y, x; got {text!r}')
     return values
+
+
+#: hover help of the fields that do not carry their own
+TOOLTIPS = {
+    "model_file": "a trained model: NAME-best.h5, NAME-latest.h5, .keras, or the original's .h5",
+    "image": "the image layer to predict",
+    "all_outputs": "predict every output of a cascade model, not only the last",
+    "run_button": "predict; adds probability and label layers on the image's scale",
+    "cancel_button": "stop between batches; nothing is added",
+}
 
 
 class PredictWidget(ScrollingDock):
@@ -92,6 +103,7 @@ class PredictWidget(ScrollingDock):
         self.form.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
                      self.overlap, self.all_outputs, self.run_button, self.cancel_button,
                      self.status])
+        add_tooltips(self, TOOLTIPS)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         follow_layers(self.viewer, [self.image], self.axes)

@@ -20,8 +20,8 @@ from superqt.utils import ensure_main_thread
 from unetsl.errors import UnetslError
 from unetsl.napari.process import Cancelled
 
-__all__ = ["Cancelled", "ScrollingDock", "TaskProgress", "notify", "run_task", "show_warning_line",
-           "status_label"]
+__all__ = ["Cancelled", "ScrollingDock", "TaskProgress", "add_tooltips", "notify", "run_task",
+           "show_warning_line", "status_label"]
 
 
 def notify(error: BaseException) -> str:
@@ -53,6 +53,14 @@ class ScrollingDock(Container):
         area.setMinimumHeight(90)
         self.native.layout().setContentsMargins(0, 0, 0, 0)
         self.native.layout().addWidget(area)
+
+
+def add_tooltips(widget: Any, tips: dict[str, str]) -> None:
+    """Hover help for a widget's fields (attribute name -> text), where none is set."""
+    for name, text in tips.items():
+        field = getattr(widget, name)
+        if not field.tooltip:
+            field.tooltip = text
 
 
 def status_label() -> Any:

@@ -36,10 +36,33 @@ from unetsl.napari.layers import (
 )
 from unetsl.napari.loss_plot import LossCurves
 from unetsl.napari.process import worker
-from unetsl.napari.tasks import ScrollingDock, notify, run_task, show_warning_line, status_label
+from unetsl.napari.tasks import (
+    Cancelled,
+    ScrollingDock,
+    TaskProgress,
+    add_tooltips,
+    notify,
+    run_task,
+    show_warning_line,
+    status_label,
+)
 
 if TYPE_CHECKING:
     import napari
+
+
+#: hover help of the fields that do not carry their own
+TOOLTIPS = {
+    "config_file": "NAME.json (New model or create_model writes it)",
+    "sources": "the config's training data",
+    "image": "an image layer to train on",
+    "labels": "its labels layer (same size), e.g. painted or corrected annotations",
+    "labeller": "how the labels layer is read into the model's outputs",
+    "add_button": "write both layers as TIFFs beside the config and add them as a source",
+    "resume": "continue from NAME-latest.h5 instead of training anew",
+    "train_button": "train as train_model does: logs, -best and -latest beside the config",
+    "stop_button": "stop after the current batch; NAME-latest.h5 is saved",
+}
 
 
 class TrainWidget(ScrollingDock):
@@ -52,6 +75,8 @@ class TrainWidget(ScrollingDock):
         self.worker: Any = None
         self.result: Any = None
         self.warnings: list[str] = []
+        self.progress: TaskProgress | None = None
+        self.epochs = 0
         self.config_file = FileEdit(label="config", mode="r", filter="*.json")
         self.sources = TextEdit(label="data sources", value="")
         self.sources.native.setReadOnly(True)
@@ -70,6 +95,7 @@ class TrainWidget(ScrollingDock):
         self.form.extend([self.config_file, self.sources, self.image, self.labels, self.axes,
                      self.labeller, self.add_button, self.resume, self.train_button,
                      self.stop_button, self.status])
+        add_tooltips(self, TOOLTIPS)
         self.curves = LossCurves()
         self.form.native.layout().addWidget(self.curves)
         self.config_file.changed.connect(self.show_sources)
@@ -138,6 +164,8 @@ class TrainWidget(ScrollingDock):
             self.status.value = notify(err)
             return
         resume = bool(self.resume.value)
+        self.epochs = int(cfg["epochs"])
+        self.progress = TaskProgress(f"train {cfg.name}")
         self.curves.clear_curves()
         self.warnings = []
         earlier = [p.name for p in (cfg.sibling("-best.h5"), cfg.sibling("-latest.h5"))
@@ -161,10 +189,20 @@ class TrainWidget(ScrollingDock):
             self.curves.add_batch(*payload)
         elif kind == "epoch":
             self.curves.add_epoch(*payload)
+            self._epoch_done(int(payload[0]) + 1)
         elif kind == "line":
             self._say(payload[0], warning=False)
         elif kind == "log" and payload[0] in ("warning", "error"):
             self._say(payload[1], warning=True)
+
+    def _epoch_done(self, epoch: int) -> None:
+        """Epochs in napari's activity panel; its cancel button is Stop."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(epoch, self.epochs)
+        except Cancelled:
+            self.stop()
 
     @ensure_main_thread
     def _say(self, text: str, *, warning: bool) -> None:
@@ -181,11 +219,17 @@ class TrainWidget(ScrollingDock):
         self.status.value = "stopping after this batch ..."
 
     def _failed(self, error: BaseException) -> None:
-        self.train_button.enabled, self.stop_button.enabled = True, False
+        self._finish()
         self.status.value = notify(error)
 
-    def _done(self, result: dict[str, Any]) -> None:
+    def _finish(self) -> None:
         self.train_button.enabled, self.stop_button.enabled = True, False
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+    def _done(self, result: dict[str, Any]) -> None:
+        self._finish()
         self.result = result
         best = (f"; best {result['monitor']} {result['best']:.4g} (epoch "
                 f"{result['best_epoch'] + 1})" if result["best"] is not None
