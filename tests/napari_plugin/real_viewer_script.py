@@ -7,6 +7,7 @@ save the table and the ROI set, take screenshots. Prints one "key: value" line p
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def main(out: Path) -> None:
     new: NewModelWidget = docked["New model"]
     new.synchronous = True
     new.config_file.value = out / "movie.json"
+    epochs = int(os.environ.get("REAL_VIEWER_EPOCHS", "1"))  # more for a look at real cells
     new.patch.value, new.epochs.value, new.filters.value, new.depth.value = (
-        "1, 3, 32, 32", 1, 4, 2)
+        "1, 3, 32, 32", epochs, 4, 2)
     new.run()
     say("new model", new.status.value.splitlines()[0])
     cfg = Config.load(out / "movie.json")
@@ -59,6 +61,7 @@ def main(out: Path) -> None:
     train.add_layers()
     train.run()
     say("train", train.status.value)
+    train.curves.figure.savefig(out / "curves.png")
 
     predict: PredictWidget = docked["Predict"]
     predict.synchronous = True

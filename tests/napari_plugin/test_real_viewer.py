@@ -29,7 +29,8 @@ def session(tmp_path_factory) -> tuple[dict[str, str], Path]:
     if shutil.which("xvfb-run") is None:
         pytest.skip(f"xvfb-run is not installed (apt-get install {PACKAGES})")
     out = tmp_path_factory.mktemp("real-viewer")
-    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "DISPLAY")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "DISPLAY", "REAL_VIEWER_EPOCHS")}
     ran = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
                           str(SCRIPT), str(out)], capture_output=True, text=True, timeout=900,
                          env=env)
