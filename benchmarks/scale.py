@@ -137,10 +137,9 @@ def child(mode: str, work: Path, workers: int, batch_size: int, volume: str) -> 
         with dask_client(f"local:{workers}") as client:
             client.run(worker_model, str(work / "model.h5"), [0])  # TensorFlow up everywhere
             ready = time.perf_counter()
-            job.run(probabilities=True, dask=client)
+            run = job.run(probabilities=True, dask=client).dask
             done = time.perf_counter()
             report["worker_peak_rss"] = sorted(client.run(worker_peak_rss).values())
-        run = job.last_dask_run
         report.update(block=list(run.block), blocks=run.blocks, tiles=run.tiles,
                       tiles_predicted=run.tiles_predicted)
     report["seconds"] = time.perf_counter() - start

@@ -71,14 +71,14 @@ def test_half_resolution_output_tiles_a_larger_image(tmp_path: Path):
     tifffile.imwrite(tmp_path / "img.tif", image, imagej=True, metadata={"axes": "ZYX"})
     job = PredictionJob.create(tmp_path / "two.keras", tmp_path / "img.tif",
                                tmp_path / "out.tif", all_outputs=True)
-    written = job.run()
+    written = job.run().written
     assert [p.name for p in written] == ["out-full.tif", "out-half.tif"]
     half = tifffile.imread(tmp_path / "out-half.tif")
     assert half.size == 2 * 37 * 45 and half.max() <= 3  # multiclass bits of 2 channels
     job = PredictionJob.create(tmp_path / "two.keras", tmp_path / "img.tif",
                                tmp_path / "one.tif")
     job.update({"output index": 1, "reduction type": 2})
-    assert [p.name for p in job.run()] == ["one.tif"]
+    assert [p.name for p in job.run().written] == ["one.tif"]
     probs = tifffile.imread(tmp_path / "one.tif")
     assert probs.size == 2 * 2 * 37 * 45 and 0 <= probs.min() and probs.max() <= 1
 
@@ -195,7 +195,7 @@ def test_original_cerberus_model_predicts_every_head(compat: Path, tmp_path: Pat
     job = PredictionJob.create(compat / "cerberus.h5", compat / "sample-2d.tif",
                                tmp_path / "p.tif")
     job.update({"output index": 1})
-    assert [p.name for p in job.run()] == ["p.tif"]
+    assert [p.name for p in job.run().written] == ["p.tif"]
     assert tifffile.imread(tmp_path / "p.tif").size == 3 * 200 * 200
 
 

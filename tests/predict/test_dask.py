@@ -231,9 +231,11 @@ def test_tiff_output_is_gathered_by_the_client(work, client):
     from unetsl.predict.job import PredictionJob
 
     job = PredictionJob.create(work / "m.h5", work / "img.npy", work / "g.tif")
-    job.run(dask=client, probabilities=True)
+    run = job.run(dask=client, probabilities=True)
+    assert run.tiles == 0 and run.dask.blocks >= 1 and run.dask.tiles_predicted >= run.dask.tiles
+    assert run.written == [work / "g.tif", work / "g-prob.tif"]
     ref = PredictionJob.create(work / "m.h5", work / "img.npy", work / "r.tif")
-    ref.run(probabilities=True)
+    assert ref.run(probabilities=True).tiles > 0
     np.testing.assert_allclose(read_image(work / "g-prob.tif").data,
                                read_image(work / "r-prob.tif").data, atol=1e-5)
 

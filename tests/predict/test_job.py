@@ -187,7 +187,9 @@ def test_run_writes_labels_and_probabilities_equal_to_predict(work, model, tmp_p
     monkeypatch.chdir(tmp_path)
     job = PredictionJob.create(work / "m.h5", work / "img.tif")
     job.apply_overrides(["batch size=2", "tile shape=[1, 16, 16]"])
-    written = job.run(probabilities=True)  # loads "model file" itself
+    run = job.run(probabilities=True)  # loads "model file" itself
+    written = run.written
+    assert run.dask is None and run.tiles == 3 * 3 and run.precision.policy == "float32"
     assert written == [Path("pred-m-img.tif"), Path("pred-m-img-prob.tif")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred-m-img-prob.tif",
                                                           "pred-m-img.tif"]
@@ -209,7 +211,7 @@ def test_run_with_linear_reduction_and_default_tiles(work, model, tmp_path):
     out = tmp_path / "lin.tif"
     job = PredictionJob.create(work / "m.h5", work / "img.tif", out)
     job.update({"reduction type": 2, "batch size": 3})
-    assert job.run(model=model) == [out]
+    assert job.run(model=model).written == [out]
     labels = read_image(out).data
     expected = predict(model, read_image(work / "img.tif").data, batch_size=3)
     assert labels.dtype == np.float32 and labels.shape == expected.shape

@@ -165,7 +165,7 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     progress = Progress()
     try:
         written = job.run(probabilities=probabilities or cells, gpus=gpus, progress=progress,
-                          dask=dask, levels=levels)
+                          dask=dask, levels=levels).written
     finally:
         progress.close()
     for path in written:

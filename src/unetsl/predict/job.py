@@ -227,8 +227,8 @@ class PredictionJob:
         return [info.output_index(index)]
 
     def run(self, *, probabilities: bool = False, gpus: int = 1, progress=None,
-            model=None, dask: Any = None, levels: int = 1) -> list[Path]:
-        """Load, predict every time point, reduce and write; returns the files written.
+            model=None, dask: Any = None, levels: int = 1) -> PredictionRun:
+        """Load, predict every time point, reduce and write: the named steps below.
 
         model : an already loaded Keras model to use instead of "model file" (benchmarks,
             notebooks). progress : see ``unetsl.predict.engine.Progress``.
@@ -237,105 +237,195 @@ class PredictionJob:
             (``unetsl.predict.dask_blocks``), each loading "model file" itself.
         levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
         """
-        from unetsl.atomic import atomic_path, check_writable
-        from unetsl.data.normalize import InputNormalization, ScaledSource, image_scaling
-        from unetsl.io.arrays import ArraySource, check_finite
-        from unetsl.io.lazy import OutputTiff, open_image
-        from unetsl.io.tiff import match_channels, read_image
-        from unetsl.nets.model_files import load_model
-        from unetsl.nets.precision import with_precision
-        from unetsl.predict.engine import predict_to_sinks
-        from unetsl.predict.reduce import label_dtype
-        from unetsl.predict.tiling import model_for_tiles
+        from unetsl.atomic import check_writable
 
         self.check_settings(self.values)
+        model, strategy, precision = self._model(model, gpus)
+        info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach
+        source = self._open_input(info)
+        tiling = self._tiling(model, info, source, strategy)
+        paths = self.output_paths(tiling.info)
+        check_writable([*paths, *(_with_suffix(p, "-prob") for p in paths if probabilities)])
+        with contextlib.ExitStack() as stack:  # first in, last out: outputs before the cluster
+            client = _dask_client(stack, dask)
+            sinks, written = _open_sinks(stack, paths, tiling, source, probabilities, levels,
+                                         client)
+            if client is not None:
+                return PredictionRun(written, precision, dask=self._predict_on_dask(
+                    client, source, sinks, tiling, precision.policy, progress))
+            tiles = _predict_here(source, sinks, tiling, progress)
+        return PredictionRun(written, precision, tiles=tiles)
+
+    # --- the steps of run() -------------------------------------------------------------
+    def _model(self, model: Any, gpus: int) -> tuple[Any, Any, PrecisionChoice]:
+        """The model (loaded from "model file" unless given) in the checked precision, and
+        the strategy of several GPUs (None on one device)."""
+        from unetsl.nets.model_files import load_model
+        from unetsl.nets.precision import with_precision
+
         strategy = None
         if model is None:
             strategy = _strategy(gpus)
-            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-            with scope:
+            with _scope(strategy):
                 model = load_model(self.values["model file"])
         precision = self.decide_precision()
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        with _scope(strategy):
             model = with_precision(model, precision.policy)
-        info = ModelInfo.of(model)  # read once: patch, outputs, activations, reach
+        return model, strategy, precision
+
+    def _open_input(self, info: ModelInfo) -> _Input:
+        """The image, opened lazily (eagerly where the original's channel rules need the
+        whole array), checked for NaN/Inf before any tile, its normalisation resolved."""
+        from unetsl.data.normalize import InputNormalization, image_scaling
+        from unetsl.io.arrays import ArraySource, check_finite
+        from unetsl.io.lazy import open_image
+        from unetsl.io.tiff import match_channels, read_image
+
         c, z, _, _ = info.patch
-        source_name = self.values["image to predict"]
-        image = open_image(source_name, depth_wanted=z)
-        source = image.data
-        if source.shape[1] != c:  # the original's channel rules need the whole array
-            eager = read_image(source_name, depth_wanted=z)
-            source = ArraySource(match_channels(eager.data, c, source=source_name))
-        check_finite(source, source_name)  # before any tile: NaN/Inf pixels are refused
+        name = self.values["image to predict"]
+        image = open_image(name, depth_wanted=z)
+        data = image.data
+        if data.shape[1] != c:
+            eager = read_image(name, depth_wanted=z)
+            data = ArraySource(match_channels(eager.data, c, source=name))
+        check_finite(data, name)
         normalization = InputNormalization.from_settings(self.values)
-        scaling = (image_scaling(source, normalization.percentiles)
+        scaling = (image_scaling(data, normalization.percentiles)
                    if normalization.percentiles is not None else None)
         log.info(f"input normalisation: {normalization.describe()}")
+        return _Input(name, z, image, data, normalization, scaling)
+
+    def _tiling(self, model: Any, info: ModelInfo, source: _Input, strategy: Any) -> _Tiling:
+        """The model for the chosen tile size, its tiles and the outputs' reductions."""
+        from unetsl.predict.tiling import model_for_tiles
+
         indices = self._indices(info)
-        reductions = self._reductions(info, indices)
-        reach = info.reach
         overlap = self.values["overlap"]
         overlap = tuple(overlap) if overlap is not None else None
-        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-        with scope:
+        with _scope(strategy):
             model, per_batch = model_for_tiles(
-                model, source.shape[2:], batch_size=self.values["batch size"], overlap=overlap,
-                tile=self.values.get("tile shape"), reach=reach)
+                model, source.data.shape[2:], batch_size=self.values["batch size"],
+                overlap=overlap, tile=self.values.get("tile shape"), reach=info.reach)
         tiled = info.resized(model)
-        tiles = tiled.tiles(model, indices, distributed=strategy is not None)
-        paths = self.output_paths(tiled)
-        check_writable([*paths, *(_with_suffix(p, "-prob") for p in paths if probabilities)])
-        t, _, zs, ys, xs = source.shape
-        written: list[Path] = []
-        like = _zarr_like(source_name, z)
-        with contextlib.ExitStack() as stack:
-            client = None
-            if dask is not None:  # first in, last out: the outputs close before the cluster
-                from unetsl.predict.dask_cluster import dask_client
+        return _Tiling(tiled, tiled.tiles(model, indices, distributed=strategy is not None),
+                       per_batch, overlap, info.reach, self._reductions(info, indices))
 
-                client = stack.enter_context(dask_client(dask) if isinstance(dask, str)
-                                             else contextlib.nullcontext(dask))
-            sinks = []
-            for path, n, reduction in zip(paths, tiles.channels, reductions):
-                label_channels = n if reduction == "linear" else 1
-                files = [(path, (t, label_channels, zs, ys, xs), label_dtype(reduction, n))]
-                if probabilities:
-                    files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
-                opened = []
-                for k, (target, shape, dtype) in enumerate(files):
-                    if _zarr_suffix(Path(target)) is not None:
-                        opened.append(_open_zarr_output(
-                            stack, Path(target), shape, dtype, image, like, levels=levels,
-                            labels=k == 0 and np.dtype(dtype).kind in "ui", client=client))
-                    else:
-                        tmp = stack.enter_context(atomic_path(target))
-                        opened.append(stack.enter_context(OutputTiff(
-                            tmp, shape, dtype, spacing=image.spacing, unit=image.unit,
-                            time_as_depth=image.time_as_depth)))
-                    written.append(target)
-                sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
-            if client is not None:
-                from unetsl.predict.dask_blocks import predict_to_sinks_dask
+    def _predict_on_dask(self, client: Any, source: _Input, sinks: list[_FileSink],
+                         tiling: _Tiling, policy: str, progress: Any) -> Any:
+        """The blocks on the client's workers, each loading "model file" itself."""
+        from unetsl.predict.dask_blocks import predict_to_sinks_dask
 
-                run = predict_to_sinks_dask(
-                    client, self.values["model file"],
-                    source_name if source is image.data else source, sinks, tile_model=tiles,
-                    reach=reach, output_indices=tiles.indices,
-                    depth_wanted=z, batch_size=per_batch, overlap=overlap,
-                    normalize=normalization.zscore_tiles, scaling=scaling,
-                    precision=precision.policy, progress=progress, shape=source.shape)
-                self.last_dask_run = run
-                log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
-                         f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
-                         f"{run.tiles} ({run.redundancy:.2f}x)")
-                return written
-            scaled = ScaledSource(source, scaling) if scaling is not None else source
-            plan = predict_to_sinks(tiles, scaled, sinks, reach=reach, batch_size=per_batch,
-                                    overlap=overlap, normalize=normalization.zscore_tiles,
-                                    progress=progress, frames_as_depth=image.time_as_depth)
-            log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
-                     plan.patch, per_batch, plan.overlap)
-        return written
+        run = predict_to_sinks_dask(
+            client, self.values["model file"],
+            source.name if source.data is source.image.data else source.data, sinks,
+            tile_model=tiling.tiles, reach=tiling.reach, output_indices=tiling.tiles.indices,
+            depth_wanted=source.depth, batch_size=tiling.per_batch, overlap=tiling.overlap,
+            normalize=source.normalization.zscore_tiles, scaling=source.scaling,
+            precision=policy, progress=progress, shape=source.data.shape)
+        log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
+                 f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
+                 f"{run.tiles} ({run.redundancy:.2f}x)")
+        return run
+
+
+@dataclass
+class PredictionRun:
+    """What one :meth:`PredictionJob.run` did."""
+
+    written: list[Path]
+    precision: PrecisionChoice
+    #: tiles of one time point predicted in this process (0 when Dask workers did)
+    tiles: int = 0
+    #: the Dask run (blocks, workers, tiles predicted: ``unetsl.predict.dask_blocks``)
+    dask: Any = None
+
+
+@dataclass
+class _Input:
+    """The image side of a run."""
+
+    name: str
+    depth: int  # the model's patch depth, which the image was opened for
+    image: Any  # ``unetsl.io.lazy.open_image``'s result: data, spacing, unit, time as depth
+    data: Any  # what the tiles are read from (image.data, or the channel-matched array)
+    normalization: Any  # ``unetsl.data.normalize.InputNormalization``
+    scaling: Any  # per-channel percentile scaling, or None
+
+
+@dataclass
+class _Tiling:
+    """The model side of a run, for the chosen tiles."""
+
+    info: ModelInfo  # of the model resized to the tiles
+    tiles: Any  # the network behind the tiles (``unetsl.predict.adapter``)
+    per_batch: int
+    overlap: tuple[int, int, int] | None
+    reach: Any
+    reductions: list[str]
+
+
+def _scope(strategy: Any) -> contextlib.AbstractContextManager:
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _dask_client(stack: contextlib.ExitStack, dask: Any) -> Any:
+    """The Dask client of a --dask value (started, and closed with ``stack``), or None."""
+    if dask is None:
+        return None
+    from unetsl.predict.dask_cluster import dask_client
+
+    return stack.enter_context(dask_client(dask) if isinstance(dask, str)
+                               else contextlib.nullcontext(dask))
+
+
+def _open_sinks(stack: contextlib.ExitStack, paths: list[Path], tiling: _Tiling,
+                source: _Input, probabilities: bool, levels: int,
+                client: Any) -> tuple[list[_FileSink], list[Path]]:
+    """Every output file opened for writing block by block (atomically: TIFFs through a
+    temporary file, zarr through a temporary folder), in the order they are listed."""
+    from unetsl.atomic import atomic_path
+    from unetsl.io.lazy import OutputTiff
+    from unetsl.predict.reduce import label_dtype
+
+    t, _, zs, ys, xs = source.data.shape
+    like = _zarr_like(source.name, source.depth)
+    sinks, written = [], []
+    for path, n, reduction in zip(paths, tiling.tiles.channels, tiling.reductions):
+        label_channels = n if reduction == "linear" else 1
+        files = [(path, (t, label_channels, zs, ys, xs), label_dtype(reduction, n))]
+        if probabilities:
+            files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
+        opened = []
+        for k, (target, shape, dtype) in enumerate(files):
+            if _zarr_suffix(Path(target)) is not None:
+                opened.append(_open_zarr_output(
+                    stack, Path(target), shape, dtype, source.image, like, levels=levels,
+                    labels=k == 0 and np.dtype(dtype).kind in "ui", client=client))
+            else:
+                tmp = stack.enter_context(atomic_path(target))
+                opened.append(stack.enter_context(OutputTiff(
+                    tmp, shape, dtype, spacing=source.image.spacing, unit=source.image.unit,
+                    time_as_depth=source.image.time_as_depth)))
+            written.append(target)
+        sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
+    return sinks, written
+
+
+def _predict_here(source: _Input, sinks: list[_FileSink], tiling: _Tiling,
+                  progress: Any) -> int:
+    """Every tile predicted in this process; returns the tiles of one time point."""
+    from unetsl.data.normalize import ScaledSource
+    from unetsl.predict.engine import predict_to_sinks
+
+    scaled = ScaledSource(source.data, source.scaling) if source.scaling is not None \
+        else source.data
+    plan = predict_to_sinks(tiling.tiles, scaled, sinks, reach=tiling.reach,
+                            batch_size=tiling.per_batch, overlap=tiling.overlap,
+                            normalize=source.normalization.zscore_tiles, progress=progress,
+                            frames_as_depth=source.image.time_as_depth)
+    log.info("%d tiles of %s (z, y, x), %d per batch, overlap %s", plan.count(),
+             plan.patch, tiling.per_batch, plan.overlap)
+    return plan.count()
 
 
 def _info(model: Any) -> ModelInfo:
