@@ -14,7 +14,8 @@ from unetsl.nets.unet import build_unet
 from unetsl.training.callbacks import EpochLine, LearningWatch
 from unetsl.training.checkpoints import Checkpointer, TrainingState, save_checkpoint
 from unetsl.training.logs import BatchLog, EpochLog
-from unetsl.training.setup import TrainingSetup, prepare_training, training_paths
+from unetsl.training.prepare import prepare_training
+from unetsl.training.setup import TrainingSetup, training_paths
 
 PATCH = [1, 3, 16, 16]
 

@@ -1,6 +1,7 @@
 """What a training run needs before it starts: config checks, shapes, the compiled model,
-and the whole run resolved once from the config (:func:`prepare_training` ->
-:class:`TrainingSetup`), so that ``train.train`` only fits, resumes and stops."""
+paths, the starting point, and :class:`TrainingSetup`, the whole run resolved once (by
+:func:`unetsl.training.prepare.prepare_training`), so that ``train.train`` only fits,
+resumes and stops."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import keras
 import numpy as np
@@ -18,18 +19,13 @@ import numpy as np
 from unetsl.config.heads import Head
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
-from unetsl.nets.precision import PrecisionChoice, choose_precision
-from unetsl.nets.precision_check import decide_precision
-from unetsl.training.checkpoints import Checkpointer, TrainingState, monitor_mode, read_state
+from unetsl.training.checkpoints import Checkpointer, TrainingState, read_state
 from unetsl.training.logs import (
     BatchLog,
     EpochLog,
     LogFiles,
     expected_log_keys,
     is_channel_score,
-    log_files,
-    new_run_id,
-    write_snapshot,
 )
 
 log = logging.getLogger("unetsl")
@@ -98,7 +94,7 @@ def sample_paths(cfg: Config) -> list[Path]:
     return paths
 
 
-def _first_batch_check(dataset: Any, model: keras.Model) -> bool:
+def first_batch_check(dataset: Any, model: keras.Model) -> bool:
     """Check one batch against the model; True when batches carry sample weights."""
     batch = dataset[0]
     x, y = batch[0], batch[1]
@@ -123,7 +119,7 @@ def _first_batch_check(dataset: Any, model: keras.Model) -> bool:
     return len(batch) > 2 and batch[2] is not None
 
 
-def _resolve_monitor(cfg: Config, output_names: Sequence[str], validation: bool) -> str:
+def resolve_monitor(cfg: Config, output_names: Sequence[str], validation: bool) -> str:
     monitor = cfg.get("monitor") or "val_loss"
     if monitor.startswith("val_") and not validation:
         log.info(f'no validation data: "monitor" {monitor} falls back to {monitor[4:]}')
@@ -247,7 +243,7 @@ class TrainingSetup:
         return self.state.epochs_done
 
 
-def _load_or_build(cfg: Config, source: Path, *, save: bool = True) -> keras.Model:
+def load_or_build(cfg: Config, source: Path, *, save: bool = True) -> keras.Model:
     from unetsl.nets.model_files import load_model, save_model
     from unetsl.nets.unet import build_model
 
@@ -260,7 +256,7 @@ def _load_or_build(cfg: Config, source: Path, *, save: bool = True) -> keras.Mod
     return model
 
 
-def _starting_point(paths: TrainingPaths, resume: bool) -> tuple[Path, TrainingState | None]:
+def starting_point(paths: TrainingPaths, resume: bool) -> tuple[Path, TrainingState | None]:
     """The model file to start from and, when resuming, the state saved with it."""
     if not resume:
         if paths.latest.exists():
@@ -278,174 +274,9 @@ def _starting_point(paths: TrainingPaths, resume: bool) -> tuple[Path, TrainingS
     return paths.latest, state
 
 
-def _progress_mode(progress: str) -> str:
+def progress_mode(progress: str) -> str:
     if progress not in PROGRESS_MODES:
         raise UnetslError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
     if progress == "auto":
         return "bar" if sys.stdout.isatty() else "lines"
     return progress
-
-
-def training_precision(setting: str, strategy: Any = None) -> PrecisionChoice:
-    """The dtype policy training computes in: a reduced one only after the start-up check
-    shows that it trains like float32 on this machine (``unetsl.nets.precision_check``).
-    Several workers take float32 under "auto": a check per node could choose differently,
-    and every worker must compute the same steps."""
-    from unetsl.training.multiworker import is_multiworker
-
-    choice = choose_precision(setting)
-    if choice.automatic and choice.policy != "float32" and is_multiworker(strategy):
-        choice = PrecisionChoice("float32", f"{choice.policy} proposed ({choice.reason}), but "
-                                 "several workers train in float32 so that all compute alike; "
-                                 'set "precision" to choose', True)
-    return decide_precision(setting, "training", choice=choice)
-
-
-def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = None,
-                     progress: str = "auto", datasets: tuple[Any, Any] | None = None,
-                     strategy: Any = None, data_options: dict[str, Any] | None = None,
-                     stream: TextIO | None = None,
-                     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-                     notes: Sequence[str] = ()) -> TrainingSetup:
-    """Everything one training run of ``cfg`` needs, in the order train() always took it:
-    checks, devices, the starting model and state, the batches, compile, the log files
-    (opened: the caller closes ``epoch_log`` and ``batch_log``) and the callbacks.
-
-    The arguments are those of :func:`unetsl.training.train.train`. The dataset gets plain
-    values (:class:`unetsl.data.dataset_options.DatasetOptions`), never the config.
-    """
-    from unetsl.data.normalize import InputNormalization, attach_normalization
-    from unetsl.data.targets import check_training_labels, training_targets
-    from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
-    from unetsl.nets.heads import check_model_heads
-    from unetsl.nets.precision import with_precision
-    from unetsl.nets.shapes import model_patch_shape
-    from unetsl.training import multiworker
-    from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
-    from unetsl.training.checkpoints import restore_optimizer_state
-
-    mode = _progress_mode(progress)
-    if strategy is None:  # several workers (srun, TF_CONFIG): before TensorFlow starts
-        strategy = multiworker.cluster_strategy()
-    check_training_config(cfg)
-    if datasets is None and not cfg["data sources"]:
-        raise UnetslError(f'{cfg.path}: no "data sources"; add training data with '
-                          f"attach_data_sources -c {cfg.path}")
-    samples = sample_paths(cfg)
-    paths = training_paths(cfg)
-    epochs, batch_size = int(cfg["epochs"]), int(cfg["batch size"])
-    set_deterministic(cfg["seed"])
-    if strategy is None:
-        strategy = distribution_strategy(gpus_wanted(gpus, bool(cfg["multi-gpu"])))
-    chief = multiworker.is_chief(strategy)
-    if not chief:
-        mode = "none"  # the chief reports progress
-    replicas = int(strategy.num_replicas_in_sync)
-    if batch_size % replicas:
-        raise UnetslError(f'"batch size" {batch_size} cannot be split evenly over '
-                          f"{replicas} devices; use a multiple of {replicas}")
-
-    source, state = _starting_point(paths, resume)
-    if state is not None and state.epochs_done >= epochs:
-        log.info(f"{paths.latest} has already trained {state.epochs_done} of {epochs} "
-                 '"epochs"; raise "epochs" to train on')
-        return TrainingSetup(cfg.name, paths, paths, chief, source, state, epochs)
-
-    precision = training_precision(cfg["precision"], strategy)
-    log.info(f"precision: {precision.policy} ({precision.reason})")
-    with strategy.scope():
-        model = with_precision(_load_or_build(cfg, source, save=chief), precision.policy)
-    # the model is trained on inputs normalised as cfg says; every file it is saved to says so
-    attach_normalization(model, InputNormalization.from_settings(cfg))
-    patch_shape = model_patch_shape(model)
-    n_labels = int(model.outputs[-1].shape[-1])
-    check_model_heads(model, cfg, source)
-    heads = tuple(cfg.heads())
-    targets = training_targets(list(heads), cfg["pooling"])
-    if targets is not None:  # each head makes its target from the raw label
-        n_labels = targets.source_channels
-    elif cfg["n labels"] != n_labels:
-        log.warning(f'{cfg.path}: "n labels" is {cfg["n labels"]} but {source.name} has '
-                    f"{n_labels} output channels; training the model as it is")
-    if tuple(cfg["input shape"]) != patch_shape:
-        log.warning(f'{cfg.path}: "input shape" is {cfg["input shape"]} but {source.name} '
-                    f"takes {list(patch_shape)}; using the model's")
-    output_names = list(model.output_names)
-
-    if datasets is None:
-        from unetsl.data.dataset import make_datasets
-        from unetsl.data.dataset_options import DatasetOptions
-
-        datasets = make_datasets(DatasetOptions.from_config(cfg), patch_shape=patch_shape,
-                                 n_labels=n_labels, output_names=output_names,
-                                 batch_size=batch_size, seed=cfg["seed"], targets=targets,
-                                 **(data_options or {}))
-    train_data, val_data = datasets
-    if val_data is not None and len(val_data) == 0:
-        val_data = None
-    if len(train_data) == 0:
-        raise UnetslError(f"{cfg.path}: the data sources give no training patches")
-    check_training_labels(getattr(train_data, "volumes", []), targets, n_labels, str(cfg.path))
-    weighted = _first_batch_check(train_data, model)
-    monitor = _resolve_monitor(cfg, output_names, val_data is not None)
-
-    with strategy.scope():
-        compile_model(model, cfg, weighted=weighted)
-        if state is not None and source == paths.latest:
-            restore_optimizer_state(model, paths.latest)
-    multiworker.prepare_model(model, strategy)
-    if state is None:
-        state = TrainingState()
-    if state.monitor != monitor or state.mode != monitor_mode(monitor):
-        if state.best is not None:
-            log.info(f'"monitor" changed from {state.monitor} to {monitor}: best value reset')
-        state.monitor, state.mode = monitor, monitor_mode(monitor)
-        state.best = state.best_epoch = None
-        state.wait = state.plateau_wait = 0
-    if hasattr(train_data, "epoch"):
-        train_data.epoch = state.epochs_done  # resumed runs continue the shuffling sequence
-
-    # only the chief writes into the model's folder; other workers take the same steps
-    # (collective operations must match) with their files in a scratch folder
-    out = paths if chief else multiworker.scratch_paths(paths, strategy)
-    folder = out.model.parent
-    run_id = new_run_id(folder, cfg.name)
-    files = log_files(folder, cfg.name, run_id)
-    write_snapshot(files.snapshot, cfg.to_json())
-    previous = state.run_ids[-1] if state.run_ids else None
-    state.run_ids.append(run_id)
-    comments = list(notes)
-    if source == paths.latest:
-        comments.append(f"resumed: {source.name} at epoch {state.epochs_done}"
-                        + (f" (run {previous})" if previous else ""))
-    epoch_log = EpochLog(files.epoch_log, source.name if source.parent == folder else source,
-                         comments=comments)
-    batch_log = BatchLog(files.batch_log, state, batch_size=batch_size)
-    checkpointer = Checkpointer(
-        state, out.latest, out.best, batch_snapshot=out.batch_snapshot,
-        early_stopping_patience=cfg.get("early stopping patience") or 0,
-        reduce_lr_patience=cfg.get("reduce lr patience") or 0,
-        reduce_lr_factor=cfg.get("reduce lr factor") or 0.1,
-    )
-    predictor = None
-    callbacks: list[keras.callbacks.Callback] = [batch_log, epoch_log, checkpointer]
-    if samples:
-        predictor = SamplePredictor(samples, out.predictions, cfg.name,
-                                    initial=state.epochs_done == 0)
-        callbacks.append(predictor)
-    if mode == "lines":  # after the checkpointer (the best so far), before warnings
-        callbacks.append(EpochLine(epochs, len(train_data), state, stream))
-    callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None,
-                                   settings=cfg))
-    callbacks.extend(extra_callbacks)
-
-    log.info(f"training {source.name}: {len(train_data)} batches of {batch_size} "
-             f"patch(es) per epoch, {len(val_data) if val_data is not None else 0} validation "
-             f"batches; epochs {state.epochs_done + 1}..{epochs}; best by {monitor}")
-    log.info(f"logs: {files.epoch_log.name}, {files.batch_log.name}")
-    return TrainingSetup(
-        cfg.name, paths, out, chief, source, state, epochs, batch_size=batch_size, heads=heads,
-        model=model, patch_shape=tuple(patch_shape), train_data=train_data, val_data=val_data,
-        monitor=monitor, verbose=1 if mode == "bar" else 0, run_id=run_id, files=files,
-        epoch_log=epoch_log, batch_log=batch_log, checkpointer=checkpointer,
-        predictor=predictor, callbacks=tuple(callbacks))

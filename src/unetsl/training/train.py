@@ -20,7 +20,7 @@ multi-head files) get them from the label bit fields (``unetsl.data.targets.Head
 must match the model file; each head has its own "loss function" and "loss weights".
 
 Steps 1-4 are resolved once, before the first epoch, by
-:func:`unetsl.training.setup.prepare_training` (a :class:`~unetsl.training.setup.TrainingSetup`:
+:func:`unetsl.training.prepare.prepare_training` (a :class:`~unetsl.training.setup.TrainingSetup`:
 model, heads, batches, paths, callbacks, epochs, monitor), as are several GPUs
 (``devices.distribution_strategy``) and a fixed "seed" (deterministic ops); ``train`` is the
 fit/resume/interrupt loop over it. Nothing here prints menus or exits; errors are UnetslError.
@@ -45,13 +45,13 @@ from unetsl.training.checkpoints import (
     save_checkpoint,
 )
 from unetsl.training.logs import log_files, plot_curves
+from unetsl.training.prepare import prepare_training
 from unetsl.training.setup import (
     PROGRESS_MODES,
     TrainingPaths,
     TrainingSetup,
     check_training_config,
     compile_model,
-    prepare_training,
     training_paths,
 )
 
