@@ -13,7 +13,8 @@ import yaml
 
 from unetsl.config.model_config import config_for_model
 from unetsl.errors import UnetslError
-from unetsl.export.bioimageio import export_bioimageio, validate_package
+from unetsl.export.bioimageio import export_bioimageio
+from unetsl.export.validation import validate_package
 from unetsl.nets.model_files import load_model, save_model
 from unetsl.nets.unet import build_unet
 

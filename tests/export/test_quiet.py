@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 
-from unetsl.export.bioimageio import located
 from unetsl.export.quiet import quiet_third_party
+from unetsl.export.validation import located
 
 
 def _tiny_model():

@@ -41,8 +41,9 @@ def main(model_file: str, output: str, bioimageio: bool, sample: str | None,
          tags: tuple[str, ...], no_validate: bool, verbose: bool) -> None:
     """Export MODEL_FILE (.h5 or .keras, also a model of the original) to OUTPUT.zip."""
     from unetsl.errors import UnetslError
-    from unetsl.export.bioimageio import export_bioimageio, validate_package
+    from unetsl.export.bioimageio import export_bioimageio
     from unetsl.export.quiet import quiet_third_party
+    from unetsl.export.validation import validate_package
 
     if not bioimageio:
         raise UnetslError("choose an export format: --bioimageio (the only one so far)")

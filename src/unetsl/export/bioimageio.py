@@ -51,8 +51,9 @@ from unetsl.export.package_files import (
     _write_tensors,
     _write_weights,
 )
+from unetsl.export.validation import one_line
 
-__all__ = ["ExportResult", "WEIGHT_FORMATS", "export_bioimageio", "validate_package"]
+__all__ = ["ExportResult", "WEIGHT_FORMATS", "export_bioimageio"]
 
 log = logging.getLogger("unetsl")
 
@@ -116,7 +117,7 @@ def _described(what: str, build: Callable[[], T]) -> T:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise UnetslError(_short(f"{what} is not valid for bioimage.io: "
+        raise UnetslError(one_line(f"{what} is not valid for bioimage.io: "
                                  f"{where + ': ' if where else ''}{first['msg']}{more}")) from None
 
 
@@ -254,7 +255,7 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
                       license: str = "CC-BY-4.0",
                       weight_formats: Sequence[str] = WEIGHT_FORMATS,
                       tags: Sequence[str] = ()) -> ExportResult:
-    """Write a bioimage.io model package (zip) for ``model_path``.
+    """Write a bioimage.io model package (zip) for ``model_path``: the named steps below.
 
     sample : an image whose central patch becomes the test input, and whose pixel size and
         unit describe the axes; without it a smooth random tile is used.
@@ -263,15 +264,67 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
     weight_formats : any of WEIGHT_FORMATS; the first is the source the others derive from.
     github_user : GitHub account of the first author, who becomes the maintainer.
     """
-    from unetsl.config.model_config import config_for_model
-    from unetsl.data.normalize import model_normalization
-    from unetsl.nets.model_files import load_model
-    from unetsl.nets.records import INPUT_RECORD, read_record
-    from unetsl.nets.shapes import model_patch_shape, output_activations
-    from unetsl.predict.reduce import reduction_for_activation
+    model_path, output = Path(model_path), Path(output)
+    formats, people, license_id = _check_request(output, weight_formats, authors, github_user,
+                                                 license)
+    source = _load_source(model_path, config)
+    test = _test_data(source, sample)
+    outputs_info, order = _outputs_info(source, test)
+    model_name = model_path.name[: -len(model_path.suffix)]
+    title = _resource_name(name or f"unetsl {model_name}")
+    patch = test.patch
+    text = description or (f"U-Net pixel classifier ({'3D' if patch[1] > 1 else '2D'}, patch "
+                           f"{patch[1]}x{patch[2]}x{patch[3]}) trained with unetsl.")
+    with tempfile.TemporaryDirectory(prefix="unetsl-export-") as tmp:
+        folder = Path(tmp)
+        ids = [i["id"] for i in outputs_info]
+        tensors = _write_tensors(folder, test.raw, test.predictions, ids,
+                                 len(outputs_info) > 1)
+        _cover(test.raw, test.predictions, folder / "cover.png")
+        (folder / "README.md").write_text(
+            _readme(title, text, patch, outputs_info, source.settings, model_path.name,
+                    source.legacy_note, test.space_ids), encoding="utf-8")
+        weights = _write_weights(source.model, folder, formats, ids, order, source.notes)
+        formats = [f for f in formats if f in weights]
+        model_descr = _described("the model description", lambda: _model_descr(
+            title=title, text=text, people=people, license_id=license_id, tags=tags,
+            folder=folder, test=test, outputs_info=outputs_info, tensors=tensors,
+            weights=_weights_descr(weights, formats), settings=source.settings,
+            model_file=model_path.name))
+        files, rdf = _package(model_descr, output)
+    return ExportResult(path=output, rdf=rdf, files=files, notes=source.notes)
 
-    model_path = Path(model_path)
-    output = Path(output)
+
+# --- the steps of export_bioimageio ------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """The model to export and what describes it."""
+
+    model: Any
+    settings: dict[str, Any]  # pre-processing settings and labeller (export.inputs)
+    notes: list[str]
+    legacy_note: str | None
+
+
+@dataclass
+class _TestData:
+    """The test input (a sample's central patch or a smooth random tile) and the model's
+    outputs on it, which the package carries and bioimage.io's tools check."""
+
+    patch: tuple[int, ...]
+    image: Any  # the sample image read (axes, pixel size), or None
+    space_ids: list[str]
+    preprocessing: list
+    raw: np.ndarray  # (1, z, y, x, c)
+    predictions: list[np.ndarray]
+
+
+def _check_request(output: Path, weight_formats: Sequence[str], authors: Sequence[str],
+                   github_user: str | None, license: str) -> tuple[list[str], dict, Any]:
+    """What the user gave, checked before the model is loaded and run: (formats, people,
+    license id). Needs bioimageio.spec (one line when it is missing)."""
     if output.suffix.lower() != ".zip":
         raise UnetslError(f"{output}: a bioimage.io package is a .zip file")
     formats = list(dict.fromkeys(weight_formats))
@@ -280,18 +333,23 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
         raise UnetslError(f"weight format(s) {', '.join(unknown) or '(none)'} unknown; choose "
                           f"from {', '.join(WEIGHT_FORMATS)}")
     _require_spec()
-    from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.model import v0_5
-    from bioimageio.spec.utils import read_yaml
-
-    # What the user gave is checked before the model is loaded and run.
     authors = [a for a in authors if a.strip()] or [os.environ.get("USER") or "unetsl user"]
     people = _described("the author or GitHub user", lambda: _people(authors, github_user))
-    license_id = _license(license)
+    return formats, people, _license(license)
+
+
+def _load_source(model_path: Path, config: str | os.PathLike | None) -> _Source:
+    """The model (the original's converted), and its pre-processing: recorded in the model
+    file, else from its config."""
+    from unetsl.config.model_config import config_for_model
+    from unetsl.data.normalize import model_normalization
+    from unetsl.nets import legacy
+    from unetsl.nets.model_files import load_model
+    from unetsl.nets.records import INPUT_RECORD, read_record
+
     model = load_model(model_path)
     notes: list[str] = []
     legacy_note = None
-    from unetsl.nets import legacy
     if legacy.is_legacy_model(model_path):
         info = legacy.read_legacy_file(model_path)
         legacy_note = (f"Converted from a model of the original ActiveUnetSegmentation "
@@ -306,177 +364,124 @@ def export_bioimageio(model_path: str | os.PathLike, output: str | os.PathLike, 
         notes.append(f"pre-processing recorded in {model_path.name}: {recorded.describe()}")
     elif config_path is not None and config is None:
         notes.append(f"pre-processing read from {config_path}")
+    return _Source(model, settings, notes, legacy_note)
 
-    patch = model_patch_shape(model)
+
+def _test_data(source: _Source, sample: str | os.PathLike | None) -> _TestData:
+    """The test tile, its axes, the pre-processing description and the model's outputs."""
+    from unetsl.nets.shapes import model_patch_shape
+
+    patch = model_patch_shape(source.model)
     image = None
     if sample is not None:
         tile, image = _sample_tile(Path(sample), patch)
     else:
         tile = _synthetic_tile(patch)
-        notes.append("no --sample given: the test input is a smooth random tile")
+        source.notes.append("no --sample given: the test input is a smooth random tile")
     space_ids = ["time" if image is not None and image.time_as_depth else "z", "y", "x"]
     preprocessing = _described("the pre-processing of the config",
-                               lambda: _preprocessing_descr(settings, space_ids))
+                               lambda: _preprocessing_descr(source.settings, space_ids))
     raw = np.moveaxis(tile, 0, -1)[None].astype(np.float32)  # (1, z, y, x, c)
-    predictions = model.predict_on_batch(_preprocess(raw, settings))
+    predictions = source.model.predict_on_batch(_preprocess(raw, source.settings))
     if not isinstance(predictions, (list, tuple)):
         predictions = [predictions]
-    predictions = [np.asarray(p, dtype=np.float32) for p in predictions]
-    activations = output_activations(model)
+    return _TestData(patch, image, space_ids, preprocessing, raw,
+                     [np.asarray(p, dtype=np.float32) for p in predictions])
 
-    model_name = model_path.name[: -len(model_path.suffix)]
-    title = _resource_name(name or f"unetsl {model_name}")
-    text = description or (f"U-Net pixel classifier ({'3D' if patch[1] > 1 else '2D'}, patch "
-                            f"{patch[1]}x{patch[2]}x{patch[3]}) trained with unetsl.")
 
-    outputs_info = []
-    multi = len(predictions) > 1
-    for k, (pred, activation) in enumerate(zip(predictions, activations)):
+def _outputs_info(source: _Source, test: _TestData) -> tuple[list[dict[str, Any]], list[int]]:
+    """Each output's id, name, activation, reduction, channel names and shape, sorted by id
+    (``test.predictions`` reordered to match), and that order.
+
+    Tools pair the outputs of the weights with the rdf's outputs by position, and a
+    SavedModel signature lists its outputs sorted by name: every format is exported with
+    the outputs sorted by id, and described in that order.
+    """
+    from unetsl.nets.shapes import output_activations
+    from unetsl.predict.reduce import reduction_for_activation
+
+    model = source.model
+    multi = len(test.predictions) > 1
+    info = []
+    for k, (pred, activation) in enumerate(zip(test.predictions, output_activations(model))):
         out_name = model.output_names[k] if multi else "probabilities"
         tensor_id = re.sub(r"[^a-z0-9_]", "_", out_name.lower()).strip("_") or f"output{k}"
         if tensor_id == "raw":
             tensor_id = "output_raw"
         reduction = reduction_for_activation(activation)
-        outputs_info.append({
+        info.append({
             "id": tensor_id, "name": out_name, "activation": activation, "reduction": reduction,
-            "channels": _channel_names(pred.shape[-1], reduction, settings["labeller"]),
+            "channels": _channel_names(pred.shape[-1], reduction, source.settings["labeller"]),
             "shape": tuple(int(s) for s in pred.shape)})
-
-    # Tools pair the outputs of the weights with the rdf's outputs by position, and a
-    # SavedModel signature lists its outputs sorted by name: export every format with the
-    # outputs sorted by id, and describe them in that order.
-    order = sorted(range(len(outputs_info)), key=lambda k: outputs_info[k]["id"])
-    outputs_info = [outputs_info[k] for k in order]
-    predictions = [predictions[k] for k in order]
-
-    with tempfile.TemporaryDirectory(prefix="unetsl-export-") as tmp:
-        folder = Path(tmp)
-        tensors = _write_tensors(folder, raw, predictions, [i["id"] for i in outputs_info],
-                                 multi)
-        _cover(raw, predictions, folder / "cover.png")
-        (folder / "README.md").write_text(
-            _readme(title, text, patch, outputs_info, settings, model_path.name, legacy_note,
-                    space_ids), encoding="utf-8")
-        weights = _write_weights(model, folder, formats, [i["id"] for i in outputs_info],
-                                 order, notes)
-        formats = [f for f in formats if f in weights]
-
-        def describe():
-            input_axes = _input_axes(patch, image, space_ids)
-            outputs = [v0_5.OutputTensorDescr(
-                id=v0_5.TensorId(info["id"]),
-                description=f"{info['activation']} output '{info['name']}'; labels: "
-                            f"{REDUCTION_TEXT[info['reduction']]}",
-                axes=_output_axes(input_axes, info["shape"], info["channels"], patch),
-                test_tensor=_file(tensors[info["id"]][0]),
-                sample_tensor=_file(tensors[info["id"]][1]),
-                data=v0_5.IntervalOrRatioDataDescr(
-                    type="float32", **({"range": (0.0, 1.0)} if info["activation"] in (
-                        "sigmoid", "softmax") else {})),
-            ) for info in outputs_info]
-            return v0_5.ModelDescr(
-                name=title, description=text, **people,
-                cite=[v0_5.CiteEntry(text=c["text"], doi=v0_5.Doi(c["doi"]))
-                      for c in UNET_CITATIONS],
-                license=license_id, documentation=_file(folder / "README.md"),
-                covers=[_file(folder / "cover.png")],
-                tags=sorted({"unet", "unetsl", "segmentation", "tensorflow", "keras",
-                             "3d" if patch[1] > 1 and space_ids[0] == "z" else "2d",
-                             *[t.lower() for t in tags]}),
-                git_repo=v0_5.HttpUrl(GIT_REPO),
-                timestamp=v0_5.Datetime(datetime.datetime.now(datetime.timezone.utc)
-                                        .replace(microsecond=0)),
-                inputs=[v0_5.InputTensorDescr(
-                    id=v0_5.TensorId("raw"), description="image intensities, channels last",
-                    axes=input_axes, test_tensor=_file(tensors["raw"][0]),
-                    sample_tensor=_file(tensors["raw"][1]),
-                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                    preprocessing=preprocessing)],
-                outputs=outputs,
-                weights=_weights_descr(weights, formats),
-                config=v0_5.Config(unetsl={
-                    "version": unetsl.__version__,
-                    "source model": model_path.name,
-                    "patch (c, z, y, x)": [int(p) for p in patch],
-                    "reductions": {i["id"]: i["reduction"] for i in outputs_info},
-                    "normalize samples": settings["normalize samples"],
-                    "normalization percentiles": settings["normalization percentiles"],
-                }),
-            )
-
-        model_descr = _described("the model description", describe)
-        with atomic_path(output) as tmp_zip, _context():
-            try:
-                save_bioimageio_package(model_descr, output_path=tmp_zip,
-                                        compression_level=ZIP_LEVEL)
-            except ValueError as err:  # the library re-reads the zip and refused it
-                raise UnetslError(f"{output}: bioimageio.spec refused the package: "
-                                  f"{str(err).splitlines()[0]}") from None
-            with zipfile.ZipFile(tmp_zip) as zf:
-                files = sorted(zf.namelist())
-                # the library's YAML 1.2 reader: PyYAML (1.1) reads 1e-06 as a string
-                rdf = json.loads(json.dumps(read_yaml(zipfile.Path(zf, "rdf.yaml"))))
-    return ExportResult(path=output, rdf=rdf, files=files, notes=notes)
+    order = sorted(range(len(info)), key=lambda k: info[k]["id"])
+    test.predictions = [test.predictions[k] for k in order]
+    return [info[k] for k in order], order
 
 
-def validate_package(path: str | os.PathLike) -> tuple[str, str, list[str]]:
-    """Validate with the official bioimage.io packages: (status, tool, messages).
+def _model_descr(*, title: str, text: str, people: dict, license_id: Any,
+                 tags: Sequence[str], folder: Path, test: _TestData,
+                 outputs_info: list[dict[str, Any]], tensors: dict, weights: Any,
+                 settings: dict[str, Any], model_file: str) -> Any:
+    """The package's description, built from bioimageio.spec's model classes."""
+    from bioimageio.spec.model import v0_5
 
-    With ``bioimageio.core`` installed the model is also run on its test input with every
-    weight format (status "passed" or "failed"); with ``bioimageio.spec`` alone the
-    description and files are checked (status "valid-format" or "failed"). UnetslError when
-    neither is installed (``pip install 'unetsl[bioimageio]'``).
-    """
-    try:
-        from bioimageio.core import test_model
+    patch = test.patch
+    input_axes = _input_axes(patch, test.image, test.space_ids)
+    outputs = [v0_5.OutputTensorDescr(
+        id=v0_5.TensorId(info["id"]),
+        description=f"{info['activation']} output '{info['name']}'; labels: "
+                    f"{REDUCTION_TEXT[info['reduction']]}",
+        axes=_output_axes(input_axes, info["shape"], info["channels"], patch),
+        test_tensor=_file(tensors[info["id"]][0]),
+        sample_tensor=_file(tensors[info["id"]][1]),
+        data=v0_5.IntervalOrRatioDataDescr(
+            type="float32", **({"range": (0.0, 1.0)} if info["activation"] in (
+                "sigmoid", "softmax") else {})),
+    ) for info in outputs_info]
+    return v0_5.ModelDescr(
+        name=title, description=text, **people,
+        cite=[v0_5.CiteEntry(text=c["text"], doi=v0_5.Doi(c["doi"])) for c in UNET_CITATIONS],
+        license=license_id, documentation=_file(folder / "README.md"),
+        covers=[_file(folder / "cover.png")],
+        tags=sorted({"unet", "unetsl", "segmentation", "tensorflow", "keras",
+                     "3d" if patch[1] > 1 and test.space_ids[0] == "z" else "2d",
+                     *[t.lower() for t in tags]}),
+        git_repo=v0_5.HttpUrl(GIT_REPO),
+        timestamp=v0_5.Datetime(datetime.datetime.now(datetime.timezone.utc)
+                                .replace(microsecond=0)),
+        inputs=[v0_5.InputTensorDescr(
+            id=v0_5.TensorId("raw"), description="image intensities, channels last",
+            axes=input_axes, test_tensor=_file(tensors["raw"][0]),
+            sample_tensor=_file(tensors["raw"][1]),
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+            preprocessing=test.preprocessing)],
+        outputs=outputs,
+        weights=weights,
+        config=v0_5.Config(unetsl={
+            "version": unetsl.__version__,
+            "source model": model_file,
+            "patch (c, z, y, x)": [int(p) for p in patch],
+            "reductions": {i["id"]: i["reduction"] for i in outputs_info},
+            "normalize samples": settings["normalize samples"],
+            "normalization percentiles": settings["normalization percentiles"],
+        }),
+    )
 
-        def run(source):
-            return test_model(source)
 
-        tool = "bioimageio.core test"
-    except ImportError:
+def _package(model_descr: Any, output: Path) -> tuple[list[str], dict]:
+    """Save the package atomically through bioimageio.spec: (its files, its rdf.yaml)."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.utils import read_yaml
+
+    with atomic_path(output) as tmp_zip, _context():
         try:
-            from bioimageio.spec import load_description
-        except ImportError:
-            raise UnetslError("validation needs the bioimageio.spec package: pip install "
-                              "'unetsl[bioimageio]'") from None
-
-        def run(source):
-            return load_description(source, perform_io_checks=True).validation_summary
-
-        tool = "bioimageio.spec"
-
-    source = Path(path).resolve()
-    # bioimageio.core unpacks TensorFlow weights into the working directory: run it in a
-    # temporary one so that nothing is left beside the user's files.
-    previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="unetsl-validate-") as scratch:
-        os.chdir(scratch)
-        try:
-            summary = run(source)
-        finally:
-            os.chdir(previous)
-    messages = []
-    offline_hint = ("(bioimageio.spec looks GitHub users up online; without a network the "
-                    "check fails: export without --github-user, or validate online)")
-    for detail in summary.details:
-        for err in detail.errors:
-            messages.append(located("error", source, err.loc, err.msg))
-            if "Name or service not known" in err.msg or "connect" in err.msg.lower():
-                messages.append(offline_hint)
-        for warning in detail.warnings:
-            messages.append(located("warning", source, warning.loc, warning.msg))
-    return str(summary.status), tool, messages
-
-
-def located(kind: str, package: str | os.PathLike, loc: Sequence[Any], message: str) -> str:
-    """One line ``kind: <package>/rdf.yaml[ field.path]: message``: the validator gives an
-    empty location for whole-description findings, which printed as ``warning: : ...``."""
-    field = ".".join(str(p) for p in loc)
-    where = f"{Path(package).name}/rdf.yaml" + (f" {field}" if field else "")
-    return _short(f"{kind}: {where}: {message}")
-
-
-def _short(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 240 else line[:237] + "..."
+            save_bioimageio_package(model_descr, output_path=tmp_zip,
+                                    compression_level=ZIP_LEVEL)
+        except ValueError as err:  # the library re-reads the zip and refused it
+            raise UnetslError(f"{output}: bioimageio.spec refused the package: "
+                              f"{str(err).splitlines()[0]}") from None
+        with zipfile.ZipFile(tmp_zip) as zf:
+            files = sorted(zf.namelist())
+            # the library's YAML 1.2 reader: PyYAML (1.1) reads 1e-06 as a string
+            rdf = json.loads(json.dumps(read_yaml(zipfile.Path(zf, "rdf.yaml"))))
+    return files, rdf
