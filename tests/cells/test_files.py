@@ -25,5 +25,6 @@ def test_segment_array_gives_segment_files_cells(drawings, tmp_path):
 def test_segment_array_refuses_labels_and_bad_modes():
     with pytest.raises(UnetslError, match="holds uint8 pixels, not probabilities"):
         segment_array(np.ones((1, 1, 8, 8), np.uint8))
-    with pytest.raises(UnetslError, match="--from 'nuclei' must be one of"):
+    with pytest.raises(UnetslError,
+                       match="\"cell mode\" must be one of membrane, foreground, got 'nuclei'"):
         segment_array(np.ones((1, 1, 8, 8), np.float32), mode="nuclei")

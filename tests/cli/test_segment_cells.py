@@ -133,7 +133,7 @@ def test_3d_stack_meshes(tmp_path, run_script):
     ("nan", [], ["prob.tif", "NaN"]),
     ("prob", ["-D", "cell min sise=3"], ['"cell min size"']),
     ("prob", ["-D", "cell threshold=2"], ["cell threshold"]),
-    ("prob", ["--meshes", "m"], ["--meshes", "2D"]),
+    ("prob", ["--meshes", "m"], ["meshes: prob.tif is 2D", "write an ROI set"]),
     ("prob", ["out.txt/cells.tif"], ["out.txt", "is a file"]),
     ("none", [], ["prob.tif", "no such file"]),
 ])

@@ -19,12 +19,11 @@ from unetsl.atomic import check_writable
 from unetsl.cells.export import write_labels_tiff, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
-from unetsl.cells.settings import CellSettings
+from unetsl.cells.settings import CellSettings, check_mode
 from unetsl.cells.tracking import split_gaps, track, write_ctc_tracks
 from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
 
-MODES = ("membrane", "foreground")
 MESH_FORMATS = ("ply", "stl", "obj")
 
 
@@ -99,20 +98,18 @@ def segment_file(
         the output
     """
     settings = settings or CellSettings()
-    mode = settings.mode if mode is None else mode
-    if mode not in MODES:
-        raise UnetslError(f"--from {mode!r} must be one of {', '.join(MODES)}")
+    mode = check_mode(settings.mode if mode is None else mode)
     if mesh_format not in MESH_FORMATS:
         raise UnetslError(f"mesh format {mesh_format!r} must be one of {', '.join(MESH_FORMATS)}")
     image = open_probabilities(probabilities, channel)
     n_t, _, n_z, _, _ = image.shape
     output = Path(output) if output is not None else default_output(probabilities)
     if rois is not None and n_z > 1:
-        raise UnetslError(f"--rois: {probabilities} is a 3D stack (z = {n_z}); ImageJ ROI sets "
-                          "hold 2D outlines, use --meshes for 3D cells")
+        raise UnetslError(f"ROI set: {probabilities} is a 3D stack (z = {n_z}); ImageJ ROI sets "
+                          "hold 2D outlines, write meshes for 3D cells")
     if meshes is not None and n_z == 1:
-        raise UnetslError(f"--meshes: {probabilities} is 2D (z = 1); meshes are for 3D stacks, "
-                          "use --rois for 2D outlines")
+        raise UnetslError(f"meshes: {probabilities} is 2D (z = 1); meshes are for 3D stacks, "
+                          "write an ROI set for 2D outlines")
     check_writable([output, table, rois])
     check_writable([meshes], folders=True)
 
@@ -159,9 +156,7 @@ def segment_array(
     units; nothing is written (``written`` stays empty).
     """
     settings = settings or CellSettings()
-    mode = settings.mode if mode is None else mode
-    if mode not in MODES:
-        raise UnetslError(f"--from {mode!r} must be one of {', '.join(MODES)}")
+    mode = check_mode(settings.mode if mode is None else mode)
     maps = np.asarray(maps)
     if not np.issubdtype(maps.dtype, np.floating):
         raise UnetslError(f"holds {maps.dtype.name} pixels, not probabilities; give a float "

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima, local_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from unetsl.cells.settings import MODES, CellSettings
+from unetsl.cells.settings import CellSettings, check_mode
 from unetsl.errors import UnetslError
 
 #: Distance (in-plane pixels, physical units like the settings' lengths) from where a border
@@ -48,9 +48,7 @@ def segment(
     (``settings.time_window``; no effect on single frames or stacks).
     """
     settings = settings or CellSettings()
-    mode = settings.mode if mode is None else mode
-    if mode not in MODES:
-        raise UnetslError(f"cell mode must be one of {MODES}, got {mode!r}")
+    mode = check_mode(settings.mode if mode is None else mode)
     probs = check_probabilities(probabilities, "probabilities")
     # Sizes (seed sigma, seed height) are in in-plane pixels: the spacing only says how much
     # longer a z step is, so the same settings work whatever the microscope's pixel size.

@@ -133,10 +133,17 @@ def _coerce(key: str, field: str, value: Any) -> Any:
     return float(value)
 
 
+def check_mode(mode: Any, key: str = "cell mode") -> str:
+    """``mode`` when it is one of MODES, else a one-line error naming the setting: the one
+    check of the cell mode for the library, the CLI and napari."""
+    if mode not in MODES:
+        raise UnetslError(f'"{key}" must be one of {", ".join(MODES)}, got {mode!r}')
+    return mode
+
+
 def _check(key: str, field: str, value: Any) -> None:
     if field == "mode":
-        if value not in MODES:
-            raise UnetslError(f"cell setting {key!r} must be one of {MODES}, got {value!r}")
+        check_mode(value, key)
         return
     kind, low, high, inclusive = _RANGES[field]
     if field == "time_window" and isinstance(value, int) and value % 2 == 0:

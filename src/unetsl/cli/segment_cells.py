@@ -7,13 +7,14 @@ from typing import Any
 
 import click
 
+from unetsl.cells.settings import MODES
 from unetsl.cli.common import define_option, one_line_errors
 
 
 def cell_options(func):
     """The options segment_cells and predict_image --cells share."""
     options = [
-        click.option("--from", "mode", type=click.Choice(("membrane", "foreground")),
+        click.option("--from", "mode", type=click.Choice(MODES),
                      default=None,
                      help="membrane (default): cells are the regions enclosed by membranes; "
                           'foreground: objects such as nuclei (same as -D \'cell mode='

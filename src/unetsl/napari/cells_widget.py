@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, SpinBox
 
-from unetsl.cells.files import MESH_FORMATS, MODES
-from unetsl.cells.settings import CellSettings
+from unetsl.cells.files import MESH_FORMATS
+from unetsl.cells.settings import MODES, CellSettings
 from unetsl.errors import UnetslError
 from unetsl.napari.cells_table import CellsTable
 from unetsl.napari.layers import (
