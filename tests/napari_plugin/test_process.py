@@ -128,3 +128,29 @@ def test_cancel_reaches_a_running_prediction(tmp_path):
         assert result.probabilities[0].shape == (2, 1, 1, 64, 64)
     finally:
         process.close()
+
+
+def test_a_stop_pressed_while_the_worker_starts_is_kept(tmp_path):
+    """Stop before the training could take it (TensorFlow still loading): the training
+    stops at its first batch boundary and saves -latest, instead of running every epoch."""
+    from unetsl.config.model_config import Config
+    from unetsl.data.synthetic import write_dataset
+
+    write_dataset(tmp_path, "2d", n_images=1, shape=(3, 32, 32), seed=2, distance=False)
+    cfg = Config(path=tmp_path / "m.json")
+    cfg.update({"input shape": [1, 1, 16, 16], "depth": 2, "n filters": 2, "n labels": 2,
+                "stride": [0, 1, 8, 8], "batch size": 2, "epochs": 50, "seed": 7,
+                "validation fraction": 0.0, "spatial dropout rate": 0.0,
+                "data sources": [{"source type": "paired directories",
+                                  "input folders": ["images"], "label folders": ["labels"],
+                                  "labeller": "multiclass labels"}]})
+    cfg.save()
+    process = WorkerProcess("test")
+    try:
+        process.start()
+        process.stop()  # before the task is even sent
+        result = process.call("train", config=str(cfg.path), resume=False)
+    finally:
+        process.close()
+    assert result["interrupted"] is not None and result["epochs_done"] == 0
+    assert (tmp_path / "m-latest.h5").exists()

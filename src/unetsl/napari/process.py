@@ -196,6 +196,7 @@ class TaskContext:
         self.send = send
         self.cancelled = threading.Event()
         self.stop_request: Any = None
+        self.stop_pending = False  # Stop pressed before the training could take it
         self.cache: dict[str, Any] = {}
 
     def progress(self, done: int, total: int, *more: Any) -> None:
@@ -207,6 +208,7 @@ class TaskContext:
         self.send((kind, *payload))
 
     def stop(self) -> None:
+        self.stop_pending = True
         if self.stop_request is not None:
             self.stop_request.request()
 
@@ -268,6 +270,8 @@ def serve(conn: Connection) -> None:
         except Exception as err:  # shown as one line in napari, the traceback here
             traceback.print_exc()
             send(("error", type(err).__name__, " ".join(str(err).split())[:300]))
+        finally:
+            context.stop_pending = False
 
 
 def main() -> None:

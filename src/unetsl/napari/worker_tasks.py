@@ -80,6 +80,8 @@ def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
 
     cfg = Config.load(Path(config))
     stop = context.stop_request = StopRequest()
+    if context.stop_pending:  # Stop was pressed while TensorFlow was still loading
+        stop.request()
     result = train_model(cfg, resume=resume, progress="lines", stream=Lines(),  # type: ignore
                          extra_callbacks=[InterruptCheck(stop), Feed()])
     return {"epochs_done": result.epochs_done, "epochs": result.epochs,
