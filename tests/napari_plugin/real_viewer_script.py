@@ -77,7 +77,7 @@ def main(out: Path) -> None:
     cells.probabilities.value = "epithelium movie prob 0"
     cells.run()
     say("cells", cells.status.value)
-    say("csv", cells.save("csv", out / "cells"))
+    say("csv", cells.save("table", out / "cells"))
     say("rois", cells.save("rois", out / "cells-rois"))
     axis_labels = tuple(viewer.dims.axis_labels)
     inspect: InspectWidget = docked["Inspect training data"]

@@ -58,7 +58,7 @@ def test_cells_equal_segment_cells_and_the_table_selects_cells(viewer, tmp_path)
     assert ran.exit_code == 0, ran.output
     np.testing.assert_array_equal(cells.data, read_image(tmp_path / "cells.tif").data[:, 0, 0])
 
-    assert widget.save("csv", tmp_path / "widget.csv") == tmp_path / "widget.csv"
+    assert widget.save("table", tmp_path / "widget.csv") == tmp_path / "widget.csv"
     assert (tmp_path / "widget.csv").read_text() == (tmp_path / "cli.csv").read_text()
     with open(tmp_path / "cli.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -75,7 +75,7 @@ def test_cells_equal_segment_cells_and_the_table_selects_cells(viewer, tmp_path)
 
     assert widget.save("rois", tmp_path / "cells.zip").stat().st_size > 0
     assert widget.save("meshes", tmp_path / "meshes") is None  # 2D: a one-line message
-    assert widget.status.value.startswith("meshes need 3D labels")
+    assert widget.status.value.startswith("meshes: layer 'prob cells' is 2D (z = 1)")
 
 
 def test_stack_cells_use_the_z_spacing_and_save_meshes(viewer, tmp_path):
@@ -132,6 +132,6 @@ def test_a_weak_map_hints_at_training_headers_have_units_rows_centre_the_cell(vi
     assert tuple(viewer.camera.center[-2:]) == pytest.approx(tuple(where.mean(0) * PIXEL))
     assert viewer.camera.zoom > 1.0  # zoomed in on one cell
 
-    assert widget.save("csv", tmp_path / "cells") == tmp_path / "cells.csv"
+    assert widget.save("table", tmp_path / "cells") == tmp_path / "cells.csv"
     assert widget.save("rois", tmp_path / "cells-rois") == tmp_path / "cells-rois.zip"
     assert (tmp_path / "cells.csv").exists() and (tmp_path / "cells-rois.zip").exists()

@@ -9,6 +9,7 @@ with every check done before the long computation. Its array-level core,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,58 @@ from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
 
 MESH_FORMATS = ("ply", "stl", "obj")
+
+
+@dataclass(frozen=True)
+class CellFile:
+    """A kind of file the cells are saved as, beside the label image."""
+
+    description: str
+    #: the extension Fiji, roifile and spreadsheets need (None: a folder)
+    extension: str | None
+    #: "2d" or "3d" when only that kind of labels can be written, else None
+    needs: str | None
+    write: Callable[[Path, CellsResult, tuple[float, float, float], str], Any]
+
+
+#: every cells file: segment_cells' --table/--rois/--meshes and napari's Save buttons
+CELL_FILES: dict[str, CellFile] = {
+    "table": CellFile("the measurements table (CSV)", ".csv", None,
+                      lambda path, result, spacing, fmt: write_csv(result.table, path)),
+    "rois": CellFile("an ImageJ ROI set", ".zip", "2d",
+                     lambda path, result, spacing, fmt: write_roi_zip(path, result.labels)),
+    "meshes": CellFile("a folder of cell meshes", None, "3d",
+                       lambda path, result, spacing, fmt: write_meshes(path, result.labels,
+                                                                       spacing, fmt=fmt)),
+}
+
+
+def with_extension(path: str | os.PathLike, kind: str) -> Path:
+    """``path`` with the extension of ``kind`` added when it lacks it ("cells" ->
+    cells.csv, "cells-rois" -> cells-rois.zip: Fiji and roifile reject a ROI set
+    without .zip)."""
+    path, wanted = Path(path), CELL_FILES[kind].extension
+    if wanted is None or path.suffix.lower() == wanted:
+        return path
+    return path.with_name(path.name + wanted)
+
+
+def check_cell_file(kind: str, source: str | os.PathLike, n_z: int) -> None:
+    """One line when labels of ``n_z`` planes cannot be written as ``kind``."""
+    needs = CELL_FILES[kind].needs
+    if needs == "2d" and n_z > 1:
+        raise UnetslError(f"ROI set: {source} is a 3D stack (z = {n_z}); ImageJ ROI sets "
+                          "hold 2D outlines, write meshes for 3D cells")
+    if needs == "3d" and n_z == 1:
+        raise UnetslError(f"meshes: {source} is 2D (z = 1); meshes are for 3D stacks, "
+                          "write an ROI set for 2D outlines")
+
+
+def write_cell_file(kind: str, path: str | os.PathLike, result: CellsResult,
+                    spacing: tuple[float, float, float], mesh_format: str = "ply") -> Path:
+    """Write ``result`` as ``kind`` (a key of CELL_FILES) at ``path``."""
+    CELL_FILES[kind].write(Path(path), result, spacing, mesh_format)
+    return Path(path)
 
 
 @dataclass
@@ -104,12 +157,10 @@ def segment_file(
     image = open_probabilities(probabilities, channel)
     n_t, _, n_z, _, _ = image.shape
     output = Path(output) if output is not None else default_output(probabilities)
-    if rois is not None and n_z > 1:
-        raise UnetslError(f"ROI set: {probabilities} is a 3D stack (z = {n_z}); ImageJ ROI sets "
-                          "hold 2D outlines, write meshes for 3D cells")
-    if meshes is not None and n_z == 1:
-        raise UnetslError(f"meshes: {probabilities} is 2D (z = 1); meshes are for 3D stacks, "
-                          "write an ROI set for 2D outlines")
+    files = {kind: path for kind, path in (("table", table), ("rois", rois),
+                                           ("meshes", meshes)) if path is not None}
+    for kind in files:
+        check_cell_file(kind, probabilities, n_z)
     check_writable([output, table, rois])
     check_writable([meshes], folders=True)
 
@@ -124,21 +175,15 @@ def segment_file(
                                tracking=tracking)
     except UnetslError as err:  # name the file: the message speaks of "probabilities"
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
-    labels, measured, tracks = result.labels, result.table, result.tracks
+    labels, tracks = result.labels, result.tracks
 
     written = [_write_labels(output, labels, image)]
     if tracks:  # the CTC format wants gap-free tracks: a gap starts a child track
         written.append(write_ctc_tracks(split_gaps(labels, tracks)[1], _tracks_path(output)))
-    if table is not None:
-        write_csv(measured, table)
-        written.append(Path(table))
-    if rois is not None:
-        write_roi_zip(rois, labels)
-        written.append(Path(rois))
-    if meshes is not None:
-        write_meshes(meshes, labels, image.spacing, fmt=mesh_format)
-        written.append(Path(meshes))
-    return CellsResult(labels, measured, tracks, [Path(p) for p in written])
+    for kind, path in files.items():
+        written.append(write_cell_file(kind, path, result, image.spacing, mesh_format))
+    result.written = [Path(p) for p in written]
+    return result
 
 
 def segment_array(

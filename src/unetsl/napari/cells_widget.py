@@ -91,7 +91,7 @@ class CellsWidget(ScrollingDock):
         self.table = CellsTable(self.select_cell)
         self.form.native.layout().addWidget(self.table)
         self.run_button.clicked.connect(self.run)
-        self.csv_button.clicked.connect(lambda: self.save("csv"))
+        self.csv_button.clicked.connect(lambda: self.save("table"))
         self.rois_button.clicked.connect(lambda: self.save("rois"))
         self.meshes_button.clicked.connect(lambda: self.save("meshes"))
         follow_layers(self.viewer, [self.probabilities], self.axes)
@@ -204,44 +204,28 @@ class CellsWidget(ScrollingDock):
         return [name.rsplit(" prob ", 1)[0]] if " prob " in name else []
 
     def save(self, what: str, path: str | Path | None = None) -> Path | None:
-        """Write the table ("csv"), the ROI set ("rois", 2D) or the meshes ("meshes", 3D)
-        with segment_cells' writers; asks for the path when none is given."""
-        from unetsl.cells.export import write_meshes, write_roi_zip
-        from unetsl.cells.measure import write_csv
+        """Write the table ("table"), the ROI set ("rois", 2D) or the meshes ("meshes", 3D)
+        with segment_cells' writers (``unetsl.cells.files.CELL_FILES``); asks for the path
+        when none is given."""
+        from unetsl.cells.files import check_cell_file, with_extension, write_cell_file
 
         try:
             if self.result is None:
                 raise UnetslError("segment cells first")
+            check_cell_file(what, f"layer {self.labels_layer.name!r}"
+                            if self.labels_layer is not None else "the cells",
+                            self.result.labels.shape[1])
             if path is None:
                 path = _ask_path(what, self._folder())
                 if path is None:
                     return None
-            path = with_extension(Path(path), what)
-            if what == "csv":
-                write_csv(self.result.table, path)
-            elif what == "rois":
-                write_roi_zip(path, self.result.labels)
-            else:
-                write_meshes(path, self.result.labels, self.spacing,
-                             fmt=str(self.mesh_format.value))
+            path = write_cell_file(what, with_extension(path, what), self.result, self.spacing,
+                                   str(self.mesh_format.value))
         except UnetslError as err:
             self.status.value = notify(err)
             return None
         self.status.value = f"wrote {path}"
         return path
-
-
-#: the extension each saved file must have for Fiji, roifile and spreadsheets to open it
-EXTENSIONS = {"csv": ".csv", "rois": ".zip"}
-
-
-def with_extension(path: Path, what: str) -> Path:
-    """``path`` with the extension of ``what`` added when it lacks it ("cells" -> cells.csv,
-    "cells-rois" -> cells-rois.zip: Fiji and roifile reject a ROI set without .zip)."""
-    wanted = EXTENSIONS.get(what)
-    if wanted is None or path.suffix.lower() == wanted:
-        return path
-    return path.with_name(path.name + wanted)
 
 
 def _ask_path(what: str, folder: Path) -> str | None:
@@ -254,7 +238,7 @@ def _ask_path(what: str, folder: Path) -> str | None:
                                                   str(folder))
         return chosen or None
     caption, pattern, name = (("Save the cell table", "CSV (*.csv)", "cells.csv")
-                              if what == "csv" else
+                              if what == "table" else
                               ("Save the ImageJ ROI set", "ROI zip (*.zip)", "cells-rois.zip"))
     path, _ = QFileDialog.getSaveFileName(None, caption, str(folder / name), pattern)
     return path or None
