@@ -141,3 +141,103 @@ def test_the_layer_test_sees_a_circle_and_an_upward_import(tmp_path):
     assert _layer("unetsl.io.b") > _layer("unetsl.config.a")
     assert _layer("unetsl.napari.x") == _layer("unetsl.cli.y") > _layer("unetsl.export.z")
     assert _front_end("unetsl.napari.x") == "napari" and _front_end("unetsl.cells.y") is None
+
+
+# --- imports inside functions -----------------------------------------------------------
+#: Libraries that may be imported inside a function: heavy to import (deep learning, Dask
+#: and what pulls it in, GUI, plotting, bioimage.io) or installed only with an extra. A
+#: command that does not need them must not pay for them (``create_model --help``, napari's
+#: process, which must never load TensorFlow).
+LAZY_LIBRARIES = {"tensorflow", "keras", "jax", "torch", "dask", "distributed", "dask_jobqueue",
+                  "ome_zarr", "napari", "qtpy", "magicgui", "superqt", "PyQt5", "PyQt6",
+                  "matplotlib", "bioimageio", "pydantic", "loguru", "trimesh", "roifile",
+                  "laptrack", "meshio", "xarray"}
+
+
+def _targets(node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    return [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+
+
+def _top_level_targets(path: Path, modules: dict[str, Path]) -> list[str]:
+    found = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        blocks = [node] if isinstance(node, (ast.Import, ast.ImportFrom)) else (
+            node.body if isinstance(node, ast.Try) else [])
+        for block in blocks:
+            if isinstance(block, (ast.Import, ast.ImportFrom)):
+                found += _targets(block, modules)
+    return found
+
+
+def _lazy(module: str, modules: dict[str, Path], seen: dict[str, bool]) -> bool:
+    """Importing ``module`` (its packages first) loads a LAZY_LIBRARIES library."""
+    if module.split(".")[0] != "unetsl":
+        return module.split(".")[0] in LAZY_LIBRARIES
+    if module in seen:
+        return seen[module]
+    seen[module] = False  # a circle adds nothing
+    parts = module.split(".")
+    packages = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    seen[module] = any(_lazy(t, modules, seen) for p in packages if p in modules
+                       for t in _top_level_targets(modules[p], modules))
+    return seen[module]
+
+
+def _function_imports(path: Path) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Imports inside functions, and whether a try block guards them (optional packages)."""
+    found = []
+
+    def walk(node: ast.AST, in_function: bool, in_try: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function:
+                found.append((child, in_try))
+            walk(child, in_function or isinstance(child, (ast.FunctionDef,
+                                                          ast.AsyncFunctionDef)),
+                 in_try or isinstance(child, ast.Try))
+
+    walk(ast.parse(path.read_text(encoding="utf-8")), False, False)
+    return found
+
+
+def _needless_function_imports(modules: dict[str, Path]) -> list[str]:
+    """Imports inside functions that keep nothing heavy out: of a light module, or of
+    anything into a module that loads a heavy library already."""
+    seen: dict[str, bool] = {}
+    needless = []
+    for name, path in sorted(modules.items()):
+        for node, guarded in _function_imports(path):
+            targets = _targets(node, modules)
+            if guarded:
+                continue
+            if targets[0].split(".")[0] != "unetsl":
+                keeps_out = targets[0].split(".")[0] in LAZY_LIBRARIES
+            else:
+                keeps_out = (any(_lazy(t, modules, seen) for t in targets)
+                             and not _lazy(name, modules, seen))
+            if not keeps_out:
+                needless.append(f"{path.name}:{node.lineno} {targets[0]}")
+    return needless
+
+
+def test_imports_inside_functions_only_keep_heavy_libraries_out():
+    needless = _needless_function_imports(MODULES)
+    assert not needless, ("import these at the top (they keep no heavy library out of a "
+                          f"command): {needless}")
+
+
+def test_the_import_rule_sees_a_needless_and_a_needed_lazy_import(tmp_path):
+    (tmp_path / "unetsl").mkdir()
+    files = {"unetsl.light": "import json\n",
+             "unetsl.heavy": "import keras\n",
+             "unetsl.user": "def f():\n    from unetsl import heavy\n"
+                            "def g():\n    from unetsl import light\n    import json\n"
+                            "def h():\n    try:\n        import scipy\n    except ImportError:\n"
+                            "        pass\n"}
+    modules = {}
+    for name, text in files.items():
+        modules[name] = tmp_path / "unetsl" / f"{name.split('.')[1]}.py"
+        modules[name].write_text(text)
+    assert _needless_function_imports(modules) == ["user.py:4 unetsl", "user.py:5 json"]

@@ -24,6 +24,7 @@ from unetsl.cells.settings import CellSettings, check_mode
 from unetsl.cells.tracking import split_gaps, track, write_ctc_tracks
 from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
+from unetsl.io.omezarr_write import write_ome_zarr
 
 MESH_FORMATS = ("ply", "stl", "obj")
 
@@ -237,7 +238,6 @@ def _tracks_path(output: Path) -> Path:
 def _write_labels(output: Path, labels: np.ndarray, image: LazyImage) -> Path:
     name = output.name.lower()
     if name.endswith((".zarr", ".ome.zarr")):
-        from unetsl.io.omezarr_write import write_ome_zarr
 
         data = labels[:, None]  # (t, 1, z, y, x)
         axes = ("t" if data.shape[0] > 1 else "") + ("z" if data.shape[2] > 1 else "") + "yx"

@@ -11,7 +11,25 @@ from pathlib import Path
 
 import click
 
+from unetsl.cli.attach_menu import run_menu
 from unetsl.cli.common import batch_option, interactive, one_line_errors
+from unetsl.config.model_config import Config, parse_overrides
+from unetsl.data.attach import (
+    AttachDialogue,
+    add_source,
+    model_channels,
+    remove_sources,
+    source_lines,
+)
+from unetsl.data.sources import (
+    FILES,
+    PAIRED,
+    SOURCE_SETTINGS,
+    WEIGHTED,
+    make_entry,
+    parse_angles,
+    stored_path,
+)
 from unetsl.errors import UnetslError
 
 EXAMPLES = """\b
@@ -55,23 +73,6 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
     the config's folder when they are inside it (the project can be moved), else absolute.
     Rotation angles are degrees.
     """
-    from unetsl.config.model_config import Config, parse_overrides
-    from unetsl.data.attach import (
-        AttachDialogue,
-        add_source,
-        model_channels,
-        remove_sources,
-        source_lines,
-    )
-    from unetsl.data.sources import (
-        FILES,
-        PAIRED,
-        SOURCE_SETTINGS,
-        WEIGHTED,
-        make_entry,
-        parse_angles,
-        stored_path,
-    )
 
     path = Path(config_file)
     if not path.exists():
@@ -88,7 +89,6 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
         if not interactive(batch):
             raise UnetslError("no terminal for the menu: use --paired, --weighted, --files, "
                               "--remove or --list (see attach_data_sources --help)")
-        from unetsl.cli.attach_menu import run_menu
 
         dialogue = AttachDialogue(entries, cfg.folder, n_labels=model_channels(cfg))
         if run_menu(dialogue, title=f"attach data sources: {path}"):

@@ -32,6 +32,7 @@ from unetsl.cli.common import (
     import_tensorflow_quietly,
     one_line_errors,
 )
+from unetsl.config.cerberus_layout import CerberusConfig
 from unetsl.errors import UnetslError
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -78,7 +79,6 @@ def create(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     (three heads: distance, membrane-scale, membrane-crop) instead of a plain U-Net, and a
     plain (non-cerberus) config is refused.
     """
-    from unetsl.config.cerberus_layout import CerberusConfig
 
     path = Path(config_file)
     if not path.parent.is_dir():

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from unetsl.cli.common import batch_option, define_option, interactive, one_line_errors
+from unetsl.cli.tui import edit_values
+from unetsl.config.cerberus_layout import CerberusConfig, CerberusTraining, is_cerberus_file
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 
@@ -37,7 +39,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     path = Path(config_file)
     if not path.parent.is_dir():
         raise UnetslError(f"{path}: folder {path.parent} does not exist")
-    from unetsl.config.cerberus_layout import is_cerberus_file
 
     if is_cerberus_file(path):
         create_cerberus(path, overrides, batch)
@@ -45,7 +46,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool) -> None:
     config = Config.load(path, must_exist=False)
     config.apply_overrides(overrides)
     if interactive(batch):
-        from unetsl.cli.tui import edit_values
 
         edited = edit_values(config.as_dict(), title=f"Update config: {path}",
                              validate=_validate_edit(path))
@@ -74,13 +74,11 @@ def create_cerberus(path: Path, overrides: tuple[str, ...], batch: bool,
     ``config`` is the starting config when it is not read from ``path``: ``cerberus create``
     passes the defaults for a new file, which is then always written.
     """
-    from unetsl.config.cerberus_layout import CerberusConfig, CerberusTraining
 
     config = CerberusConfig.load(path) if config is None else config
     config.apply_overrides(overrides)
     changed = bool(overrides) or not path.exists()
     if interactive(batch):
-        from unetsl.cli.tui import edit_values
 
         data = config.data
         edited = edit_values(config.unet, title=f"configure base unet: {path}",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
+from unetsl.atomic import atomic_write_text
 from unetsl.cli.common import one_line_errors
+from unetsl.evaluate.instances import evaluate_instance_files, instance_table
+from unetsl.evaluate.overlay import cells_png, overlay_png
+from unetsl.evaluate.scores import evaluate_files, write_json
+from unetsl.io.tiff import read_image
 
 CELL_METHODS = ("components", "watershed", "none")
 
@@ -55,7 +62,6 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
     if instances:
         _instances(prediction, truth, json_file, overlay_file, image_file, min_cell_size)
         return
-    from unetsl.evaluate.scores import evaluate_files, write_json
 
     result = evaluate_files(prediction, truth, labeller=labeller, n_labels=n_labels,
                             tolerance=tolerance, cells=None if cells == "none" else cells,
@@ -65,8 +71,6 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
         write_json(result, json_file)
         click.echo(f"wrote {json_file}")
     if overlay_file:
-        from unetsl.evaluate.overlay import overlay_png
-        from unetsl.io.tiff import read_image
 
         overlay_png(overlay_file, read_image(image_file).data, read_image(prediction).data,
                     read_image(truth).data)
@@ -75,10 +79,7 @@ def main(prediction: str, truth: str, labeller: str, n_labels: int | None, toler
 
 def _instances(prediction: str, truth: str, json_file: str | None, overlay_file: str | None,
                image_file: str | None, min_size: int) -> None:
-    import json
 
-    from unetsl.atomic import atomic_write_text
-    from unetsl.evaluate.instances import evaluate_instance_files, instance_table
 
     scores = evaluate_instance_files(prediction, truth, min_size=min_size)
     click.echo(instance_table(scores))
@@ -86,8 +87,6 @@ def _instances(prediction: str, truth: str, json_file: str | None, overlay_file:
         atomic_write_text(json_file, json.dumps(scores, indent=2) + "\n")
         click.echo(f"wrote {json_file}")
     if overlay_file:
-        from unetsl.evaluate.overlay import cells_png
-        from unetsl.io.tiff import read_image
 
         cells_png(overlay_file, read_image(image_file).data, read_image(prediction).data)
         click.echo(f"wrote {overlay_file}")

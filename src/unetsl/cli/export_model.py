@@ -7,6 +7,10 @@ import sys
 import click
 
 from unetsl.cli.common import one_line_errors
+from unetsl.errors import UnetslError
+from unetsl.export.bioimageio import export_bioimageio
+from unetsl.export.quiet import quiet_third_party
+from unetsl.export.validation import validate_package
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,10 +44,6 @@ def main(model_file: str, output: str, bioimageio: bool, sample: str | None,
          authors: tuple[str, ...], github_user: str | None, license_: str, weights: str,
          tags: tuple[str, ...], no_validate: bool, verbose: bool) -> None:
     """Export MODEL_FILE (.h5 or .keras, also a model of the original) to OUTPUT.zip."""
-    from unetsl.errors import UnetslError
-    from unetsl.export.bioimageio import export_bioimageio
-    from unetsl.export.quiet import quiet_third_party
-    from unetsl.export.validation import validate_package
 
     if not bioimageio:
         raise UnetslError("choose an export format: --bioimageio (the only one so far)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from unetsl.cli.common import define_option, one_line_errors
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 
 
@@ -37,7 +38,6 @@ def main(config_file: str, save: str | None, sources: tuple[int, ...], patches: 
     A cerberus config (with "unet" and "heads") shows each head's target channels as
     training makes them from the raw label bits, at the head's own resolution.
     """
-    from unetsl.config.model_config import Config
     from unetsl.data.inspect import build_pages, save_figure, show
     from unetsl.training.setup import training_shapes
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
+from tqdm import tqdm
 
+from unetsl.atomic import check_writable
 from unetsl.cli.common import (
     batch_option,
     define_option,
@@ -17,6 +19,11 @@ from unetsl.cli.common import (
     interactive,
     one_line_errors,
 )
+from unetsl.cli.segment_cells import cell_settings, run_cells
+from unetsl.cli.tui import edit_values
+from unetsl.errors import UnetslError
+from unetsl.predict.dask_cluster import parse_scheduler
+from unetsl.predict.job import PredictionJob
 
 
 class Progress:
@@ -54,7 +61,6 @@ class Progress:
         if self._finished:
             return
         if self.bar is None:
-            from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="tile", file=self.stream, leave=True,
                             dynamic_ncols=True)
@@ -128,25 +134,20 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     The default output is pred-<model>-<image>.tif (.ome.zarr for a zarr image); an
     OUTPUT_FILE ending in .zarr or .ome.zarr is written as OME-Zarr.
     """
-    from unetsl.errors import UnetslError
-    from unetsl.predict.job import PredictionJob
 
     overrides, cell_overrides = _split_cell_overrides(overrides)
     if table and not cells:
         raise UnetslError("--table needs --cells (the measurements are of the cells)")
     if cells:
-        from unetsl.cli.segment_cells import cell_settings
 
         cell_settings(cell_overrides, None)  # a bad cell key stops here, before predicting
     for name, what in ((model_file, "model file"), (image_file, "image")):
         if not Path(name).exists():
             raise UnetslError(f"{name}: no such {what}")
     if output_file:
-        from unetsl.atomic import check_writable
 
         check_writable([output_file])  # before the model loads, not after the last tile
     if dask is not None:
-        from unetsl.predict.dask_cluster import parse_scheduler
 
         parse_scheduler(dask)  # a bad value stops here, before the model loads
     job = PredictionJob.create(Path(model_file), Path(image_file),
@@ -154,7 +155,6 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
                                all_outputs=all_outputs)
     job.apply_overrides(overrides)
     if interactive(batch):
-        from unetsl.cli.tui import edit_values
 
         edited = edit_values(job.settings(), title=f"predict {image_file}",
                              validate=job.check_settings)
@@ -172,7 +172,6 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
         click.echo(f"wrote {path}")
     written = list(written)
     if cells:
-        from unetsl.cli.segment_cells import run_cells
 
         maps = [p for p in written if Path(p).name.split(".")[0].endswith("-prob")]
         if not maps:

@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
-from unetsl.cells.settings import MODES
+from unetsl.cells.files import segment_file
+from unetsl.cells.settings import MODES, CellSettings
 from unetsl.cli.common import define_option, one_line_errors
+from unetsl.config.model_config import parse_overrides
 
 
 def cell_options(func):
@@ -42,8 +44,6 @@ def cell_options(func):
 
 def cell_settings(overrides: tuple[str, ...], min_size: int | None) -> Any:
     """The cell settings from -D "key=value" (cell keys only) and --min-size."""
-    from unetsl.cells.settings import CellSettings
-    from unetsl.config.model_config import parse_overrides
 
     values = parse_overrides(overrides)
     if min_size is not None:
@@ -55,7 +55,6 @@ def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None
               overrides: tuple[str, ...], min_size: int | None, table: str | None,
               rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool) -> Any:
     """Segment and report; shared by segment_cells and predict_image --cells."""
-    from unetsl.cells.files import segment_file
 
     result = segment_file(probabilities, output, mode=mode, channel=channel,
                           settings=cell_settings(overrides, min_size), table=table, rois=rois,

@@ -12,10 +12,13 @@ from unetsl.cli.common import (
     batch_option,
     define_option,
     gpus_option,
+    import_tensorflow_quietly,
     interactive,
     one_line_errors,
 )
+from unetsl.cli.tui import edit_values
 from unetsl.config.model_config import Config
+from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
 
 def _explicit_gpus(gpus: int) -> int | None:
@@ -58,8 +61,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     A cerberus (multi-head) config trains every head on its bits of the label image;
     its "training" section is written into NAME.json when missing.
     """
-    from unetsl.cli.common import import_tensorflow_quietly
-    from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
     # under srun with several tasks, or TF_CONFIG: one worker of a multi-worker training;
     # TensorFlow needs that strategy before anything else starts it
@@ -81,7 +82,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
         if save_config:  # ... unless asked
             to_save = config
     if interactive(batch):
-        from unetsl.cli.tui import edit_values
 
         current = config
 

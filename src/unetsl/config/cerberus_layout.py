@@ -31,7 +31,7 @@ from typing import Any
 from unetsl.atomic import atomic_write_text
 from unetsl.config.fields import FIELD_BY_KEY, FIELDS, canonical_key, check_value
 from unetsl.config.heads import DEFAULT_HEADS, ORIGINAL_UNET_KEYS, UNET_KEYS, Head, _check_divisible
-from unetsl.config.model_config import LAYOUTS, Config
+from unetsl.config.model_config import LAYOUTS, Config, parse_overrides
 from unetsl.errors import UnetslError
 
 __all__ = [
@@ -138,7 +138,6 @@ class CerberusConfig:
 
     def apply_overrides(self, overrides: Any) -> None:
         """``-D key=json``: a unet key (``n filters=8``) or a whole section (``heads=[...]``)."""
-        from unetsl.config.model_config import parse_overrides
 
         data = copy.deepcopy(self.data)
         for key, value in parse_overrides(overrides).items():

@@ -44,6 +44,7 @@ from unetsl.data.sources import (
 )
 from unetsl.data.volumes import check_source_labels
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import write_image
 
 __all__ = ["AttachDialogue", "Prompt", "add_array_pair", "add_source", "capture_warnings",
            "complete_path", "model_channels", "remove_sources", "source_lines"]
@@ -119,7 +120,6 @@ def add_array_pair(entries: list[dict[str, Any]], folder: str | os.PathLike, nam
     or fewer axes) as ``<folder>/<name>/images/<name>.tif`` and ``labels/<name>.tif``, and
     add that pair of folders as a paired source, checked as a typed one; the entry and its
     pair count. The same pair added again rewrites the files but not the entry."""
-    from unetsl.io.tiff import write_image
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "layer"
     root = Path(folder) / safe

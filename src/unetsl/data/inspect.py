@@ -22,10 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unetsl.atomic import atomic_path
 from unetsl.data.dataset import Patch, PatchDataset
 from unetsl.data.dataset_options import DatasetOptions
+from unetsl.data.labellers import get_labeller
 from unetsl.data.sampling import Region
 from unetsl.data.sources import Source
+from unetsl.data.targets import (
+    check_head_labels,
+    head_factors,
+    head_target,
+    resample_target,
+    training_targets,
+)
 from unetsl.data.volumes import Volume, load_source_volumes
 from unetsl.errors import UnetslError
 
@@ -133,7 +142,6 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
     :class:`unetsl.data.targets.HeadTargets`, and the label bits are checked as training
     checks them.
     """
-    from unetsl.data.targets import training_targets
 
     targets = training_targets(cfg.heads(), cfg["pooling"])
     options = DatasetOptions.from_config(cfg)
@@ -145,7 +153,6 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
         mine = load_source_volumes(source, resolved.normalization.percentiles,
                                    patch_shape=patch_shape, n_labels=n_labels)
         if targets is not None:
-            from unetsl.data.targets import check_head_labels
 
             check_head_labels(mine, targets.heads, str(cfg.path))
         regions = [Region(k, (0, 0, 0), v.shape) for k, v in enumerate(mine)]
@@ -161,8 +168,6 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
 def _head_summary(targets: HeadTargets, volumes: Sequence[Volume],
                   patch_shape: Sequence[int]) -> list[str]:
     """Per head: where its target comes from and its balance over the whole label images."""
-    from unetsl.data.labellers import get_labeller
-    from unetsl.data.targets import head_target
 
     lines = []
     for head in targets.heads:
@@ -286,7 +291,6 @@ class _Grid:
 def _head_grid(head: Head, pooling: Sequence[int], patch: tuple[int, int, int]) -> _Grid:
     """The head's voxel footprints, found by resampling the patch's own voxel coordinates
     with the head's resampler (so the figure follows ``cerberus.resample_target``)."""
-    from unetsl.data.targets import head_factors, resample_target
 
     factors = head_factors(pooling, head.depth, z=patch[0])
     if factors == (1, 1, 1):
@@ -312,7 +316,6 @@ def _head_grid(head: Head, pooling: Sequence[int], patch: tuple[int, int, int]) 
 
 def _head_panels(targets: HeadTargets, patch: Patch) -> list[Panel]:
     """One panel per channel of every head's target in ``patch`` (the dict training uses)."""
-    from unetsl.data.labellers import get_labeller
 
     made = patch.target
     assert isinstance(made, dict)
@@ -361,7 +364,6 @@ def save_figure(pages: Sequence[Page], path: str | os.PathLike, *, patches: int 
     """Render ``patches`` patches of every page into one PNG (or any matplotlib format)."""
     from matplotlib.figure import Figure
 
-    from unetsl.atomic import atomic_path
 
     fig = Figure()
     draw(fig, [(page, 0, patches) for page in pages], z=z)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize
@@ -231,7 +232,6 @@ def write_imagej(path: str | os.PathLike, array: np.ndarray, kind: str = "2d") -
     2D time series are stored as frames (axes TYX), like Fiji's 2D time series; stacks as
     slices (ZYX) with the z spacing. Pixel size is in microns so that Fiji shows real units.
     """
-    import tifffile
 
     axes = "TYX" if kind == "2d" else "ZYX"
     metadata: dict[str, object] = {"axes": axes, "unit": "micron"}

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from unetsl.config.heads import RESAMPLERS, Head
+from unetsl.data.labellers import _as_bit_carrier, get_labeller
+from unetsl.data.volumes import _label_values
 from unetsl.errors import UnetslError
 
 # ------------------------------------------------------------------------------ targets
@@ -31,7 +33,6 @@ def bit_field(label: np.ndarray, bits: int, offset: int) -> np.ndarray:
 
     label : (z, y, x) non-negative integers (bool, integer, or float holding integers).
     """
-    from unetsl.data.labellers import _as_bit_carrier
 
     values = _as_bit_carrier(np.asarray(label), "cerberus labels")
     field = (values >> np.uint64(offset)) & np.uint64((1 << bits) - 1)
@@ -68,7 +69,6 @@ def resample_target(target: np.ndarray, resampler: str,
 
 def head_target(label: np.ndarray, head: Head, pooling: Sequence[int]) -> np.ndarray:
     """The target of ``head`` for one raw label patch (z, y, x): (n_labels, z', y', x')."""
-    from unetsl.data.labellers import get_labeller
 
     field = bit_field(label, head.bits, head.offset)
     target = get_labeller(head.labeller)(field, head.n_labels)
@@ -150,8 +150,6 @@ def check_head_labels(volumes: Sequence[Any], heads: Sequence[Head], where: str)
 
     volumes : :class:`unetsl.data.volumes.Volume` objects; where : the config path for messages.
     """
-    from unetsl.data.labellers import get_labeller
-    from unetsl.data.volumes import _label_values
 
     for volume in volumes:
         path = volume.pair.label

@@ -13,7 +13,7 @@ import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unetsl.errors import UnetslError
-from unetsl.evaluate.cell_scores import overlapping_pairs
+from unetsl.evaluate.cell_scores import cell_labels, overlapping_pairs
 from unetsl.evaluate.label_files import read_label_pair
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
@@ -160,7 +160,6 @@ def truth_instances(truth: np.ndarray) -> tuple[np.ndarray, str]:
     values = np.unique(truth)
     nonzero = values[values != 0]
     if nonzero.size <= 3 and np.all(nonzero == np.round(nonzero)):
-        from unetsl.evaluate.cell_scores import cell_labels
 
         membrane = (truth.astype(np.int64) & 1) > 0
         planes = cell_labels(membrane, method="watershed")

@@ -7,13 +7,13 @@ import os
 import numpy as np
 
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import read_image
 
 
 def read_label_pair(prediction_path: str | os.PathLike, truth_path: str | os.PathLike,
                     what: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
     """Both images as (t, c, z, y, x): the same shape and one channel, or a one-line error
     naming both files (``what`` names the first, e.g. "prediction" or "cells")."""
-    from unetsl.io.tiff import read_image
 
     prediction = read_image(prediction_path).data
     truth = read_image(truth_path).data

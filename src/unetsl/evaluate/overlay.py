@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from skimage.segmentation import find_boundaries
 
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
@@ -72,7 +73,6 @@ def cells_png(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray, *,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from skimage.segmentation import find_boundaries
 
     if image.shape[0] != cells.shape[0] or image.shape[2:] != cells.shape[2:]:
         raise UnetslError(f"image (t, c, z, y, x) = {image.shape} and cells {cells.shape} "

@@ -35,6 +35,8 @@ import numpy as np
 
 import unetsl
 from unetsl.atomic import atomic_path
+from unetsl.config.model_config import config_for_model
+from unetsl.data.normalize import model_normalization
 from unetsl.errors import UnetslError
 from unetsl.export.inputs import (
     _config_settings,
@@ -52,6 +54,7 @@ from unetsl.export.package_files import (
     _write_weights,
 )
 from unetsl.export.validation import one_line
+from unetsl.predict.reduce import reduction_for_activation
 
 __all__ = ["ExportResult", "WEIGHT_FORMATS", "export_bioimageio"]
 
@@ -341,8 +344,6 @@ def _check_request(output: Path, weight_formats: Sequence[str], authors: Sequenc
 def _load_source(model_path: Path, config: str | os.PathLike | None) -> _Source:
     """The model (the original's converted), and its pre-processing: recorded in the model
     file, else from its config."""
-    from unetsl.config.model_config import config_for_model
-    from unetsl.data.normalize import model_normalization
     from unetsl.nets import legacy
     from unetsl.nets.model_files import load_model
     from unetsl.nets.records import INPUT_RECORD, read_record
@@ -398,7 +399,6 @@ def _outputs_info(source: _Source, test: _TestData) -> tuple[list[dict[str, Any]
     the outputs sorted by id, and described in that order.
     """
     from unetsl.nets.shapes import output_activations
-    from unetsl.predict.reduce import reduction_for_activation
 
     model = source.model
     multi = len(test.predictions) > 1

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import match_channels, read_image
 
 log = logging.getLogger("unetsl")
 
@@ -18,9 +22,7 @@ def _config_settings(config_path: Path | None) -> dict[str, Any]:
                                 "labeller": None}
     if config_path is None:
         return settings
-    import json
 
-    from unetsl.config.model_config import Config
 
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
@@ -42,7 +44,6 @@ def _config_settings(config_path: Path | None) -> dict[str, Any]:
 
 def _synthetic_tile(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
     """(c, z, y, x) smooth random intensities in 0..1000 when no sample image is given."""
-    from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     noise = rng.normal(size=shape).astype(np.float32)
@@ -54,7 +55,6 @@ def _synthetic_tile(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarr
 
 def _sample_tile(sample: Path, patch: tuple[int, int, int, int]):
     """The central (c, z, y, x) patch of the sample's first time point, and the image."""
-    from unetsl.io.tiff import match_channels, read_image
 
     c, z, y, x = patch
     image = read_image(sample, depth_wanted=z)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 import unetsl
 
@@ -46,7 +47,6 @@ def _write_tensors(folder: Path, raw: np.ndarray, predictions: Sequence[np.ndarr
                    output_ids: Sequence[str], multi: bool) -> dict[str, tuple[Path, Path]]:
     """Test (.npy, for consumers to reproduce) and sample (.tif, to look at) tensors:
     {tensor id: (test path, sample path)}, the input under "raw"."""
-    import tifffile
     from bioimageio.spec.utils import save_array
 
     paths = {"raw": (folder / "test_input.npy", folder / "sample_input.tif")}

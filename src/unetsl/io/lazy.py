@@ -24,6 +24,7 @@ import tifffile
 
 from unetsl.errors import UnetslError
 from unetsl.io import tiff as uio
+from unetsl.io.omezarr import open_zarr
 
 __all__ = ["LazyImage", "OutputTiff", "open_image"]
 
@@ -251,7 +252,6 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
 def _open_zarr(name: str, depth_wanted: int) -> LazyImage:
     """zarr arrays and OME-Zarr images through ``unetsl.io.omezarr`` (one reader for both the
     single-process and the Dask paths)."""
-    from unetsl.io.omezarr import open_zarr
 
     image = open_zarr(name, depth_wanted=depth_wanted)
     return LazyImage(image.data, image.spacing, image.unit, image.time_as_depth, name)

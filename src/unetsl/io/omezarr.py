@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import Image
 
 __all__ = [
     "NGFF_VERSIONS",
@@ -407,7 +408,6 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
 
 def read_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0):
     """Read a whole zarr / OME-Zarr image into memory as a ``unetsl.io.tiff.Image``."""
-    from unetsl.io.tiff import Image
 
     image = open_zarr(path, depth_wanted=depth_wanted, level=level)
     return Image(image.data[:, :, :, :, :], image.spacing, image.unit, image.time_as_depth,

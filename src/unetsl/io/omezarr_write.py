@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numcodecs import Blosc
+from zarr.codecs import BloscCodec
 
 from unetsl.errors import UnetslError
 from unetsl.io.omezarr import AXES, NGFF_VERSIONS, _one_line, _zarr, ngff_unit
@@ -95,11 +97,9 @@ def _compressors(version: str, dtype: np.dtype, compress: bool = True):
     if not compress:
         return None
     if version == "0.4":
-        from numcodecs import Blosc
 
         return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE if dtype.itemsize == 1
                      else Blosc.SHUFFLE)
-    from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=3,
                       shuffle="bitshuffle" if dtype.itemsize == 1 else "shuffle")

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, SpinBox
 
-from unetsl.cells.files import MESH_FORMATS
+from unetsl.cells.files import (
+    MESH_FORMATS,
+    check_cell_file,
+    segment_array,
+    with_extension,
+    write_cell_file,
+)
 from unetsl.cells.settings import MODES, CellSettings
 from unetsl.errors import UnetslError
 from unetsl.napari.cells_table import CellsTable
@@ -103,7 +109,6 @@ class CellsWidget(ScrollingDock):
     # --- segmenting ------------------------------------------------------------------
     def run(self) -> None:
         """Segment, track and measure in a worker thread (or here when ``synchronous``)."""
-        from unetsl.cells.files import segment_array
 
         try:
             name = self.probabilities.value
@@ -207,7 +212,6 @@ class CellsWidget(ScrollingDock):
         """Write the table ("table"), the ROI set ("rois", 2D) or the meshes ("meshes", 3D)
         with segment_cells' writers (``unetsl.cells.files.CELL_FILES``); asks for the path
         when none is given."""
-        from unetsl.cells.files import check_cell_file, with_extension, write_cell_file
 
         try:
             if self.result is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import FileEdit, PushButton, SpinBox, TextEdit
 
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import put_layer
 from unetsl.napari.process import worker
@@ -61,7 +62,6 @@ class InspectWidget(ScrollingDock):
 
     def run(self) -> None:
         """Sample the patches in the worker process (or wait here when ``synchronous``)."""
-        from unetsl.config.model_config import Config
 
         path = Path(str(self.config_file.value))
         index, count, seed = int(self.source.value), int(self.patches.value), int(self.seed.value)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from unetsl.config.fields import LABELLER_NAMES, PRECISIONS
+from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 from unetsl.napari.process import worker
 from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, status_label
@@ -114,7 +115,6 @@ class NewModelWidget(ScrollingDock):
 
     def run(self) -> None:
         """Check here, then build and write in the worker process."""
-        from unetsl.config.model_config import Config
 
         try:
             path = Path(str(self.config_file.value)).expanduser()

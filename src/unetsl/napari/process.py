@@ -20,14 +20,17 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 from unetsl.errors import UnetslError
+from unetsl.napari.worker_tasks import TASKS
 
 __all__ = ["Cancelled", "WorkerProcess", "serve", "worker"]
 
@@ -226,10 +229,7 @@ class _ForwardLogs(logging.Handler):
 
 def serve(conn: Connection) -> None:
     """The child's loop: a reader thread takes cancel/stop at once, tasks run in order."""
-    import queue
-    import traceback
 
-    from unetsl.napari.worker_tasks import TASKS
 
     lock = threading.Lock()
 

@@ -25,6 +25,8 @@ from magicgui.widgets import (
 from superqt.utils import ensure_main_thread
 
 from unetsl.config.fields import LABELLER_NAMES
+from unetsl.config.model_config import Config
+from unetsl.data.attach import add_array_pair, source_lines
 from unetsl.errors import UnetslError
 from unetsl.napari.layers import (
     follow_layers,
@@ -107,7 +109,6 @@ class TrainWidget(ScrollingDock):
     # --- the config and its data sources ---------------------------------------------
     def config(self) -> Any:
         """The chosen config, freshly loaded (either layout)."""
-        from unetsl.config.model_config import Config
 
         path = Path(str(self.config_file.value))
         if not path.is_file():
@@ -117,7 +118,6 @@ class TrainWidget(ScrollingDock):
 
     def show_sources(self, _value: Any = None) -> None:
         """List the config's data sources as attach_data_sources --list does."""
-        from unetsl.data.attach import source_lines
 
         try:
             entries = list(self.config()["data sources"])
@@ -130,7 +130,6 @@ class TrainWidget(ScrollingDock):
     def add_layers(self) -> None:
         """Write the image and labels layers beside the config and add them as a paired
         source (checked as attach_data_sources checks a typed one)."""
-        from unetsl.data.attach import add_array_pair
 
         try:
             cfg = self.config()

@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unetsl.config.model_config import Config
+from unetsl.predict.in_memory import predict_array
+from unetsl.predict.job import PredictionJob
+
 if TYPE_CHECKING:
     from unetsl.data.inspect import Page, Panel
     from unetsl.napari.process import TaskContext
@@ -24,8 +28,6 @@ def predict(context: TaskContext, *, model: str, image_name: str, image: np.ndar
             settings: dict[str, Any]) -> ArrayPrediction:
     """predict_image's steps on a (t, c, z, y, x) array; the model stays loaded."""
     from unetsl.nets.model_files import load_model
-    from unetsl.predict.in_memory import predict_array
-    from unetsl.predict.job import PredictionJob
 
     path = Path(model)
     if not path.is_file():
@@ -46,7 +48,6 @@ def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
     parent's Stop saves -latest after the current batch. Returns what the dock shows."""
     import keras
 
-    from unetsl.config.model_config import Config
     from unetsl.training.checkpoints import InterruptCheck, StopRequest
     from unetsl.training.train import train as train_model
 
@@ -94,7 +95,6 @@ def inspect(context: TaskContext, *, config: str, source: int, count: int,
             seed: int) -> tuple[list[str], list[LayerData], int]:
     """The patches and targets training draws from data source ``source``, as layer data:
     (summary lines, layers, patches shown)."""
-    from unetsl.config.model_config import Config
     from unetsl.data.inspect import build_pages
     from unetsl.training.setup import training_shapes
 
@@ -109,7 +109,6 @@ def inspect(context: TaskContext, *, config: str, source: int, count: int,
 def create(context: TaskContext, *, config: str, values: dict[str, Any]) -> str:
     """create_model -b with ``values`` on top of the config (or the new-config defaults):
     returns what was written and the model's one-screen summary."""
-    from unetsl.config.model_config import Config
     from unetsl.nets.model_files import create_model_files, describe_model
 
     cfg = Config.load(Path(config), must_exist=False)

@@ -30,6 +30,7 @@ import numpy as np
 
 from unetsl.errors import UnetslError
 from unetsl.nets.legacy_layers import _Converter, _inbound, _input_layer, _tensor_refs
+from unetsl.nets.losses import get_loss, get_optimizer
 
 __all__ = [
     "LEGACY_LOSS_NAMES",
@@ -233,7 +234,6 @@ def copy_legacy_weights(model: keras.Model, path: str | os.PathLike) -> int:
 
 def legacy_loss(name: Any, where: str = "model file") -> keras.losses.Loss:
     """The unetsl loss for a loss as the original's ``training_config`` records it."""
-    from unetsl.nets.losses import get_loss
 
     if isinstance(name, dict):  # a serialised Keras loss object
         name = name.get("config", {}).get("name") or name.get("class_name")
@@ -245,7 +245,6 @@ def legacy_loss(name: Any, where: str = "model file") -> keras.losses.Loss:
 
 def _compile(model: keras.Model, legacy: LegacyFile) -> None:
     """Compile with the file's loss(es) and optimiser; restore the Adam/SGD state if it fits."""
-    from unetsl.nets.losses import get_optimizer
 
     where = f"model file {str(legacy.path)!r}"
     training = legacy.training_config or {}

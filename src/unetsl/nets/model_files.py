@@ -16,7 +16,9 @@ from unetsl.atomic import atomic_path, check_writable
 from unetsl.config.model_config import Config
 from unetsl.data.normalize import attach_normalization, model_normalization
 from unetsl.errors import UnetslError
+from unetsl.nets import legacy
 from unetsl.nets import losses as _losses  # noqa: F401  (registers the losses for loading)
+from unetsl.nets.precision import as_float32  # a checkpoint of a mixed-precision run
 from unetsl.nets.records import INPUT_RECORD, file_normalization, write_record
 from unetsl.nets.shapes import model_patch_shape, output_activations
 from unetsl.nets.unet import build_model
@@ -76,7 +78,6 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: not a .keras zip archive")
     if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: not an HDF5 file")
-    from unetsl.nets import legacy
     normalization = file_normalization(path)
     if legacy.is_legacy_model(path):  # written by the original (Keras 2, channels-first)
         return attach_normalization(legacy.load_legacy_model(path, compile=compile),
@@ -88,7 +89,6 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         if len(reason) > 200:
             reason = reason[:200] + "..."
         raise UnetslError(f"model file {str(path)!r} cannot be loaded: {reason}") from exc
-    from unetsl.nets.precision import as_float32  # a checkpoint of a mixed-precision run
 
     return attach_normalization(as_float32(model), normalization)
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from unetsl.nets.precision import PrecisionChoice, choose_precision, with_precision
 
@@ -64,7 +65,6 @@ class PrecisionCheck:
 def reference_batch(n: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """A fixed batch: smooth noise (z, y, x patches, one channel) and its sign as labels
     (half the voxels on, so learning only the class frequency lowers no loss)."""
-    from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(24)
     x = gaussian_filter(rng.normal(size=(n, *_PATCH, 1)), (0, 1, 2, 2, 0))

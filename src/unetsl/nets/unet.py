@@ -24,6 +24,7 @@ from keras import layers
 
 from unetsl.config.heads import LEVEL, STAGE, Head
 from unetsl.config.model_config import Config
+from unetsl.data.normalize import InputNormalization, attach_normalization
 from unetsl.errors import UnetslError
 from unetsl.nets.shapes import _int_tuple, _positive_int, check_patch_divisible
 
@@ -283,7 +284,6 @@ def build_model(config: Config) -> keras.Model:
     shape", "pooling", "spatial dropout rate", "batch normalization"), named after the
     config, with its input normalisation recorded on it; with "seed", the same initial
     weights every time."""
-    from unetsl.data.normalize import InputNormalization, attach_normalization
 
     if config.get("seed") is not None:
         keras.utils.set_random_seed(int(config["seed"]))

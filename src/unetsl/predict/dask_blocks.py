@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from unetsl.data.normalize import ScaledSource
 from unetsl.errors import UnetslError
 from unetsl.predict.dask_workers import worker_model, worker_source
+from unetsl.predict.engine import normalize_patches, read_padded, run_overlapped
+from unetsl.predict.tiling import plan_tiles
 
 log = logging.getLogger("unetsl")
 
@@ -139,7 +142,6 @@ def block_probabilities(tile_model, source, plan, t: int,
     region : (start, stop) per axis (z, y, x). Returns (one float32 (n, z, y, x) array per
     output of ``tile_model``, the number of tiles predicted).
     """
-    from unetsl.predict.engine import normalize_patches, read_padded, run_overlapped
 
     c, *patch = tile_model.patch
     chosen = _tiles_for(plan, region)
@@ -216,7 +218,6 @@ def _block_task(model: Any, output_indices: Sequence[int], source: Any, depth_wa
     tile_model = worker_model(model, output_indices, plan.patch, precision)
     opened = worker_source(source, depth_wanted)
     if scaling is not None:
-        from unetsl.data.normalize import ScaledSource
 
         opened = ScaledSource(opened, scaling)
     blocks, count = block_probabilities(tile_model, opened, plan, t, region,
@@ -300,7 +301,6 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
         written by the workers, otherwise blocks are gathered and written here.
         shape : the source's (t, c, z, y, x) if ``source`` is a path (else read from it).
     """
-    from unetsl.predict.tiling import plan_tiles
 
     c, *patch = tile_model.patch
     if shape is None:
@@ -403,7 +403,6 @@ def predict_array(model: Any, source: Any, *, tile_model: Any, reach: Any,
     """
     import dask.array as da
 
-    from unetsl.predict.tiling import plan_tiles
 
     c, *patch = tile_model.patch
     if shape is None:

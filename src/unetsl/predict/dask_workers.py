@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from unetsl.errors import UnetslError
+from unetsl.io.lazy import open_image
+from unetsl.predict.adapter import KerasTiles
 
 THREADS_ENV = "UNETSL_TF_THREADS"  # TensorFlow threads per worker process
 
@@ -55,12 +58,10 @@ def worker_model(model: Any, output_indices: Sequence[int], tile: Sequence[int] 
         (``unetsl.nets.model_files.with_input_patch``) when it differs from the training patch.
     precision : the dtype policy it computes in (``unetsl.nets.precision.with_precision``).
     """
-    from unetsl.predict.adapter import KerasTiles
 
     if not isinstance(model, (str, os.PathLike)):
         return model
     if not os.path.exists(model):
-        import socket
 
         raise UnetslError(f"{os.fspath(model)}: no such model file on worker host "
                           f"{socket.gethostname()} (the model must be on a shared file system)")
@@ -95,7 +96,6 @@ def worker_source(source: Any, depth_wanted: int):
     with _CACHE_LOCK:
         opened = _SOURCES.get(key)
         if opened is None:
-            from unetsl.io.lazy import open_image
 
             opened = open_image(os.fspath(source), depth_wanted=depth_wanted).data
             _SOURCES[key] = opened

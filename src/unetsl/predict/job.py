@@ -15,10 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unetsl.atomic import atomic_path, check_writable
 from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
+from unetsl.data.normalize import InputNormalization, ScaledSource, image_scaling
 from unetsl.errors import UnetslError
+from unetsl.io.arrays import ArraySource, check_finite
+from unetsl.io.lazy import OutputTiff, open_image
+from unetsl.io.omezarr import is_zarr_path, open_zarr
+from unetsl.io.omezarr_write import OutputOmeZarr, atomic_dir, output_axes
+from unetsl.io.tiff import match_channels, read_image
+from unetsl.predict.dask_blocks import predict_to_sinks_dask
+from unetsl.predict.dask_cluster import dask_client
+from unetsl.predict.engine import predict_to_sinks
 from unetsl.predict.model_info import ModelInfo
+from unetsl.predict.reduce import label_dtype, reduce, reduction_for_activation, reduction_name
+from unetsl.predict.tiling import model_for_tiles
 
 if TYPE_CHECKING:
     from unetsl.nets.precision import PrecisionChoice
@@ -100,7 +112,6 @@ class _FileSink:
         self.labels, self.reduction, self.probabilities = labels, reduction, probabilities
 
     def write(self, t: int, region, block: np.ndarray) -> None:
-        from unetsl.predict.reduce import reduce
 
         self.labels.write(t, region, reduce(block, self.reduction, channel_axis=0))
         if self.probabilities is not None:
@@ -130,7 +141,6 @@ def _strategy(gpus: int):
 
 def _trained_normalization(model: Path):
     """How the model file's inputs were normalised in training (raw when nothing says)."""
-    from unetsl.data.normalize import InputNormalization
     from unetsl.nets.records import file_normalization
 
     return file_normalization(model) or InputNormalization()
@@ -192,7 +202,6 @@ class PredictionJob:
 
     # ---------------------------------------------------------------------------------
     def _reductions(self, info: ModelInfo, indices: list[int]) -> list[str]:
-        from unetsl.predict.reduce import reduction_for_activation, reduction_name
 
         activations = info.activations
         names = list(info.output_names)
@@ -237,7 +246,6 @@ class PredictionJob:
             (``unetsl.predict.dask_blocks``), each loading "model file" itself.
         levels : resolution levels of OME-Zarr outputs (outputs whose name ends in .zarr).
         """
-        from unetsl.atomic import check_writable
 
         self.check_settings(self.values)
         model, strategy, precision = self._model(model, gpus)
@@ -276,10 +284,6 @@ class PredictionJob:
     def _open_input(self, info: ModelInfo) -> _Input:
         """The image, opened lazily (eagerly where the original's channel rules need the
         whole array), checked for NaN/Inf before any tile, its normalisation resolved."""
-        from unetsl.data.normalize import InputNormalization, image_scaling
-        from unetsl.io.arrays import ArraySource, check_finite
-        from unetsl.io.lazy import open_image
-        from unetsl.io.tiff import match_channels, read_image
 
         c, z, _, _ = info.patch
         name = self.values["image to predict"]
@@ -297,7 +301,6 @@ class PredictionJob:
 
     def _tiling(self, model: Any, info: ModelInfo, source: _Input, strategy: Any) -> _Tiling:
         """The model for the chosen tile size, its tiles and the outputs' reductions."""
-        from unetsl.predict.tiling import model_for_tiles
 
         indices = self._indices(info)
         overlap = self.values["overlap"]
@@ -313,7 +316,6 @@ class PredictionJob:
     def _predict_on_dask(self, client: Any, source: _Input, sinks: list[_FileSink],
                          tiling: _Tiling, policy: str, progress: Any) -> Any:
         """The blocks on the client's workers, each loading "model file" itself."""
-        from unetsl.predict.dask_blocks import predict_to_sinks_dask
 
         run = predict_to_sinks_dask(
             client, self.values["model file"],
@@ -372,7 +374,6 @@ def _dask_client(stack: contextlib.ExitStack, dask: Any) -> Any:
     """The Dask client of a --dask value (started, and closed with ``stack``), or None."""
     if dask is None:
         return None
-    from unetsl.predict.dask_cluster import dask_client
 
     return stack.enter_context(dask_client(dask) if isinstance(dask, str)
                                else contextlib.nullcontext(dask))
@@ -383,9 +384,6 @@ def _open_sinks(stack: contextlib.ExitStack, paths: list[Path], tiling: _Tiling,
                 client: Any) -> tuple[list[_FileSink], list[Path]]:
     """Every output file opened for writing block by block (atomically: TIFFs through a
     temporary file, zarr through a temporary folder), in the order they are listed."""
-    from unetsl.atomic import atomic_path
-    from unetsl.io.lazy import OutputTiff
-    from unetsl.predict.reduce import label_dtype
 
     t, _, zs, ys, xs = source.data.shape
     like = _zarr_like(source.name, source.depth)
@@ -414,8 +412,6 @@ def _open_sinks(stack: contextlib.ExitStack, paths: list[Path], tiling: _Tiling,
 def _predict_here(source: _Input, sinks: list[_FileSink], tiling: _Tiling,
                   progress: Any) -> int:
     """Every tile predicted in this process; returns the tiles of one time point."""
-    from unetsl.data.normalize import ScaledSource
-    from unetsl.predict.engine import predict_to_sinks
 
     scaled = ScaledSource(source.data, source.scaling) if source.scaling is not None \
         else source.data
@@ -434,7 +430,6 @@ def _info(model: Any) -> ModelInfo:
 
 def _zarr_like(name: str, depth_wanted: int):
     """The zarr input's axes and chunks, which zarr outputs copy (None for other inputs)."""
-    from unetsl.io.omezarr import is_zarr_path, open_zarr
 
     if not is_zarr_path(name):
         return None
@@ -447,7 +442,6 @@ def _zarr_like(name: str, depth_wanted: int):
 def _open_zarr_output(stack: contextlib.ExitStack, target: Path, shape, dtype, image, like, *,
                       levels: int, labels: bool, client: Any):
     """An OME-Zarr output written to a temporary folder that replaces ``target`` when done."""
-    from unetsl.io.omezarr_write import OutputOmeZarr, atomic_dir, output_axes
 
     tmp = stack.enter_context(atomic_dir(target))
     axes = output_axes(like.axes if like is not None else None, shape, image.time_as_depth)

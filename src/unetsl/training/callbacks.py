@@ -13,9 +13,14 @@ from typing import Any, TextIO
 import keras
 import numpy as np
 
+from unetsl.io.tiff import match_channels, read_image, write_like
+from unetsl.nets.shapes import model_patch_shape, output_activations
+from unetsl.predict.engine import predict
+from unetsl.predict.reduce import reduce, reduction_for_activation
 from unetsl.training.checkpoints import (
     TrainingState,
 )
+from unetsl.training.logs import is_channel_score
 
 SAMPLE_BATCH_SIZE = 2  # the original predicted "samples to predict" with batch size 2
 
@@ -43,8 +48,6 @@ class SamplePredictor(keras.callbacks.Callback):
 
     def _load(self, path: Path) -> Any:
         if path not in self._images:
-            from unetsl.io.tiff import read_image
-            from unetsl.nets.shapes import model_patch_shape
 
             _, z, _, _ = model_patch_shape(self.model)
             self._images[path] = read_image(path, depth_wanted=z)
@@ -53,10 +56,6 @@ class SamplePredictor(keras.callbacks.Callback):
     def predict_all(self, number: int) -> None:
         """Predict as predict_image would: the normalisation recorded on the model, the
         original's channel rules, labels of the last output."""
-        from unetsl.io.tiff import match_channels, write_like
-        from unetsl.nets.shapes import model_patch_shape, output_activations
-        from unetsl.predict.engine import predict
-        from unetsl.predict.reduce import reduce, reduction_for_activation
 
         reduction = reduction_for_activation(output_activations(self.model)[-1])
         c = model_patch_shape(self.model)[0]
@@ -194,7 +193,6 @@ class LearningWatch(keras.callbacks.Callback):
                      '"normalization percentiles": [1, 99.8]'))))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from unetsl.training.logs import is_channel_score
 
         outputs = self.model.predict_on_batch(self.probe)
         if not isinstance(outputs, (list, tuple)):

@@ -34,6 +34,7 @@ import numpy as np
 
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
+from unetsl.nets.model_files import save_model
 from unetsl.nets.records import read_record, write_record
 
 log = logging.getLogger("unetsl")
@@ -128,7 +129,6 @@ def save_checkpoint(model: keras.Model, path: str | os.PathLike,
 
     Atomic: a temporary file beside ``path`` is renamed onto it when complete.
     """
-    from unetsl.nets.model_files import save_model
 
     path = Path(path)
     with atomic_path(path) as tmp:

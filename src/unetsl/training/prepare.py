@@ -12,11 +12,24 @@ import keras
 
 from unetsl.config.heads import Head
 from unetsl.config.model_config import Config
+from unetsl.data.dataset import make_datasets
+from unetsl.data.dataset_options import DatasetOptions
+from unetsl.data.normalize import InputNormalization, attach_normalization
+from unetsl.data.targets import check_training_labels, training_targets
 from unetsl.errors import UnetslError
-from unetsl.nets.precision import PrecisionChoice, choose_precision
+from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
+from unetsl.nets.heads import check_model_heads
+from unetsl.nets.precision import PrecisionChoice, choose_precision, with_precision
 from unetsl.nets.precision_check import decide_precision
+from unetsl.nets.shapes import model_patch_shape
 from unetsl.training import multiworker
-from unetsl.training.checkpoints import Checkpointer, TrainingState, monitor_mode
+from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
+from unetsl.training.checkpoints import (
+    Checkpointer,
+    TrainingState,
+    monitor_mode,
+    restore_optimizer_state,
+)
 from unetsl.training.logs import BatchLog, EpochLog, LogFiles, log_files, new_run_id, write_snapshot
 from unetsl.training.setup import (
     TrainingPaths,
@@ -140,7 +153,6 @@ class _Logs:
 def _devices(cfg: Config, gpus: int | None, strategy: Any, batch_size: int) -> tuple[Any, bool]:
     """Seeds, the strategy (one device, several GPUs, several workers) and whether this
     process is the chief; the batch must split evenly over the replicas."""
-    from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
 
     set_deterministic(cfg["seed"])
     if strategy is None:
@@ -155,11 +167,6 @@ def _devices(cfg: Config, gpus: int | None, strategy: Any, batch_size: int) -> t
 def _starting_model(cfg: Config, source: Any, strategy: Any, chief: bool) -> _Start:
     """The starting model in the checked precision, its normalisation recorded, checked
     against the config's heads (whose targets it needs)."""
-    from unetsl.data.normalize import InputNormalization, attach_normalization
-    from unetsl.data.targets import training_targets
-    from unetsl.nets.heads import check_model_heads
-    from unetsl.nets.precision import with_precision
-    from unetsl.nets.shapes import model_patch_shape
 
     precision = training_precision(cfg["precision"], strategy)
     log.info(f"precision: {precision.policy} ({precision.reason})")
@@ -186,11 +193,8 @@ def _starting_model(cfg: Config, source: Any, strategy: Any, chief: bool) -> _St
 def _batches(cfg: Config, start: _Start, datasets: tuple[Any, Any] | None,
              data_options: dict[str, Any] | None, batch_size: int) -> tuple[Any, Any]:
     """The training and validation batches (made from the config unless given), checked."""
-    from unetsl.data.targets import check_training_labels
 
     if datasets is None:
-        from unetsl.data.dataset import make_datasets
-        from unetsl.data.dataset_options import DatasetOptions
 
         datasets = make_datasets(DatasetOptions.from_config(cfg),
                                  patch_shape=start.patch_shape, n_labels=start.n_labels,
@@ -210,7 +214,6 @@ def _batches(cfg: Config, start: _Start, datasets: tuple[Any, Any] | None,
 def _compiled(cfg: Config, model: keras.Model, train_data: Any, val_data: Any,
               strategy: Any, *, resumed: bool, paths: TrainingPaths) -> str:
     """Compile (with the optimizer's state when resuming from -latest); the monitor."""
-    from unetsl.training.checkpoints import restore_optimizer_state
 
     weighted = first_batch_check(train_data, model)
     monitor = resolve_monitor(cfg, list(model.output_names), val_data is not None)
@@ -257,7 +260,6 @@ def _callbacks(cfg: Config, logs: _Logs, checkpointer: Checkpointer, samples: li
                train_data: Any, val_data: Any, stream: TextIO | None,
                extra: Sequence[keras.callbacks.Callback]) -> tuple[Any, list]:
     """(the sample predictor or None, every callback in the order they must run)."""
-    from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
 
     predictor = None
     callbacks: list[keras.callbacks.Callback] = [logs.batch_log, logs.epoch_log, checkpointer]

@@ -18,7 +18,13 @@ import numpy as np
 
 from unetsl.config.heads import Head
 from unetsl.config.model_config import Config
+from unetsl.data.sources import parse_source, resolve_path
+from unetsl.data.targets import check_head_sources, training_targets
 from unetsl.errors import UnetslError
+from unetsl.nets.losses import LOSSES, get_loss, get_optimizer
+from unetsl.nets.model_files import load_model, save_model
+from unetsl.nets.shapes import model_patch_shape, output_activations
+from unetsl.nets.unet import build_model
 from unetsl.training.checkpoints import Checkpointer, TrainingState, read_state
 from unetsl.training.logs import (
     BatchLog,
@@ -27,6 +33,7 @@ from unetsl.training.logs import (
     expected_log_keys,
     is_channel_score,
 )
+from unetsl.training.metrics import VoxelWeightedLoss, compile_metrics
 
 log = logging.getLogger("unetsl")
 
@@ -41,9 +48,6 @@ def check_training_config(cfg: Config) -> None:
 
     Cheap (no data, no model), so the CLI runs it before saving an edited config.
     """
-    from unetsl.data.sources import parse_source
-    from unetsl.data.targets import check_head_sources
-    from unetsl.nets.losses import LOSSES, get_loss, get_optimizer
 
     cfg.validate()
     heads = cfg.heads()
@@ -65,9 +69,6 @@ def training_shapes(cfg: Config) -> tuple[list[int], int]:
     """The patch shape (c, z, y, x) and label channels that training of ``cfg`` uses: the
     model file's when it exists (it wins over "input shape"), else the config's; heads that
     make their own targets take the raw label (``HeadTargets.source_channels``)."""
-    from unetsl.data.targets import training_targets
-    from unetsl.nets.model_files import load_model
-    from unetsl.nets.shapes import model_patch_shape
 
     patch_shape, n_labels = [int(n) for n in cfg["input shape"]], int(cfg["n labels"])
     if Path(cfg.model_path).exists():
@@ -82,7 +83,6 @@ def training_shapes(cfg: Config) -> tuple[list[int], int]:
 
 def sample_paths(cfg: Config) -> list[Path]:
     """"samples to predict" as paths ($VARS and ~ expanded, relative to the config folder)."""
-    from unetsl.data.sources import resolve_path
 
     paths = []
     for text in cfg["samples to predict"]:
@@ -145,9 +145,6 @@ def compile_model(model: keras.Model, cfg: Config, *, weighted: bool = False,
     A model with one output gets one loss; loss weights apply to several outputs, when the
     heads have them.
     """
-    from unetsl.nets.losses import get_loss, get_optimizer
-    from unetsl.nets.shapes import output_activations
-    from unetsl.training.metrics import VoxelWeightedLoss, compile_metrics
 
     names = list(model.output_names)
     heads = {head.name: head for head in cfg.heads(names)}
@@ -244,8 +241,6 @@ class TrainingSetup:
 
 
 def load_or_build(cfg: Config, source: Path, *, save: bool = True) -> keras.Model:
-    from unetsl.nets.model_files import load_model, save_model
-    from unetsl.nets.unet import build_model
 
     if source.exists():
         return load_model(source)

@@ -38,6 +38,7 @@ import keras
 
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
+from unetsl.training import multiworker
 from unetsl.training.checkpoints import (
     InterruptCheck,
     SignalGuard,
@@ -115,7 +116,6 @@ def train(cfg: Config, *, resume: bool = False, gpus: int | None = None, progres
                               state.best_epoch, setup.paths)
     result = _fit(setup)
     if not setup.chief:
-        from unetsl.training import multiworker
 
         multiworker.remove_scratch(setup.out)
         return result
