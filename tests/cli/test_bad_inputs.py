@@ -166,11 +166,13 @@ def _check_refused(result, needles: tuple[str, ...]) -> None:
 def refused(base, tmp_path, monkeypatch):
     """``refused(command, args, needles, setup=None)``: the case in a copy of ``base``."""
     import unetsl.predict.engine as engine
+    import unetsl.predict.job as job
 
     def no_compute(*args, **kwargs):  # every refusal comes before any tile is predicted
         raise AssertionError("predicted although the input was bad")
 
-    monkeypatch.setattr(engine, "predict_to_sinks", no_compute)
+    for module in (engine, job):  # where it is defined and where predict_image calls it
+        monkeypatch.setattr(module, "predict_to_sinks", no_compute)
 
     def run(command: str, args: list[str], needles: tuple[str, ...],
             setup: Callable[[Path], None] | None = None):

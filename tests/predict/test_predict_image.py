@@ -150,7 +150,6 @@ def test_cascade_all_outputs_one_file_each_and_output_index(work, assert_one_lin
 
 def test_editor_without_b(work, monkeypatch):
     import unetsl.cli.predict_image as command
-    import unetsl.cli.tui as tui
 
     seen = {}
 
@@ -160,13 +159,13 @@ def test_editor_without_b(work, monkeypatch):
         return {**values, "batch size": 5, "output image": "edited.tif"}
 
     monkeypatch.setattr(command, "interactive", lambda batch: not batch)
-    monkeypatch.setattr(tui, "edit_values", fake_edit)
+    monkeypatch.setattr(command, "edit_values", fake_edit)
     result = cli(work, "m2d.h5", "ts.tif")
     assert result.returncode == 0, result.stderr
     assert seen["batch size"] == 16 and seen["output index"] == -1
     assert seen["output image"] == "pred-m2d-ts.tif" and seen["reduction type"] is None
     assert (work / "edited.tif").exists()
-    monkeypatch.setattr(tui, "edit_values", lambda values, title, validate: None)
+    monkeypatch.setattr(command, "edit_values", lambda values, title, validate: None)
     result = cli(work, "m2d.h5", "ts.tif", "cancelled.tif")
     assert result.returncode == 0 and "cancelling" in result.stdout
     assert not (work / "cancelled.tif").exists()

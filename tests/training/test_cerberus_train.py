@@ -201,7 +201,6 @@ def test_training_section_and_overrides(tmp_path: Path):
 
 def test_editor_edits_the_training_section(tmp_path: Path, monkeypatch):
     import unetsl.cli.train_model as command
-    from unetsl.cli import tui
 
     path = write_config(tmp_path, **{"data sources": []})
     seen = {}
@@ -213,7 +212,7 @@ def test_editor_edits_the_training_section(tmp_path: Path, monkeypatch):
         return edited
 
     monkeypatch.setattr(command, "interactive", lambda batch: True)
-    monkeypatch.setattr(tui, "edit_values", fake_editor)
+    monkeypatch.setattr(command, "edit_values", fake_editor)
     result = CliRunner().invoke(command.main, ["-c", str(path)])
     assert result.exit_code == 2 and 'no "data sources"' in result.output  # after saving
     assert list(seen) == [*training_keys(), "loss weights"]

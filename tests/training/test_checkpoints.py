@@ -126,7 +126,7 @@ def test_failing_model_write_leaves_previous_checkpoint(tmp_path, model, monkeyp
         Path(target).write_bytes(b"partial model bytes")  # then the disk fills up
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(model_files, "save_model", half_written)
+    monkeypatch.setattr(checkpoints, "save_model", half_written)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(model, path, TrainingState(epochs_done=2))
     assert path.read_bytes() == before
