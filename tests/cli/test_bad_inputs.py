@@ -430,3 +430,11 @@ def test_output_in_read_only_folder(refused, tmp_path):
     finally:
         if locked.exists():
             locked.chmod(0o755)
+
+
+def test_a_bad_precision_variable_is_one_line(refused, monkeypatch):
+    """UNETSL_PRECISION replaces "auto" for every command: a value it does not know stops the
+    command in one line naming the variable, before anything is written."""
+    monkeypatch.setenv("UNETSL_PRECISION", "bf16")
+    refused("predict_image", ["m.h5", "img.tif", "out.tif", "-b"],
+            ("UNETSL_PRECISION must be one of", "'bf16'"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,21 @@ def test_a_weak_map_hints_at_training_headers_have_units_rows_centre_the_cell(vi
     assert widget.save("table", tmp_path / "cells") == tmp_path / "cells.csv"
     assert widget.save("rois", tmp_path / "cells-rois") == tmp_path / "cells-rois.zip"
     assert (tmp_path / "cells.csv").exists() and (tmp_path / "cells-rois.zip").exists()
+
+
+def test_save_dialogs_open_where_the_predicted_image_came_from(viewer, tmp_path):
+    """Not napari's working folder: the folder of the file the probabilities were predicted
+    from (their layer is "<image> prob 0"; the image layer knows its file)."""
+    from napari.layers._source import layer_source
+
+    from unetsl.napari.cells_widget import CellsWidget
+
+    movie = tmp_path / "data" / "movie.tif"
+    with layer_source(path=str(movie)):  # as napari's readers record where a layer came from
+        viewer.add_image(np.zeros((2, 16, 16), np.uint16), name="movie")
+    viewer.add_image(np.zeros((2, 16, 16), np.float32), name="movie prob 0")
+    widget = CellsWidget(viewer)
+    widget.probabilities.value = "movie prob 0"
+    assert widget._folder() == movie.parent
+    widget.probabilities.value = None
+    assert widget._folder() == Path.cwd()

@@ -20,6 +20,14 @@ def test_fields_become_config_keys():
         "pooling"] == [1, 2, 2]
 
 
+def test_every_labeller_has_its_activation_and_loss():
+    from unetsl.config.fields import LABELLER_NAMES, LABELLER_OUTPUTS
+    from unetsl.nets.losses import LOSSES
+
+    assert tuple(LABELLER_OUTPUTS) == LABELLER_NAMES
+    assert all(loss in LOSSES for _, loss in LABELLER_OUTPUTS.values())
+
+
 def test_create_writes_config_and_model_through_the_worker(viewer, tmp_path):
     from unetsl.napari.new_model_widget import NewModelWidget
 

@@ -89,9 +89,10 @@ def test_errors_are_one_line_and_a_dead_worker_is_replaced(tmp_path):
         with pytest.raises(UnetslError, match=r"^the unetsl test process stopped during "
                            r"inspect \(exit code -9; out of memory\?\)"):
             process.call("inspect", config="x.json", source=0, count=1, seed=0)
-        with pytest.raises(UnetslError):  # a new process answers
-            process.call("inspect", config=str(tmp_path / "y.json"), source=0, count=1, seed=0)
-        assert process.running and process._process.pid != first
+        with pytest.raises(UnetslError, match=r"^model file '.*missing\.h5' does not exist$"):
+            process.call("predict", model=str(tmp_path / "missing.h5"), image_name="x",
+                         image=np.zeros((1, 1, 1, 8, 8), np.float32), settings={})
+        assert process.running and process._process.pid != first  # a new process answered
     finally:
         process.close()
     assert not process.running

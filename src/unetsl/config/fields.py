@@ -310,6 +310,16 @@ def key_table_markdown() -> str:
 LABELLER_NAMES = ("region labels", "multiclass labels", "categorical labels",
                   "double membrane labels", "linear labels")
 
+#: The output activation and loss each labeller's targets need (the README's Labels table),
+#: for a config made for a labeller (napari's New model).
+LABELLER_OUTPUTS = {
+    "region labels": ("softmax", "keras.losses.categorical_crossentropy"),
+    "multiclass labels": ("sigmoid", "keras.losses.binary_crossentropy"),
+    "categorical labels": ("softmax", "keras.losses.categorical_crossentropy"),
+    "double membrane labels": ("sigmoid", "keras.losses.binary_crossentropy"),
+    "linear labels": ("relu", "keras.losses.mean_squared_error"),
+}
+
 
 def labeller_index(name: str | int) -> int:
     """Menu number of a labeller given by JSON name, short name ("multiclass") or number.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
-from unetsl.config.fields import LABELLER_NAMES, PRECISIONS
+from unetsl.config.fields import LABELLER_NAMES, LABELLER_OUTPUTS, PRECISIONS
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
 from unetsl.napari.process import worker
@@ -23,16 +23,6 @@ from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, s
 
 if TYPE_CHECKING:
     import napari
-
-#: what each labeller's labels need: output activation and loss (README, Labels)
-ACTIVATIONS = {
-    "region labels": ("softmax", "keras.losses.categorical_crossentropy"),
-    "multiclass labels": ("sigmoid", "keras.losses.binary_crossentropy"),
-    "categorical labels": ("softmax", "keras.losses.categorical_crossentropy"),
-    "double membrane labels": ("sigmoid", "keras.losses.binary_crossentropy"),
-    "linear labels": ("relu", "keras.losses.mean_squared_error"),
-}
-
 
 def parse_patch(text: str) -> list[int]:
     """ "1, 3, 64, 64" -> [1, 3, 64, 64] (c, z, y, x); else a one-line error."""
@@ -53,7 +43,7 @@ def config_values(patch: str, n_labels: int, labeller: str, epochs: int,
     """The config keys of the widget's fields; pooling halves z only where the patch is
     deep enough (z >= 8), as the example configs do for 2D movies and 3D stacks."""
     shape = parse_patch(patch)
-    activation, loss = ACTIVATIONS[labeller]
+    activation, loss = LABELLER_OUTPUTS[labeller]
     return {"input shape": shape, "n labels": int(n_labels), "activation": activation,
             "loss function": loss, "epochs": int(epochs),
             "initial learning rate": float(learning_rate), "precision": precision,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetsl.config.model_config import Config
+from unetsl.errors import UnetslError
 from unetsl.predict.in_memory import predict_array
 from unetsl.predict.job import PredictionJob
 
@@ -31,7 +32,7 @@ def predict(context: TaskContext, *, model: str, image_name: str, image: np.ndar
 
     path = Path(model)
     if not path.is_file():
-        raise FileNotFoundError(path)
+        raise UnetslError(f"model file {str(path)!r} does not exist")
     job = PredictionJob.create(path, Path(image_name),
                                all_outputs=bool(settings.pop("all outputs", False)))
     job.update(settings)
