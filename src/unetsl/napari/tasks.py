@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from magicgui.widgets import Container
+from magicgui.widgets import Container, Label
 from superqt.utils import ensure_main_thread
 
 from unetsl.errors import UnetslError
@@ -66,8 +66,6 @@ def add_tooltips(widget: Any, tips: dict[str, str]) -> None:
 def status_label() -> Any:
     """A widget's status line: long messages wrap instead of widening the dock until the
     canvas is cropped."""
-    from magicgui.widgets import Label
-
     label = Label(value="")
     label.native.setWordWrap(True)
     return label
