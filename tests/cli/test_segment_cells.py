@@ -192,6 +192,17 @@ def test_ome_zarr_output_is_a_label_image(movie, tmp_path, run_script):
     assert "image-label" in metadata  # napari's reader opens it as a Labels layer
 
 
+def test_npy_output_holds_the_tiffs_labels(movie, tmp_path, run_script):
+    """The output name chooses the format for cells as for predict (unetsl.io.outputs)."""
+    for name in ("cells.npy", "cells.tif"):
+        result = run_script("segment_cells", str(movie / "prob.tif"), name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    array = np.load(tmp_path / "cells.npy")
+    assert array.dtype == np.uint16 and array.ndim == 5  # (t, 1, z, y, x)
+    np.testing.assert_array_equal(array, read_image(tmp_path / "cells.tif").data)
+    assert len(np.unique(array)) > 2
+
+
 def test_readme_cell_key_table_is_current():
     from unetsl.cells.settings import cell_key_table_markdown
 

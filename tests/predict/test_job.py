@@ -10,6 +10,8 @@ import pytest
 
 from unetsl.config.model_config import config_for_model
 from unetsl.errors import UnetslError
+from unetsl.io.lazy import open_image
+from unetsl.io.outputs import with_suffix
 from unetsl.io.tiff import read_image, write_image
 from unetsl.predict.engine import predict
 from unetsl.predict.job import (
@@ -205,6 +207,28 @@ def test_run_writes_labels_and_probabilities_equal_to_predict(work, model, tmp_p
     for out in (labels, probabilities):
         assert out.spacing == pytest.approx(SPACING) and out.unit == "µm"
     assert len(np.unique(labels.data)) > 1  # the comparison is not between two blank images
+
+
+@pytest.mark.parametrize("name", ["out.npy", "out.ome.zarr"])
+def test_the_output_name_chooses_the_format(work, model, tmp_path, name):
+    """.npy and OME-Zarr outputs hold what the TIFF holds (unetsl.io.outputs)."""
+    pytest.importorskip("zarr")
+    tiff = PredictionJob.create(work / "m.h5", work / "img.tif", tmp_path / "out.tif")
+    tiff.update({"batch size": 2})
+    tiff.run(model=model, probabilities=True)
+    job = PredictionJob.create(work / "m.h5", work / "img.tif", tmp_path / name)
+    job.update({"batch size": 2})
+    labels, floats = job.run(model=model, probabilities=True).written
+    assert floats == with_suffix(tmp_path / name, "-prob")
+    for mine, reference in ((labels, "out.tif"), (floats, "out-prob.tif")):
+        expected = read_image(tmp_path / reference)
+        got = open_image(mine, depth_wanted=1)
+        np.testing.assert_array_equal(
+            np.stack([got.data.read(t, *(slice(None),) * 3) for t in range(2)]), expected.data)
+        if name.endswith(".npy"):
+            assert np.load(mine).shape == expected.data.shape  # (t, c, z, y, x)
+        else:
+            assert got.spacing == pytest.approx(SPACING)
 
 
 def test_run_with_linear_reduction_and_default_tiles(work, model, tmp_path):

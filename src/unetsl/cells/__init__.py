@@ -5,7 +5,7 @@ Pure numpy-in/numpy-out functions for notebooks and scripts; arrays are (t, z, y
 spacing is (z, y, x) in physical units.
 """
 
-from unetsl.cells.export import write_labels_tiff, write_meshes, write_roi_zip
+from unetsl.cells.export import write_labels, write_labels_tiff, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
 from unetsl.cells.settings import CELL_KEYS, CellSettings
@@ -21,6 +21,7 @@ __all__ = [
     "track",
     "write_csv",
     "write_ctc_tracks",
+    "write_labels",
     "write_labels_tiff",
     "write_meshes",
     "write_roi_zip",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import roifile
-import tifffile
 import trimesh
 from scipy import ndimage as ndi
 from skimage.measure import find_contours, marching_cubes
@@ -20,6 +19,7 @@ from skimage.measure import find_contours, marching_cubes
 from unetsl.atomic import atomic_path
 from unetsl.cells.segment import check_spacing
 from unetsl.errors import UnetslError
+from unetsl.io.outputs import output_format, write_output
 
 MESH_FORMATS = ("ply", "stl", "obj")
 _FLOAT32_EXACT = 2**24  # float32 holds every integer up to this exactly
@@ -45,30 +45,38 @@ def _labels4d(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray,
-                      spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "micron") -> Path:
-    """Write (t, z, y, x) labels as an ImageJ TZYX hyperstack with its scale.
+def label_file_dtype(top: int, path: str | os.PathLike) -> np.dtype:
+    """The smallest dtype that holds label ids up to ``top`` in the file format of ``path``.
 
-    ImageJ TIFFs hold uint8/16 or float32 but not 32-bit integers, so ids up to 65535 are
-    written as uint16 and larger ones as float32, which keeps ids exact (below 2**24) and keeps
-    track ids equal to those of the CSV tables (renumbering would break that link).
+    ImageJ TIFFs hold uint8/16 or float32 but not 32-bit integers, so ids above 65535 go to
+    float32 there, which keeps ids exact (below 2**24) and equal to those of the CSV tables
+    (renumbering would break that link); zarr and npy take uint32.
     """
-    labels = _labels4d(labels)
-    z, y, x = check_spacing(spacing)
-    top = int(labels.max()) if labels.size else 0
     if top <= np.iinfo(np.uint16).max:
-        data = labels.astype(np.uint16)
-    elif top < _FLOAT32_EXACT:
-        data = labels.astype(np.float32)
-    else:
-        raise UnetslError(f"label id {top} too large for an ImageJ TIFF {path} (max 2**24)")
-    metadata = {"axes": "TZYX", "spacing": z, "unit": unit}
+        return np.dtype(np.uint16)
+    if output_format(path) != "tiff":
+        return np.dtype(np.uint32)
+    if top < _FLOAT32_EXACT:
+        return np.dtype(np.float32)
+    raise UnetslError(f"label id {top} too large for an ImageJ TIFF {path} (max 2**24); "
+                      "write .ome.zarr or .npy instead")
 
-    def write(tmp: str) -> None:
-        tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
-                         metadata=metadata)
 
-    return _atomic(Path(path), write)
+def write_labels(path: str | os.PathLike, labels: np.ndarray,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "micron") -> Path:
+    """Write (t, z, y, x) labels with their scale in the format of the name
+    (``unetsl.io.outputs``: an ImageJ TZYX hyperstack, OME-Zarr labels that napari opens as a
+    Labels layer, or .npy)."""
+    labels = _labels4d(labels)
+    check_spacing(spacing)
+    if not Path(path).parent.is_dir():
+        raise UnetslError(f"folder for {path} does not exist")
+    dtype = label_file_dtype(int(labels.max()) if labels.size else 0, path)
+    return write_output(path, labels[:, None].astype(dtype), spacing=tuple(spacing),
+                        unit=unit, labels=True)
+
+
+write_labels_tiff = write_labels  # the name of the TIFF-only writer of earlier versions
 
 
 def cell_outline(mask: np.ndarray) -> np.ndarray:

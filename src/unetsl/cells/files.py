@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from unetsl.atomic import check_writable
-from unetsl.cells.export import write_labels_tiff, write_meshes, write_roi_zip
+from unetsl.cells.export import write_labels, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
 from unetsl.cells.settings import CellSettings, check_mode
 from unetsl.cells.tracking import split_gaps, track, write_ctc_tracks
 from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
-from unetsl.io.omezarr_write import write_ome_zarr
+from unetsl.io.outputs import output_format, split_suffix
 
 MESH_FORMATS = ("ply", "stl", "obj")
 
@@ -94,15 +94,11 @@ class CellsResult:
 def default_output(probabilities: str | os.PathLike) -> Path:
     """``cells-<input>`` beside the input; a ``-prob`` suffix of predict_image is dropped."""
     p = Path(probabilities)
-    name = p.name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tif", ".ome.tiff", ".tiff", ".tif", ".npy"):
-        if name.lower().endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    else:
-        stem, suffix = p.stem, p.suffix
+    stem, suffix = split_suffix(p)
+    if not suffix:
+        stem = p.stem
     stem = stem.removesuffix("-prob")
-    out_suffix = ".ome.zarr" if suffix in (".ome.zarr", ".zarr") else ".tif"
+    out_suffix = ".ome.zarr" if output_format(p) == "zarr" else ".tif"
     return p.with_name(f"cells-{stem}{out_suffix}")
 
 
@@ -178,7 +174,7 @@ def segment_file(
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
     labels, tracks = result.labels, result.tracks
 
-    written = [_write_labels(output, labels, image)]
+    written = [write_labels(output, labels, image.spacing, unit=image.unit)]
     if tracks:  # the CTC format wants gap-free tracks: a gap starts a child track
         written.append(write_ctc_tracks(split_gaps(labels, tracks)[1], _tracks_path(output)))
     for kind, path in files.items():
@@ -233,17 +229,3 @@ def _unique_ids(labels: np.ndarray) -> np.ndarray:
 
 def _tracks_path(output: Path) -> Path:
     return output.with_name(output.name.split(".")[0] + "-res_track.txt")
-
-
-def _write_labels(output: Path, labels: np.ndarray, image: LazyImage) -> Path:
-    name = output.name.lower()
-    if name.endswith((".zarr", ".ome.zarr")):
-
-        data = labels[:, None]  # (t, 1, z, y, x)
-        axes = ("t" if data.shape[0] > 1 else "") + ("z" if data.shape[2] > 1 else "") + "yx"
-        dtype = np.uint16 if labels.max() < 2**16 else np.uint32
-        write_ome_zarr(output, data.astype(dtype), axes=axes, spacing=image.spacing,
-                       unit=image.unit, labels=True)  # napari opens a Labels layer
-        return output
-    write_labels_tiff(output, labels, image.spacing, unit=image.unit)
-    return output

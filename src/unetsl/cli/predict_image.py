@@ -132,7 +132,8 @@ def main(model_file: str, image_file: str, output_file: str | None, overrides: t
     size", "output index", "reduction type" 0 categorical / 1 multiclass / 2 linear,
     "normalize samples", "overlap") can be changed with -D or, without -b, in the editor.
     The default output is pred-<model>-<image>.tif (.ome.zarr for a zarr image); an
-    OUTPUT_FILE ending in .zarr or .ome.zarr is written as OME-Zarr.
+    OUTPUT_FILE ending in .zarr or .ome.zarr is written as OME-Zarr, one ending in .npy as a
+    NumPy array (t, c, z, y, x), any other as an ImageJ TIFF.
     """
 
     overrides, cell_overrides = _split_cell_overrides(overrides)

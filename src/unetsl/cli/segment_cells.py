@@ -83,7 +83,8 @@ def main(probabilities: str, output: str | None, mode: str | None, channel: int,
     membrane) or any float TIFF / zarr in [0, 1]. A time series is tracked: a cell keeps
     its id in every frame, a division ends the parent and starts two daughters (written to
     <output>-res_track.txt, the Cell Tracking Challenge format). The default OUTPUT is
-    cells-<input>.tif (.ome.zarr for a zarr input: napari opens it as a Labels layer).
+    cells-<input>.tif (.ome.zarr for a zarr input: napari opens it as a Labels layer); the
+    name chooses the format as for predict_image (.tif, .ome.zarr / .zarr, .npy).
     Settings are -D "key=value" (see the README's cell keys).
     """
     run_cells(probabilities, output, mode=mode, channel=channel, overrides=overrides,

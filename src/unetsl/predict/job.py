@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unetsl.atomic import atomic_path, check_writable
+from unetsl.atomic import check_writable
 from unetsl.config.fields import PRECISIONS, unknown_key_hint
 from unetsl.config.model_config import parse_overrides
 from unetsl.data.normalize import InputNormalization, ScaledSource, image_scaling
 from unetsl.errors import UnetslError
 from unetsl.io.arrays import ArraySource, check_finite
-from unetsl.io.lazy import OutputTiff, open_image
+from unetsl.io.lazy import open_image
 from unetsl.io.omezarr import is_zarr_path, open_zarr
-from unetsl.io.omezarr_write import OutputOmeZarr, atomic_dir, output_axes
+from unetsl.io.outputs import open_output, output_format, split_suffix, with_suffix
 from unetsl.io.tiff import match_channels, read_image
 from unetsl.predict.dask_blocks import predict_to_sinks_dask
 from unetsl.predict.dask_cluster import dask_client
@@ -72,37 +72,18 @@ SETTING_CHECKS = {
 }
 
 
-_ZARR_SUFFIXES = (".ome.zarr", ".zarr")
-
-
-def _zarr_suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((s for s in _ZARR_SUFFIXES if name.endswith(s)), None)
-
-
 def default_output_path(model_path: Path, image_path: Path) -> Path:
     """pred-<model name without suffix>-<image file name>, in the working folder: a .tif, or
     an .ome.zarr for a zarr image."""
     model_path, image_path = Path(model_path), Path(image_path)
     base = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
     image = image_path.name.rstrip("/")
-    zarr_suffix = _zarr_suffix(image_path)
-    if zarr_suffix is not None:
-        image = image[: -len(zarr_suffix)] + ".ome.zarr"
+    stem, suffix = split_suffix(image_path)
+    if output_format(image_path) == "zarr":
+        image = stem + ".ome.zarr"
     elif not image.lower().endswith((".tif", ".tiff")):
         image = (image[: -len(image_path.suffix)] if image_path.suffix else image) + ".tif"
     return Path(f"pred-{base}-{image}")
-
-
-def _with_suffix(path: Path, extra: str) -> Path:
-    """out.tif + "-prob" -> out-prob.tif (out.ome.zarr -> out-prob.ome.zarr)."""
-    zarr_suffix = _zarr_suffix(path)
-    if zarr_suffix is not None:
-        return path.with_name(f"{path.name[: -len(zarr_suffix)]}{extra}"
-                              f"{path.name[-len(zarr_suffix):]}")
-    suffix = path.suffix if path.suffix.lower() in (".tif", ".tiff") else ".tif"
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    return path.with_name(f"{stem}{extra}{suffix}")
 
 
 class _FileSink:
@@ -227,7 +208,7 @@ class PredictionJob:
         indices = self._indices(info)
         if len(indices) == 1 and self.values["output index"] != "all" or info.n_outputs == 1:
             return [out]
-        return [_with_suffix(out, f"-{info.output_names[i]}") for i in indices]
+        return [with_suffix(out, f"-{info.output_names[i]}") for i in indices]
 
     def _indices(self, info: ModelInfo) -> list[int]:
         index = self.values["output index"]
@@ -253,7 +234,7 @@ class PredictionJob:
         source = self._open_input(info)
         tiling = self._tiling(model, info, source, strategy)
         paths = self.output_paths(tiling.info)
-        check_writable([*paths, *(_with_suffix(p, "-prob") for p in paths if probabilities)])
+        check_writable([*paths, *(with_suffix(p, "-prob") for p in paths if probabilities)])
         with contextlib.ExitStack() as stack:  # first in, last out: outputs before the cluster
             client = _dask_client(stack, dask)
             sinks, written = _open_sinks(stack, paths, tiling, source, probabilities, levels,
@@ -382,30 +363,30 @@ def _dask_client(stack: contextlib.ExitStack, dask: Any) -> Any:
 def _open_sinks(stack: contextlib.ExitStack, paths: list[Path], tiling: _Tiling,
                 source: _Input, probabilities: bool, levels: int,
                 client: Any) -> tuple[list[_FileSink], list[Path]]:
-    """Every output file opened for writing block by block (atomically: TIFFs through a
-    temporary file, zarr through a temporary folder), in the order they are listed."""
+    """Every output file opened for writing block by block (``unetsl.io.outputs``: the
+    format from the name, written atomically), in the order they are listed."""
 
     t, _, zs, ys, xs = source.data.shape
     like = _zarr_like(source.name, source.depth)
+    image = source.image
+    options = dict(spacing=image.spacing, unit=image.unit, time_as_depth=image.time_as_depth,
+                   like_axes=like.axes if like is not None else None,
+                   chunks=(1, 1, *like.chunks[2:]) if like is not None else None,
+                   levels=levels, client=client)
     sinks, written = [], []
     for path, n, reduction in zip(paths, tiling.tiles.channels, tiling.reductions):
         label_channels = n if reduction == "linear" else 1
-        files = [(path, (t, label_channels, zs, ys, xs), label_dtype(reduction, n))]
+        dtype = label_dtype(reduction, n)
+        labels = stack.enter_context(open_output(
+            path, (t, label_channels, zs, ys, xs), dtype,
+            labels=np.dtype(dtype).kind in "ui", **options))
+        written.append(path)
+        floats = None
         if probabilities:
-            files.append((_with_suffix(path, "-prob"), (t, n, zs, ys, xs), np.float32))
-        opened = []
-        for k, (target, shape, dtype) in enumerate(files):
-            if _zarr_suffix(Path(target)) is not None:
-                opened.append(_open_zarr_output(
-                    stack, Path(target), shape, dtype, source.image, like, levels=levels,
-                    labels=k == 0 and np.dtype(dtype).kind in "ui", client=client))
-            else:
-                tmp = stack.enter_context(atomic_path(target))
-                opened.append(stack.enter_context(OutputTiff(
-                    tmp, shape, dtype, spacing=source.image.spacing, unit=source.image.unit,
-                    time_as_depth=source.image.time_as_depth)))
-            written.append(target)
-        sinks.append(_FileSink(opened[0], reduction, opened[1] if probabilities else None))
+            written.append(with_suffix(path, "-prob"))
+            floats = stack.enter_context(open_output(written[-1], (t, n, zs, ys, xs),
+                                                     np.float32, **options))
+        sinks.append(_FileSink(labels, reduction, floats))
     return sinks, written
 
 
@@ -437,17 +418,3 @@ def _zarr_like(name: str, depth_wanted: int):
         return open_zarr(name, depth_wanted=depth_wanted)
     except UnetslError:
         return None
-
-
-def _open_zarr_output(stack: contextlib.ExitStack, target: Path, shape, dtype, image, like, *,
-                      levels: int, labels: bool, client: Any):
-    """An OME-Zarr output written to a temporary folder that replaces ``target`` when done."""
-
-    tmp = stack.enter_context(atomic_dir(target))
-    axes = output_axes(like.axes if like is not None else None, shape, image.time_as_depth)
-    chunks = (1, 1, *like.chunks[2:]) if like is not None else None
-    out = OutputOmeZarr(tmp, shape, dtype, axes=axes, chunks=chunks, spacing=image.spacing,
-                        unit=image.unit, time_as_depth=image.time_as_depth, levels=levels,
-                        labels=labels, name=target.name.split(".")[0])
-    out.client = client  # lower resolution levels as Dask tasks too
-    return stack.enter_context(out)
