@@ -6,6 +6,7 @@ Read from the source with ``ast`` (no imports), so it also sees imports inside f
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,26 @@ def test_the_import_rule_sees_a_needless_and_a_needed_lazy_import(tmp_path):
         modules[name] = tmp_path / "unetsl" / f"{name.split('.')[1]}.py"
         modules[name].write_text(text)
     assert _needless_function_imports(modules) == ["user.py:4 unetsl", "user.py:5 json"]
+
+
+LAYOUT_TEST = re.compile(r"""["']unet["']\s+in\s+\w+\s+and\s+["']heads["']\s+in""")
+
+
+def _layout_tests(root: Path) -> list[str]:
+    """Modules that recognise a config layout themselves instead of through the registry."""
+    owner = Path("unetsl/config/cerberus_layout.py")
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                  if p.relative_to(root) != owner and LAYOUT_TEST.search(p.read_text()))
+
+
+def test_config_layouts_are_recognised_in_one_place():
+    """Readers of a config file go through Config.load or layout_settings (issue 26)."""
+    assert _layout_tests(SRC) == []
+
+
+def test_the_layout_rule_sees_a_reader_of_its_own(tmp_path):
+    (tmp_path / "unetsl" / "config").mkdir(parents=True)
+    (tmp_path / "unetsl" / "config" / "cerberus_layout.py").write_text(
+        'ok = "unet" in data and "heads" in data\n')
+    (tmp_path / "unetsl" / "reader.py").write_text('if "unet" in data and "heads" in data:\n')
+    assert _layout_tests(tmp_path) == ["unetsl/reader.py"]

@@ -298,7 +298,8 @@ def test_train_model_trains_every_head(tmp_path: Path, run_script):
     (1, {"resampler": "region crop"},
      ['head "membrane-scale"', '"resampler" "region crop" is not supported']),
     (2, {"depth": 2}, ['head "membrane-crop"', '"depth" 2 is out of range']),
-    (1, {"n_labels": 1}, ['head "membrane-scale"', '"n_labels" 1 is too few', "e0.tif"]),
+    (1, {"n_labels": 1},
+     ['head "membrane-scale"', "needs 2 output channels", 'head "n_labels" is 1', "e0.tif"]),
 ], ids=["key", "resampler", "depth", "n_labels"])
 def test_bad_heads_fail_in_one_line(tmp_path: Path, index: int, change: dict,
                                     needles: list[str]):

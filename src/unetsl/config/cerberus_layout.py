@@ -31,7 +31,7 @@ from typing import Any
 from unetsl.atomic import atomic_write_text
 from unetsl.config.fields import FIELD_BY_KEY, FIELDS, canonical_key, check_value
 from unetsl.config.heads import DEFAULT_HEADS, ORIGINAL_UNET_KEYS, UNET_KEYS, Head, _check_divisible
-from unetsl.config.model_config import LAYOUTS, Config, parse_overrides
+from unetsl.config.model_config import LAYOUTS, Config, Layout, parse_overrides
 from unetsl.errors import UnetslError
 
 __all__ = [
@@ -215,8 +215,7 @@ class CerberusTraining(Config):
         super().__init__(path=cerberus.path)
         self.cerberus = cerberus
         self.had_training = "training" in cerberus.data
-        self._losses: dict[str, str] = {}
-        self._weights: dict[str, float] = {}
+        self.values["loss function"], self.values["loss weights"] = {}, {}
         self._mirror_unet()
         Config.update(self, {"data sources": cerberus.data.get("data sources", [])},
                       source=self._where)
@@ -239,7 +238,8 @@ class CerberusTraining(Config):
     def heads(self, outputs: Sequence[str] | None = None) -> list[Head]:
         """The ``heads`` section, each with its "loss function" and "loss weights" entry
         (a model file must have these outputs: ``outputs`` is not used)."""
-        return [replace(h, loss=self._losses[h.name], loss_weight=float(self._weights[h.name]))
+        losses, weights = self.values["loss function"], self.values["loss weights"]
+        return [replace(h, loss=losses[h.name], loss_weight=float(weights[h.name]))
                 for h in self.cerberus.heads]
 
     @property
@@ -319,7 +319,7 @@ class CerberusTraining(Config):
             if not isinstance(loss, str) or not loss:
                 raise UnetslError(f'{where}: "loss function" of head "{head}" must be a loss '
                                   f"name, got {json.dumps(loss)}")
-        self._losses.update(entries)
+        self.values["loss function"] = {**self.values["loss function"], **entries}
         self._sync_heads()
 
     def _set_weights(self, value: Any, where: str) -> None:
@@ -331,16 +331,16 @@ class CerberusTraining(Config):
             if not _is_weight(weight):
                 raise UnetslError(f'{where}: "loss weights" of head "{head}" must be a number '
                                   f">= 0, got {json.dumps(weight)}")
-        self._weights.update(entries)
+        self.values["loss weights"] = {**self.values["loss weights"], **entries}
         self._sync_heads()
 
     def _sync_heads(self) -> None:
-        """Losses and weights for exactly the current heads, in head order."""
+        """Losses and weights ({head name: value}, kept only in ``values``) for exactly the
+        current heads, in head order; a head without an entry gets its default."""
         names = self.head_names
-        self._losses = {n: self._losses.get(n, default_loss(n)) for n in names}
-        self._weights = {n: self._weights.get(n, 1) for n in names}
-        self.values["loss function"] = dict(self._losses)
-        self.values["loss weights"] = dict(self._weights)
+        losses, weights = self.values["loss function"], self.values["loss weights"]
+        self.values["loss function"] = {n: losses.get(n, default_loss(n)) for n in names}
+        self.values["loss weights"] = {n: weights.get(n, 1) for n in names}
 
     def update(self, values: Mapping[str, Any], *, source: str | None = None) -> None:
         """Set keys as ``-D`` and the editors do: a ``unet`` key or training key by name,
@@ -356,7 +356,7 @@ class CerberusTraining(Config):
             elif key == "training":
                 for name in training_keys():
                     self.values[name] = copy.deepcopy(FIELD_BY_KEY[name].default)
-                self._losses, self._weights = {}, {}
+                self.values["loss function"], self.values["loss weights"] = {}, {}
                 self._set_training(value, f"{where}: training")
             elif key == "loss function":
                 self._set_losses(value, where)
@@ -387,7 +387,7 @@ class CerberusTraining(Config):
         for key, value in self.values.items():
             if key not in section and key not in model_keys and key != "loss weights":
                 section[key] = copy.deepcopy(value)
-        section["loss weights"] = dict(self._weights)
+        section["loss weights"] = dict(self.values["loss weights"])
         return section
 
     def with_training(self, section: Mapping[str, Any]) -> CerberusTraining:
@@ -407,6 +407,14 @@ class CerberusTraining(Config):
 
 
 
+def _flat_settings(data: dict) -> dict:
+    """The ``unet`` and ``training`` sections as one flat {key: value}, unchecked."""
+    sections = [data.get("unet"), data.get("training")]
+    return {k: v for section in sections if isinstance(section, dict)
+            for k, v in section.items()}
+
+
 # A JSON object with "unet" and "heads" loads as its training view (Config.load).
-LAYOUTS.append((is_cerberus_config,
-                lambda data, path: CerberusTraining(CerberusConfig(data, path))))
+LAYOUTS.append(Layout(is_cerberus_config,
+                      lambda data, path: CerberusTraining(CerberusConfig(data, path)),
+                      _flat_settings))

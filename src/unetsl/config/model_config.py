@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from unetsl.atomic import atomic_write_text, check_writable
 from unetsl.config.fields import (
@@ -33,9 +33,30 @@ from unetsl.errors import UnetslError
 
 log = logging.getLogger("unetsl")
 
-#: Other on-disk layouts of a config: (recognises the JSON object, builds the Config).
-#: :mod:`unetsl.config.cerberus_layout` adds the original's multi-head files on import.
-LAYOUTS: list[tuple[Callable[[dict], bool], Callable[[dict, Path], Config]]] = []
+class Layout(NamedTuple):
+    """Another on-disk layout of a config: how to recognise its JSON object, build its
+    :class:`Config`, and read its settings as one flat {key: value} without checking them
+    (what readers of a model's records need, e.g. how its inputs were normalised)."""
+
+    recognises: Callable[[dict], bool]
+    build: Callable[[dict, Path], Config]
+    settings: Callable[[dict], dict]
+
+
+#: Every layout other than the flat one; :mod:`unetsl.config.cerberus_layout` adds the
+#: original's multi-head files on import. Readers of config files go through
+#: :meth:`Config.load` or :func:`layout_settings`, never through a layout's own test.
+LAYOUTS: list[Layout] = []
+
+
+def layout_settings(data: Any) -> dict | None:
+    """The flat settings of a parsed config file in any layout (None: not a JSON object)."""
+    if not isinstance(data, dict):
+        return None
+    for layout in LAYOUTS:
+        if layout.recognises(data):
+            return layout.settings(data)
+    return data
 
 
 class Config:
@@ -231,9 +252,9 @@ class Config:
         if not isinstance(data, dict):
             raise UnetslError(
                 f"{p}: a config must be a JSON object {{...}}, got {type(data).__name__}")
-        for recognises, build in LAYOUTS:  # e.g. a multi-head config: its training view
-            if recognises(data):
-                return build(data, p)
+        for layout in LAYOUTS:  # e.g. a multi-head config: its training view
+            if layout.recognises(data):
+                return layout.build(data, p)
         cfg = cls(path=p)
         cfg.update(data, source=str(p))
         return cfg

@@ -29,7 +29,7 @@ from unetsl.data.labellers import get_labeller
 from unetsl.data.sampling import Region
 from unetsl.data.sources import Source
 from unetsl.data.targets import (
-    check_head_labels,
+    check_training_labels,
     head_factors,
     head_target,
     resample_target,
@@ -152,9 +152,7 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
             continue
         mine = load_source_volumes(source, resolved.normalization.percentiles,
                                    patch_shape=patch_shape, n_labels=n_labels)
-        if targets is not None:
-
-            check_head_labels(mine, targets.heads, str(cfg.path))
+        check_training_labels(mine, targets, n_labels, str(cfg.path))  # as training does
         regions = [Region(k, (0, 0, 0), v.shape) for k, v in enumerate(mine)]
         dataset = PatchDataset(mine, regions, options, patch_shape=patch_shape, n_labels=n_labels,
                                output_names=None, batch_size=1, seed=seed, training=True,

@@ -125,12 +125,17 @@ def check_label_bits(volumes: Sequence[Any], n_labels: int) -> None:
         labeller = getattr(getattr(volume, "source", None), "labeller", None)
         if labeller is None or labeller.name not in BIT_LABELLERS or volume.label.size == 0:
             continue
-        top = volume.label.max()
-        if top >= 2**n_labels:
-            needed = int(top).bit_length()
-            raise UnetslError(f"{volume.pair.label}: label value {int(top)} needs {needed} "
-                              f'output channels ({labeller.name}) but the model has {n_labels} '
-                              '("n labels")')
+        _check_bits_fit(int(volume.label.max()), n_labels, labeller.name,
+                        f"{volume.pair.label}: label value", 'the model has {n} ("n labels")')
+
+
+def _check_bits_fit(top: int, n_labels: int, labeller: str, what: str, has: str) -> None:
+    """The one test of bit labels against output channels, for every head kind: a value with
+    bit k set needs k + 1 channels (the multiclass labellers would drop higher bits without a
+    word). ``what`` names the label, ``has`` the channels ({n} is replaced by n_labels)."""
+    if top >= 2**n_labels:
+        raise UnetslError(f"{what} {top} needs {top.bit_length()} output channels ({labeller}) "
+                          f"but {has.format(n=n_labels)}")
 
 
 def _label_width(dtype: np.dtype) -> int | None:
@@ -173,12 +178,9 @@ def check_head_labels(volumes: Sequence[Any], heads: Sequence[Head], where: str)
             field = bit_field(values, head.bits, head.offset)
             labeller = get_labeller(head.labeller)
             if labeller.reduction == "multiclass" and field.size:
-                top = int(field.max())
-                if top >= 2**head.n_labels:
-                    raise UnetslError(
-                        f'{where}: head "{head.name}": "n_labels" {head.n_labels} is too few '
-                        f"for bit field value {top} in {path} ({labeller.name} needs "
-                        f"{top.bit_length()})")
+                _check_bits_fit(int(field.max()), head.n_labels, labeller.name,
+                                f'{where}: head "{head.name}": {path}: bit field value',
+                                'head "n_labels" is {n}')
             try:
                 labeller(field, head.n_labels)
             except UnetslError as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ import numpy as np
 from scipy import ndimage
 
 from unetsl.config.model_config import Config
-from unetsl.errors import UnetslError
 from unetsl.io.tiff import match_channels, read_image
 
 log = logging.getLogger("unetsl")
@@ -21,16 +19,6 @@ def _config_settings(config_path: Path | None) -> dict[str, Any]:
     settings: dict[str, Any] = {"normalize samples": False, "normalization percentiles": None,
                                 "labeller": None}
     if config_path is None:
-        return settings
-
-
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnetslError(f"{config_path}: cannot read config: {err}") from None
-    if isinstance(data, dict) and "unet" in data and "heads" in data:  # a cerberus config
-        training = data.get("training") if isinstance(data.get("training"), dict) else {}
-        settings["normalize samples"] = bool(training.get("normalize samples", False))
         return settings
     cfg = Config.load(config_path)
     settings["normalize samples"] = bool(cfg.get("normalize samples", False))

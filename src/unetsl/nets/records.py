@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 
-from unetsl.config.model_config import config_for_model
+from unetsl.config.model_config import config_for_model, layout_settings
 from unetsl.data.normalize import MODEL_ATTRIBUTE, InputNormalization
 from unetsl.errors import UnetslError
 
@@ -82,8 +82,7 @@ def file_normalization(path: str | os.PathLike) -> InputNormalization | None:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None  # an unreadable config beside a model: raw input, as the original
-    if isinstance(data, dict) and "unet" in data and "heads" in data:  # the cerberus layout
-        data = data.get("training")
+    data = layout_settings(data)  # a multi-head (cerberus) file: its unet + training keys
     try:
         return InputNormalization.from_settings(data) if isinstance(data, dict) else None
     except UnetslError:

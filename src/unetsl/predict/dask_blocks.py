@@ -302,9 +302,39 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
         shape : the source's (t, c, z, y, x) if ``source`` is a path (else read from it).
     """
 
+    shape = source.shape if shape is None else shape
+    plan, block_shape, regions, workers = _plan_blocks(
+        client, tile_model, sinks, shape, reach=reach, overlap=overlap, batch_size=batch_size,
+        block=block, max_block_voxels=max_block_voxels)
+    frames = int(shape[0])
+    jobs = [(t, r) for t in range(frames) for r in regions]
+    args = (_scattered(client, model), list(output_indices), _scattered(client, source),
+            depth_wanted, plan, scaling, precision)
+    total = plan.count() * frames
+    counter = _BlockProgress(plan, total, frames, len(regions), progress)
+    remote = _worker_sinks(sinks)  # zarr outputs: the workers write their blocks
+
+    def submit(job: tuple[int, Any]) -> Any:
+        return client.submit(_block_task, *args, *job, batch_size, normalize, remote,
+                             pure=False)
+
+    predicted = 0
+    for (t, region), (count, blocks) in _in_flight(submit, jobs, window=max(2, 2 * workers)):
+        if blocks is not None:
+            spans = tuple(slice(a, b) for a, b in region)
+            for sink, data in zip(sinks, blocks):
+                sink.write(t, spans, data)
+        predicted += count
+        counter.block_done(t, region)
+    return DaskRun(plan, tuple(block_shape), len(jobs), total, predicted, workers)
+
+
+def _plan_blocks(client: Any, tile_model: Any, sinks: Sequence[Any], shape: Sequence[int], *,
+                 reach: Any, overlap: Any, batch_size: int, block: Sequence[int] | None,
+                 max_block_voxels: int) -> tuple[Any, tuple, list, int]:
+    """Check the image against the model, then plan its tiles and the blocks the workers
+    predict: (tile plan, block shape, block regions, number of workers)."""
     c, *patch = tile_model.patch
-    if shape is None:
-        shape = source.shape
     if len(sinks) != len(tile_model.channels):
         raise ValueError("one sink per model output is needed")
     if shape[1] != c:
@@ -312,71 +342,66 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
     if batch_size < 1:
         raise UnetslError(f'"batch size" must be >= 1, got {batch_size}')
     plan = plan_tiles(shape[2:], patch, reach, overlap)
-    chunks = _sink_chunks(sinks) or (1, 1, 1)
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     per_frame = -(-4 * workers // max(1, int(shape[0])))  # enough blocks to share out
-    block_shape = plan_blocks(plan, chunks, max_voxels=max_block_voxels, block=block,
-                              min_blocks=per_frame)
-    remote = _worker_sinks(sinks)
-    regions = _regions(plan.shape, block_shape)
-    frames = int(shape[0])
-    total = plan.count() * frames
-    jobs = [(t, r) for t in range(frames) for r in regions]
-    window = max(2, 2 * workers)  # blocks in flight: bounds memory of gathered results
+    block_shape = plan_blocks(plan, _sink_chunks(sinks) or (1, 1, 1),
+                              max_voxels=max_block_voxels, block=block, min_blocks=per_frame)
+    return plan, block_shape, _regions(plan.shape, block_shape), workers
+
+
+def _scattered(client: Any, thing: Any) -> Any:
+    """Objects (not paths) go to the workers once, not with every task."""
+    if isinstance(thing, (str, os.PathLike)):
+        return thing
+    return client.scatter(thing, broadcast=True, hash=False)
+
+
+def _in_flight(submit: Any, jobs: Sequence[Any], *, window: int):
+    """(job, result) as tasks finish, at most ``window`` in flight (bounds the memory of
+    gathered blocks); a task's failure is one line naming its block."""
     from distributed import as_completed
 
-    # objects (not paths) go to the workers once, not with every task
-    if not isinstance(model, (str, os.PathLike)):
-        model = client.scatter(model, broadcast=True, hash=False)
-    if not isinstance(source, (str, os.PathLike)):
-        source = client.scatter(source, broadcast=True, hash=False)
-    args = (model, list(output_indices), source, depth_wanted, plan, scaling, precision)
     pending = iter(jobs)
     futures = {}
-    done_tiles = predicted = 0
-    frame_blocks = dict.fromkeys(range(frames), 0)
-    frames_done = 0
-
-    def submit() -> Any:
-        job = next(pending, None)
-        if job is None:
-            return None
-        t, region = job
-        future = client.submit(_block_task, *args, t, region, batch_size, normalize, remote,
-                               pure=False)
-        futures[future] = job
-        return future
-
     flow = as_completed()
+
+    def next_task() -> None:
+        job = next(pending, None)
+        if job is not None:
+            future = submit(job)
+            futures[future] = job
+            flow.add(future)
+
     for _ in range(window):
-        future = submit()
-        if future is None:
-            break
-        flow.add(future)
+        next_task()
     for future in flow:
-        t, region = futures.pop(future)
+        t, region = job = futures.pop(future)
         try:
-            count, blocks = future.result()
+            result = future.result()
         except UnetslError:
             raise
         except Exception as exc:
             raise UnetslError(f"block t={t} z,y,x={[r[0] for r in region]} failed on a "
                               f"worker: {type(exc).__name__}: {exc}") from exc
-        if blocks is not None:
-            spans = tuple(slice(a, b) for a, b in region)
-            for sink, data in zip(sinks, blocks):
-                sink.write(t, spans, data)
-        predicted += count
-        done_tiles += math.prod(len(i) for i in _owned_tiles(plan, region))
-        frame_blocks[t] += 1
-        if frame_blocks[t] == len(regions):
-            frames_done += 1
-        if progress:
-            progress(done_tiles, total, frames_done, frames)
-        future = submit()
-        if future is not None:
-            flow.add(future)
-    return DaskRun(plan, tuple(block_shape), len(jobs), total, predicted, workers)
+        yield job, result
+        next_task()
+
+
+class _BlockProgress:
+    """Tiles and whole frames done, reported to ``progress(tiles, total, frames, of)``."""
+
+    def __init__(self, plan: Any, total: int, frames: int, blocks_per_frame: int,
+                 progress: Any):
+        self.plan, self.total, self.frames, self.progress = plan, total, frames, progress
+        self.per_frame, self.tiles, self.frames_done = blocks_per_frame, 0, 0
+        self.blocks = dict.fromkeys(range(frames), 0)
+
+    def block_done(self, t: int, region: Sequence[tuple[int, int]]) -> None:
+        self.tiles += math.prod(len(i) for i in _owned_tiles(self.plan, region))
+        self.blocks[t] += 1
+        self.frames_done += self.blocks[t] == self.per_frame
+        if self.progress:
+            self.progress(self.tiles, self.total, self.frames_done, self.frames)
 
 
 def _owned_tiles(plan, region: Sequence[tuple[int, int]]) -> list[list[int]]:
