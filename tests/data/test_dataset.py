@@ -259,3 +259,38 @@ def test_zero_weight_data(tmp_path, caplog):
     assert val is None and "no validation patches" in caplog.text and len(train.items) > 0
     with pytest.raises(UnetslError, match="no training patches"):
         datasets(cfg, seed=seed_a)
+
+
+def test_patches_per_epoch_fixes_the_epoch_and_cycles_through_every_patch(project):
+    """A fixed number of draws an epoch, whatever the data (issue 27): 18 grid patches,
+    10 draws an epoch in batches of 4 -> 3 batches (12 draws); 3 epochs = 36 draws = every
+    patch exactly twice, and a patch drawn twice gets two different augmentations."""
+    keys = {"stride": [0, 3, 16, 16], "patch jitter": [0, 8, 8], "patches per epoch": 10}
+    train, _ = datasets(config(project, **keys))
+    assert len(train.items) == 18 and len(train) == 3
+    drawn, looks = [], {}
+    for epoch in range(3):
+        train.epoch = epoch
+        items, draws = train._order()
+        assert len(items) == 12
+        drawn += items.tolist()
+        for item, draw in zip(items, draws):
+            looks.setdefault(int(item), set()).add(train.patch_at(int(item), int(draw)).origin)
+    assert sorted(drawn) == sorted(list(range(18)) * 2)
+    assert sum(len(origins) > 1 for origins in looks.values()) >= 12  # jitter per draw
+    again, _ = datasets(config(project, **keys))
+    again.epoch = 2
+    np.testing.assert_array_equal(again[1][0], train[1][0])  # a pure function of the seed
+
+
+def test_without_patches_per_epoch_an_epoch_is_one_sweep(project):
+    """null keeps the original's epoch: every patch once, shuffled by (seed, epoch)."""
+    train, _ = datasets(config(project, stride=[0, 3, 16, 16]), seed=5)
+    train.epoch = 3
+    items, draws = train._order()
+    expected = np.random.default_rng([5, 3]).permutation(18)
+    np.testing.assert_array_equal(items, np.concatenate([expected, expected[:2]]))
+    assert (draws == 3).all()
+    validation_keys = {"validation fraction": 0.25, "patches per epoch": 1000}
+    _, val = datasets(config(project, **validation_keys))
+    assert len(val) == -(-len(val.items) // 4)  # validation is never resampled

@@ -554,3 +554,33 @@ def test_epoch_line_of_a_multi_head_model_fits_one_screen_line():
     assert printed == ("epoch 5/40 12.3s  loss 2.5  val_loss 2.75  "
                        "best val_membrane-scale_f1_0 0.5 (epoch 3)")
     assert epoch_line(0, 40, 1.0, {"loss": 1.0}, TrainingState()) == "epoch 1/40 1.0s  loss 1"
+
+
+def test_monitor_smoothing_picks_best_on_the_moving_average():
+    """A lucky dip of the raw value is not "best" under smoothing 0.5 (issue 27): raw
+    1.0 0.4 0.9 0.5 0.45 -> averages 1.0 0.7 0.8 0.65 0.55, best at epoch 4, not 1."""
+    state = TrainingState(smoothing=0.5)
+    judged = [state.judged(v) for v in (1.0, 0.4, 0.9, 0.5, 0.45)]
+    assert judged == pytest.approx([1.0, 0.7, 0.8, 0.65, 0.55])
+    assert np.isnan(state.judged(float("nan")))  # passed on as it is, never averaged in
+    assert state.smoothed == pytest.approx(0.55)
+    assert TrainingState().judged(0.4) == 0.4  # 0: the raw value, as the original
+
+
+def test_training_says_what_an_epoch_is_and_judges_the_average(tmp_path, caplog):
+    cfg = make_project(tmp_path, epochs=3, **{"patches per epoch": 6,
+                                             "monitor smoothing": 0.5})
+    with caplog.at_level("INFO", logger="unetsl"):
+        result = train(cfg, progress="none")
+    start = next(r.message for r in caplog.records if r.message.startswith("training m"))
+    assert '3 batches of 2 patch(es) per epoch ("patches per epoch" 6 of ' in start
+    assert "best by val_loss (moving average, 0.5)" in start
+    keys, rows = epoch_rows(result.epoch_log)
+    raw = [row[keys.index("val_loss") + 1] for row in rows]
+    average = raw[0]
+    for value in raw[1:]:
+        average = 0.5 * average + 0.5 * value
+    state = read_state(cfg.sibling("-latest.h5"))
+    assert state.smoothed == pytest.approx(average, rel=1e-6)
+    batches = data_lines(result.batch_log)
+    assert len(batches) == 3 * 3  # 3 steps an epoch however many patches the grid has

@@ -177,11 +177,24 @@ FIELDS: tuple[Field, ...] = (
           "Elastic deformation in the y-x plane: the largest displacement in pixels of a smooth "
           "random field (control points every 16 pixels); 0 disables it. Labels are warped with "
           "nearest neighbour, never interpolated.", new=True),
+    Field("patches per epoch", None, "null or integer >= 1",
+          lambda v: v is None or _int(1)(v),
+          "Training patches drawn each epoch (rounded up to whole batches), whatever the "
+          "amount of data: a single small image gets as many useful updates an epoch as a "
+          "large data set, and a large one is not swept whole before a validation. The draws "
+          "cycle through every grid patch (each a new jitter, flip and turn) or are random "
+          "(\"sampling\"). null = one sweep of the data per epoch, as the original did.",
+          new=True, new_config=256),
     Field("epochs", 2000, "integer >= 1", _int(1), "Training epochs."),
     Field("monitor", "val_loss", "a logged key", _is_str,
           "Epoch-log key that decides which model is saved as -best.h5 and drives early "
           "stopping and reduce-on-plateau: val_loss (falls back to loss without validation data), "
           "loss, val_accuracy, ... (accuracies are maximised, losses minimised).", new=True),
+    Field("monitor smoothing", 0.0, "number in [0, 1)", _number(0.0, 0.999),
+          "Pick the -best model, early stopping and learning-rate cuts on a moving average of "
+          "\"monitor\" (each epoch: s = m * s + (1 - m) * value) instead of its raw value, "
+          "which jumps from epoch to epoch when the validation data are few; 0 = the raw "
+          "value, as the original.", new=True, new_config=0.5),
     Field("early stopping patience", 0, "integer >= 0", _int(0),
           "Stop when \"monitor\" has not improved for this many epochs; 0 = off.", new=True),
     Field("reduce lr patience", 0, "integer >= 0", _int(0),

@@ -13,13 +13,17 @@ what the config says, read once), splits the data into training and validation r
   own resolution);
 - sample_weight : float32 (b, z, y, x), the weights image (1 for unweighted sources).
 
-``len(dataset)`` is the number of steps per epoch. Every batch is a pure function of
+``len(dataset)`` is the number of steps per epoch: one sweep of the training patches, or
+``ceil("patches per epoch" / batch size)`` when that is set. Every batch is a pure function of
 (seed, epoch, index), so ``workers``/``use_multiprocessing`` give the same batches as a
 single thread, and a fixed ``"seed"`` gives the same training run.
 
 Training patches: every training region's strided grid (with "patch jitter"), or as many
 random / foreground-centred patches ("sampling"); each one once more per source rotation
-angle; shuffled every epoch and padded to whole batches. Validation patches: the grid of
+angle; shuffled every epoch and padded to whole batches. With "patches per epoch", epochs
+are consecutive windows of an endless stream of shuffled sweeps (sweep k shuffled by
+(seed, k)), so every patch is drawn equally often whatever the epoch length, each draw with
+its own jitter and augmentation. Validation patches: the grid of
 the validation regions, unaugmented, in a fixed order.
 """
 
@@ -117,6 +121,7 @@ class PatchDataset(keras.utils.PyDataset):
         self.training = training
         self.targets = targets
         self.epoch = 0
+        self.patches_per_epoch = options.patches_per_epoch if training else None
         self.weighted = any(v.weights is not None for v in self.volumes)
         self.plans = [self._plan(r, options) for r in regions]
         self._foreground: dict[int, np.ndarray] = {}
@@ -154,27 +159,43 @@ class PatchDataset(keras.utils.PyDataset):
 
     # --- PyDataset -----------------------------------------------------------------------
     def __len__(self) -> int:
-        return math.ceil(len(self.items) / self.batch_size)
+        return math.ceil((self.patches_per_epoch or len(self.items)) / self.batch_size)
 
     def on_epoch_end(self) -> None:
         if self.training:
             self.epoch += 1
 
-    def _order(self) -> np.ndarray:
-        """Item indices of this epoch, padded (from its start) to whole batches."""
+    def _order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Item indices of this epoch, padded (from its start) to whole batches, and the
+        draw of each (what seeds its placement and augmentation)."""
         n = len(self.items)
+        wanted = len(self) * self.batch_size
+        if self.patches_per_epoch:
+            return self._stream(self.epoch * wanted, wanted)
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(n)
                  if self.training else np.arange(n))
-        missing = len(self) * self.batch_size - n
+        missing = wanted - n
         if missing:
             order = np.concatenate([order, np.resize(order, missing)])
-        return order
+        return order, np.full(len(order), self.epoch)
+
+    def _stream(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions start..start+count of the endless stream of sweeps: (items, sweep of
+        each); sweep k is the items shuffled by (seed, k), as an epoch of one sweep is."""
+        n = len(self.items)
+        first, last = start // n, (start + count - 1) // n
+        sweeps = np.arange(first, last + 1)
+        items = np.concatenate([np.random.default_rng([self.seed, int(k)]).permutation(n)
+                                for k in sweeps])
+        offset = start - first * n
+        return items[offset:offset + count], np.repeat(sweeps, n)[offset:offset + count]
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (dataset has {len(self)})")
-        chosen = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
-        patches = [self.patch_at(int(i)) for i in chosen]
+        items, draws = self._order()
+        batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        patches = [self.patch_at(int(i), draw=int(d)) for i, d in zip(items[batch], draws[batch])]
         x = np.stack([np.moveaxis(p.x, 0, -1) for p in patches])
         targets = self._batch_targets([p.target for p in patches])
         if not self.weighted:
@@ -198,12 +219,13 @@ class PatchDataset(keras.utils.PyDataset):
         return y
 
     # --- one patch -----------------------------------------------------------------------
-    def patch_at(self, item: int) -> Patch:
-        """Patch number ``item`` of the item table, for the current epoch."""
+    def patch_at(self, item: int, draw: int | None = None) -> Patch:
+        """Patch number ``item`` of the item table, for the current epoch (``draw``: the
+        sweep it is drawn in with "patches per epoch")."""
         p, z, y, x, a = (int(v) for v in self.items[item])
         plan = self.plans[p]
         volume = self.volumes[plan.region.volume]
-        rng = np.random.default_rng([self.seed, self.epoch, item, 1])
+        rng = np.random.default_rng([self.seed, self.epoch if draw is None else draw, item, 1])
         origin = (z, y, x)
         if self.training:
             origin = self._place(rng, plan, p, origin, volume)

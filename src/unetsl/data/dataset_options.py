@@ -61,13 +61,15 @@ class DatasetOptions:
 
     sources : one :class:`SourceOptions` per "data sources" entry, in order;
     validation_fraction, validation_split : "validation fraction", "validation split";
-    seed : "seed" (None: random sampling, split with seed 0).
+    seed : "seed" (None: random sampling, split with seed 0);
+    patches_per_epoch : "patches per epoch" (None: one sweep of the training patches).
     """
 
     sources: tuple[SourceOptions, ...]
     validation_fraction: float
     validation_split: str
     seed: int | None
+    patches_per_epoch: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> DatasetOptions:
@@ -77,6 +79,7 @@ class DatasetOptions:
             validation_fraction=float(cfg["validation fraction"]),
             validation_split=cfg["validation split"],
             seed=cfg["seed"],
+            patches_per_epoch=cfg.get("patches per epoch"),
         )
 
     def of(self, source: Source) -> SourceOptions:

@@ -130,6 +130,8 @@ def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict, state: Train
         parts.append(f"{prefix}_{channels} {values}")
     if state.best is not None and state.best_epoch is not None:
         name = "" if state.monitor in shown else f"{state.monitor} "
+        if state.smoothing:
+            name += "avg "  # "best" is of the moving average ("monitor smoothing")
         parts.append(f"best {name}{state.best:.4g} (epoch {state.best_epoch + 1})")
     return "  ".join(parts)
 

@@ -67,6 +67,8 @@ class TrainingState:
     wait : epochs since the best improved (early stopping).
     plateau_wait : epochs since the best improved or the learning rate was last cut.
     run_ids : the run ids (log file names) of every run of this training, oldest first.
+    smoothing / smoothed : "monitor smoothing" and the moving average of the monitored value
+        so far (what ``best`` is then a value of; None before the first epoch).
     """
 
     monitor: str = "val_loss"
@@ -79,6 +81,18 @@ class TrainingState:
     plateau_wait: int = 0
     run_ids: list[str] = field(default_factory=list)
     interrupted: bool = False
+    smoothing: float = 0.0
+    smoothed: float | None = None
+
+    def judged(self, value: float | None) -> float | None:
+        """The figure "best" is chosen on: ``value`` itself, or with "monitor smoothing" m
+        its moving average (s = m * s + (1 - m) * value), which this call advances."""
+        if value is None or not math.isfinite(value) or not self.smoothing:
+            return value
+        previous = self.smoothed
+        self.smoothed = value if previous is None else (
+            self.smoothing * previous + (1 - self.smoothing) * value)
+        return self.smoothed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -238,7 +252,7 @@ class Checkpointer(keras.callbacks.Callback):
         logs = logs or {}
         state = self.state
         value = logs.get(state.monitor)
-        value = float(value) if value is not None else None
+        value = state.judged(float(value) if value is not None else None)
         state.epochs_done = epoch + 1
         state.interrupted = False
         self.improved = is_better(value, state.best, state.mode)

@@ -99,7 +99,8 @@ def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = No
     train_data, val_data = _batches(cfg, start, datasets, data_options, batch_size)
     monitor = _compiled(cfg, start.model, train_data, val_data, strategy,
                         resumed=state is not None and source == paths.latest, paths=paths)
-    state = _monitored(state or TrainingState(), monitor)
+    state = _monitored(state or TrainingState(), monitor,
+                       float(cfg.get("monitor smoothing") or 0.0))
     if hasattr(train_data, "epoch"):
         train_data.epoch = state.epochs_done  # resumed runs continue the shuffling sequence
 
@@ -115,9 +116,9 @@ def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = No
     )
     predictor, callbacks = _callbacks(cfg, logs, checkpointer, samples, out, state, mode,
                                       epochs, train_data, val_data, stream, extra_callbacks)
-    log.info(f"training {source.name}: {len(train_data)} batches of {batch_size} "
-             f"patch(es) per epoch, {len(val_data) if val_data is not None else 0} validation "
-             f"batches; epochs {state.epochs_done + 1}..{epochs}; best by {monitor}")
+    log.info(f"training {source.name}: {_epoch_plan(train_data, batch_size)}, "
+             f"{len(val_data) if val_data is not None else 0} validation batches; epochs "
+             f"{state.epochs_done + 1}..{epochs}; best by {_judged_by(monitor, state.smoothing)}")
     log.info(f"logs: {logs.files.epoch_log.name}, {logs.files.batch_log.name}")
     return TrainingSetup(
         cfg.name, paths, out, chief, source, state, epochs, batch_size=batch_size,
@@ -225,15 +226,30 @@ def _compiled(cfg: Config, model: keras.Model, train_data: Any, val_data: Any,
     return monitor
 
 
-def _monitored(state: TrainingState, monitor: str) -> TrainingState:
-    """A changed "monitor" starts its best value afresh."""
-    if state.monitor != monitor or state.mode != monitor_mode(monitor):
+def _monitored(state: TrainingState, monitor: str, smoothing: float) -> TrainingState:
+    """A changed "monitor" or "monitor smoothing" starts the best value afresh."""
+    if (state.monitor != monitor or state.mode != monitor_mode(monitor)
+            or state.smoothing != smoothing):
         if state.best is not None:
-            log.info(f'"monitor" changed from {state.monitor} to {monitor}: best value reset')
+            log.info(f'"monitor" changed from {_judged_by(state.monitor, state.smoothing)} to '
+                     f"{_judged_by(monitor, smoothing)}: best value reset")
         state.monitor, state.mode = monitor, monitor_mode(monitor)
+        state.smoothing, state.smoothed = smoothing, None
         state.best = state.best_epoch = None
         state.wait = state.plateau_wait = 0
     return state
+
+
+def _judged_by(monitor: str, smoothing: float) -> str:
+    return f"{monitor} (moving average, {smoothing:g})" if smoothing else monitor
+
+
+def _epoch_plan(train_data: Any, batch_size: int) -> str:
+    """What an epoch is, for the start line: a sweep of the data or a fixed number of draws."""
+    fixed = getattr(train_data, "patches_per_epoch", None)
+    what = ("one sweep of the training patches" if not fixed else
+            f'"patches per epoch" {fixed} of {len(train_data.items)} training patches')
+    return f"{len(train_data)} batches of {batch_size} patch(es) per epoch ({what})"
 
 
 def _open_logs(cfg: Config, out: TrainingPaths, state: TrainingState, source: Any,
