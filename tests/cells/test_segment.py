@@ -105,3 +105,37 @@ def test_weak_borders_merge_and_time_window(drawings):
     assert instance_scores(np.stack([cells] * 3)[:, None], labels)["f1"] == 1.0
     alone = segment(series, settings=CellSettings(time_window=1))
     assert len(np.unique(alone[1])) == 1
+
+
+def touching_nuclei():
+    """Two squares that touch along a column (no neck a distance transform could cut),
+    a small blob whose interior the boundary covers whole, and their boundary map."""
+    truth = np.zeros((1, 1, 40, 60), np.int32)
+    truth[0, 0, 10:30, 10:30] = 1
+    truth[0, 0, 10:30, 30:50] = 2
+    truth[0, 0, 33:36, 52:55] = 3
+    from unetsl.data.labellers import instance_labels
+
+    target = instance_labels(truth[0], 2).astype(float)
+    foreground = 0.1 + 0.8 * target[0]
+    boundary = 0.05 + 0.9 * target[1]
+    return truth, foreground[None], boundary[None]
+
+
+def test_boundary_map_splits_touching_nuclei():
+    truth, foreground, boundary = touching_nuclei()
+    settings = CellSettings(mode="foreground", min_size=4)
+    plain = segment(foreground, spacing=(1, 1, 1), settings=settings)
+    assert len(np.unique(plain[plain > 0])) == 2  # the squares as one object, and the blob
+    split = segment(foreground, spacing=(1, 1, 1), settings=settings, boundary=boundary)
+    scores = instance_scores(split, truth)
+    assert scores["f1"] == 1.0 and len(np.unique(split[split > 0])) == 3
+    np.testing.assert_array_equal(split > 0, truth > 0)  # the boundary pixels are flooded
+
+
+def test_a_boundary_map_needs_foreground_mode_and_the_same_shape():
+    _, foreground, boundary = touching_nuclei()
+    with pytest.raises(UnetslError, match='boundary map is for "cell mode" foreground'):
+        segment(foreground, settings=CellSettings(), boundary=boundary)
+    with pytest.raises(UnetslError, match=r"boundary map shape \(1, 1, 40, 59\) differs"):
+        segment(foreground, mode="foreground", boundary=boundary[..., 1:])

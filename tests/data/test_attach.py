@@ -74,7 +74,8 @@ def test_original_keystrokes_add_a_paired_multiclass_source(project):
                                 "blank if none",)
     assert prompts[4].lines == ("labellers: ", "  -  0 :  region labels",
                                 "  -  1 :  multiclass labels", "  -  2 :  categorical labels",
-                                "  -  3 :  double membrane labels", "  -  4 :  linear labels")
+                                "  -  3 :  double membrane labels", "  -  4 :  linear labels",
+                                "  -  5 :  instance labels")  # unetsl's own, after them
     assert prompts[1].paths and prompts[2].paths and not prompts[3].paths
     assert dialogue.done and dialogue.save
     assert dialogue.entries == [PAIRED_MULTICLASS]
@@ -86,7 +87,7 @@ def test_weighted_source_angles_and_labeller_retry(project):
     assert dialogue.prompt().caption == "enter weights directory: "
     assert answers(dialogue, "weights") == []
     said = answers(dialogue, "7", "x")
-    assert said == ["enter a number between 0 and 4  to select a labeller"] * 2
+    assert said == ["enter a number between 0 and 5  to select a labeller"] * 2
     answers(dialogue, "4")
     assert dialogue.entries[0] == {
         "source type": "weighted directories", "input folders": ["images"],

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 from skimage import measure
 
 from unetsl.data.labellers import (
@@ -326,6 +327,7 @@ MENU = [
     "categorical labels",
     "double membrane labels",
     "linear labels",
+    "instance labels",  # unetsl's own, after the original's five
 ]
 
 
@@ -334,7 +336,7 @@ def test_registry_in_menu_order():
     assert all(isinstance(v, Labeller) and v.name == k for k, v in LABELLERS.items())
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_get_labeller_by_name_short_name_and_number(index):
     name = MENU[index]
     expected = LABELLERS[name]
@@ -353,7 +355,7 @@ def test_get_labeller_by_name_short_name_and_number(index):
     assert get_labeller(expected) is expected
 
 
-@pytest.mark.parametrize("bad", ["foo", "labels", "", "5", 5, -1, True, 1.0, None])
+@pytest.mark.parametrize("bad", ["foo", "labels", "", "6", 6, -1, True, 1.0, None])
 def test_get_labeller_unknown_lists_valid_names(bad):
     with pytest.raises(UnetslError, match="multiclass labels") as info:
         get_labeller(bad)
@@ -383,3 +385,29 @@ def test_make_target_dispatches_and_labeller_is_callable():
     np.testing.assert_array_equal(
         LABELLERS["double membrane labels"](label, 2), double_membrane_labels(label, 2)
     )
+
+
+def test_instance_labels_split_touching_objects():
+    """Two touching squares and one alone: foreground, and each object's own edge pixels
+    (4-neighbourhood) as boundary, so the touching pair is cut by two boundary columns."""
+    label = np.zeros((1, 8, 12), np.uint16)
+    label[0, 1:6, 1:5] = 7
+    label[0, 1:6, 5:9] = 300  # touches 7 along a column
+    label[0, 6:8, 10:12] = 2  # at the image border: no boundary along the border
+    target = get_labeller("instance")(label, 2)
+    assert target.shape == (2, 1, 8, 12) and target.dtype == np.uint8
+    np.testing.assert_array_equal(target[0], label != 0)
+    boundary = target[1, 0]
+    assert boundary[3, 4] and boundary[3, 5]  # both sides of the touching column
+    assert not boundary[3, 2:4].any() and not boundary[3, 6:8].any()  # interiors
+    assert boundary[1, 1:9].all() and boundary[5, 1:9].all()  # edges against background
+    assert boundary[6, 10] and not boundary[7, 11]  # the image border is not an edge
+    interior, n = ndimage.label(target[0, 0] & ~boundary)
+    assert n == 3  # one seed per object
+
+
+def test_instance_labels_need_two_channels_and_integer_ids():
+    with pytest.raises(UnetslError, match='instance labels: "n labels" must be 2'):
+        get_labeller("instance")(np.zeros((1, 4, 4), np.uint8), 3)
+    with pytest.raises(UnetslError, match="instance labels: label values must be non-negative"):
+        get_labeller("instance")(np.full((1, 4, 4), -1, np.int16), 2)

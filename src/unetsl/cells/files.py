@@ -8,6 +8,7 @@ with every check done before the long computation. Its array-level core,
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from unetsl.cells.tracking import split_gaps, track, write_ctc_tracks
 from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
 from unetsl.io.outputs import output_format, split_suffix
+
+log = logging.getLogger("unetsl")
 
 MESH_FORMATS = ("ply", "stl", "obj")
 
@@ -161,15 +164,13 @@ def segment_file(
     check_writable([output, table, rois])
     check_writable([meshes], folders=True)
 
-    # Only the chosen channel is kept (t, z, y, x): segment() works frame by frame, with a
-    # few neighbouring frames for membranes a frame missed (settings.time_window).
-    whole = (slice(None),) * 3
-    maps = np.empty((n_t, *image.shape[2:]), dtype=np.float32)
-    for t in range(n_t):
-        maps[t] = image.data.read(t, *whole)[channel]
+    boundary_channel = choose_boundary_channel(settings, mode, channel, image.shape[1],
+                                               probabilities)
+    maps = _channel_maps(image, channel)
+    boundary = None if boundary_channel is None else _channel_maps(image, boundary_channel)
     try:
         result = segment_array(maps, image.spacing, mode=mode, settings=settings,
-                               tracking=tracking)
+                               tracking=tracking, boundary=boundary)
     except UnetslError as err:  # name the file: the message speaks of "probabilities"
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
     labels, tracks = result.labels, result.tracks
@@ -183,6 +184,40 @@ def segment_file(
     return result
 
 
+def _channel_maps(image: LazyImage, channel: int) -> np.ndarray:
+    """(t, z, y, x) float32 of one channel: segment() works frame by frame, with a few
+    neighbouring frames for membranes a frame missed (settings.time_window)."""
+    whole = (slice(None),) * 3
+    maps = np.empty((image.shape[0], *image.shape[2:]), dtype=np.float32)
+    for t in range(image.shape[0]):
+        maps[t] = image.data.read(t, *whole)[channel]
+    return maps
+
+
+def choose_boundary_channel(settings: CellSettings, mode: str, channel: int, n_channels: int,
+                            source: Any) -> int | None:
+    """The channel holding object boundaries ("cell boundary channel"), or None.
+
+    Unset: in foreground mode, channel 1 of a 2-channel map whose channel 0 is the foreground
+    (what a model trained with "instance labels" predicts), said in an info line."""
+    chosen = settings.boundary_channel
+    if chosen is None:
+        if mode == "foreground" and n_channels == 2 and channel == 0:
+            log.info(f"cells: {source}: channel 1 read as the objects' boundary (a model of "
+                     '"instance labels"); -D "cell boundary channel=-1" seeds from the '
+                     "distance transform instead")
+            return 1
+        return None
+    if chosen == -1:
+        return None
+    if mode != "foreground":
+        raise UnetslError(f'"cell boundary channel" is for "cell mode" foreground, not {mode}')
+    if chosen >= n_channels or chosen == channel:
+        raise UnetslError(f'{source}: "cell boundary channel" {chosen} must be another of its '
+                          f"{n_channels} channel(s) than the foreground channel {channel}")
+    return chosen
+
+
 def segment_array(
     maps: np.ndarray,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -190,12 +225,14 @@ def segment_array(
     mode: str | None = None,
     settings: CellSettings | None = None,
     tracking: bool = True,
+    boundary: np.ndarray | None = None,
 ) -> CellsResult:
     """Segment, track and measure the cells of a (t, z, y, x) probability map in memory.
 
     The steps of :func:`segment_file` after reading (segment_file calls it), for a map that
     is already an array, such as a napari layer. ``spacing`` is (z, y, x) in physical
-    units; nothing is written (``written`` stays empty).
+    units; ``boundary`` (same shape, foreground mode) the objects' boundary probability;
+    nothing is written (``written`` stays empty).
     """
     settings = settings or CellSettings()
     mode = check_mode(settings.mode if mode is None else mode)
@@ -203,7 +240,7 @@ def segment_array(
     if not np.issubdtype(maps.dtype, np.floating):
         raise UnetslError(f"holds {maps.dtype.name} pixels, not probabilities; give a float "
                           "map in [0, 1] such as predict's probabilities")
-    labels = segment(maps, mode=mode, spacing=spacing, settings=settings)
+    labels = segment(maps, mode=mode, spacing=spacing, settings=settings, boundary=boundary)
     tracks: list[Any] = []
     if tracking and labels.shape[0] > 1:
         labels, tracks = track(labels, settings)

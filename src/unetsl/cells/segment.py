@@ -35,6 +35,7 @@ def segment(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     settings: CellSettings | None = None,
     distance: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label cells in a (t, z, y, x) probability map; returns int32 labels of the same shape.
 
@@ -43,7 +44,10 @@ def segment(
     the settings' lengths are in units of the in-plane pixel (spacing (3, 1, 1) and
     (1.5, 0.5, 0.5) give the same cells).
     ``distance`` (same shape), e.g. a predicted distance-to-membrane map, seeds instead of the
-    distance transform of the thresholded map. Ids are 1..n within each frame (see ``track``).
+    distance transform of the thresholded map. ``boundary`` (same shape; foreground mode), the
+    object-boundary probability of a model trained with "instance labels": each object
+    interior it leaves (foreground and not boundary) seeds one object, so touching nuclei are
+    split where the network drew their boundary. Ids are 1..n within each frame (see ``track``).
     In membrane mode each frame's map is first max-pooled with its neighbours in time
     (``settings.time_window``; no effect on single frames or stacks).
     """
@@ -55,22 +59,34 @@ def segment(
     spacing = check_spacing(spacing)
     pixel = min(spacing[1:])
     spacing = (spacing[0] / pixel, spacing[1] / pixel, spacing[2] / pixel)
-    if distance is not None:
-        distance = np.asarray(distance, dtype=np.float64)
-        if distance.ndim == 2:
-            distance = distance[None, None]
-        if distance.shape != probs.shape:
-            raise UnetslError(f"distance map shape {distance.shape} differs from the "
-                              f"probabilities' {probs.shape}")
-        if not np.isfinite(distance).all():
-            raise UnetslError("distance map contains NaN or infinite values")
+    distance = _like(distance, probs, "distance map")
+    boundary = _like(boundary, probs, "boundary map")
+    if boundary is not None and mode != "foreground":
+        raise UnetslError('a boundary map is for "cell mode" foreground (objects such as '
+                          "nuclei); membrane mode reads the membrane itself")
     out = np.zeros(probs.shape, dtype=np.int32)
     half = settings.time_window // 2 if mode == "membrane" else 0
     for t in range(probs.shape[0]):
         frame_distance = None if distance is None else distance[t]
         frame = probs[max(0, t - half):t + half + 1].max(axis=0) if half else probs[t]
-        out[t] = segment_frame(frame, mode, spacing, settings, frame_distance)
+        out[t] = segment_frame(frame, mode, spacing, settings, frame_distance,
+                               None if boundary is None else boundary[t])
     return out
+
+
+def _like(extra: np.ndarray | None, probs: np.ndarray, what: str) -> np.ndarray | None:
+    """A second map of the same (t, z, y, x) shape as the probabilities, checked."""
+    if extra is None:
+        return None
+    extra = np.asarray(extra, dtype=np.float64)
+    if extra.ndim == 2:
+        extra = extra[None, None]
+    if extra.shape != probs.shape:
+        raise UnetslError(f"{what} shape {extra.shape} differs from the probabilities' "
+                          f"{probs.shape}")
+    if not np.isfinite(extra).all():
+        raise UnetslError(f"{what} contains NaN or infinite values")
+    return extra
 
 
 def segment_frame(
@@ -79,6 +95,7 @@ def segment_frame(
     spacing: tuple[float, float, float],
     settings: CellSettings,
     distance: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels of one (z, y, x) frame; a single plane is processed in 2D."""
     flat = probability.shape[0] == 1
@@ -87,6 +104,8 @@ def segment_frame(
     given = None if distance is None else (distance[0] if flat else distance)
     if mode == "membrane":
         labels = _membrane(image, sampling, settings, given)
+    elif boundary is not None:
+        labels = _split_by_boundary(image, boundary[0] if flat else boundary, settings)
     else:
         labels = _foreground(image, sampling, settings, given)
     labels = relabel_sequential(labels)[0].astype(np.int32)
@@ -160,6 +179,23 @@ def _foreground(foreground: np.ndarray, sampling: Sequence[float], settings: Cel
     smooth, markers = _seeds(distance, sampling, settings, mask)
     labels = watershed(-smooth, markers, mask=mask)
     return _drop_small(labels, -smooth, settings.min_size, mask)
+
+
+def _split_by_boundary(foreground: np.ndarray, boundary: np.ndarray,
+                       settings: CellSettings) -> np.ndarray:
+    """Objects of a foreground + boundary model ("instance labels"): every connected interior
+    (foreground, not boundary) seeds one object, an object whose interior the boundary covered
+    whole seeds itself, and the foreground is flooded from the seeds over the boundary
+    probability, so touching objects part where the network drew their boundary."""
+    mask = foreground >= settings.threshold
+    interior = mask & (boundary < settings.threshold)
+    markers, n = ndi.label(interior)
+    objects, _ = ndi.label(mask)
+    seedless = mask & ~np.isin(objects, np.unique(objects[markers > 0]))
+    extra, _ = ndi.label(seedless)
+    markers = np.where(seedless, extra + n, markers)
+    labels = watershed(boundary, markers, mask=mask)
+    return _drop_small(labels, boundary, settings.min_size, mask)
 
 
 def _drop_small(labels: np.ndarray, elevation: np.ndarray, min_size: int,

@@ -46,6 +46,11 @@ class CellSettings:
     distance_weight: float = 0.5
     #: cells smaller than this many pixels (2D) or voxels (3D) are merged into a neighbour.
     min_size: int = 8
+    #: foreground mode: the channel of the probability file that holds the objects' boundary
+    #: (a model trained with "instance labels": channel 0 foreground, 1 boundary), whose
+    #: interiors seed one object each; None = channel 1 of a 2-channel file when the
+    #: foreground is channel 0, -1 = none (seeds from the distance transform).
+    boundary_channel: int | None = None
     #: neighbouring cells whose shared border has a mean membrane probability below this are
     #: merged, weakest first (0 disables merging). Mends a cell split by two seeds, where no
     #: membrane divides it. The mean leaves out the border's rim, where third cells' membranes
@@ -94,6 +99,10 @@ CELL_KEYS: dict[str, tuple[str, str]] = {
     "cell seed height": ("seed_height", "h-maxima height of a seed peak (pixels of distance)"),
     "cell distance weight": ("distance_weight", "weight of distance vs membrane when flooding"),
     "cell min size": ("min_size", "smallest cell in pixels (2D) or voxels (3D); smaller merge"),
+    "cell boundary channel": ("boundary_channel",
+                              "foreground mode: channel of the object boundary (instance labels "
+                              "model) whose interiors seed the objects; null = channel 1 of a "
+                              "2-channel map, -1 = none"),
     "cell merge threshold": ("merge_threshold",
                              "merge neighbours whose border mean probability is below (0 = off)"),
     "cell track min overlap": ("track_min_overlap", "smallest IoU to keep a cell's id"),
@@ -104,6 +113,9 @@ CELL_KEYS: dict[str, tuple[str, str]] = {
                                    "daughter size bounds f..1-f as fractions of the parent"),
 }
 
+#: fields that may be None (chosen from the data)
+OPTIONAL = ("boundary_channel",)
+
 # field -> (type, low, high, low inclusive)
 _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "threshold": (float, 0.0, 1.0, False),
@@ -112,6 +124,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "seed_height": (float, 0.0, float("inf"), True),
     "distance_weight": (float, 0.0, float("inf"), True),
     "min_size": (int, 0, float("inf"), True),
+    "boundary_channel": (int, -1, float("inf"), True),
     "merge_threshold": (float, 0.0, 1.0, True),
     "track_min_overlap": (float, 0.0, 1.0, False),
     "track_max_gap": (int, 0, float("inf"), True),
@@ -121,7 +134,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
 
 
 def _coerce(key: str, field: str, value: Any) -> Any:
-    if field == "mode":
+    if field == "mode" or (field in OPTIONAL and value is None):
         return value
     kind = _RANGES[field][0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -144,6 +157,8 @@ def check_mode(mode: Any, key: str = "cell mode") -> str:
 def _check(key: str, field: str, value: Any) -> None:
     if field == "mode":
         check_mode(value, key)
+        return
+    if field in OPTIONAL and value is None:
         return
     kind, low, high, inclusive = _RANGES[field]
     if field == "time_window" and isinstance(value, int) and value % 2 == 0:

@@ -321,7 +321,7 @@ def key_table_markdown() -> str:
 #: The labellers by their JSON name, in the original's menu order (0 .. 4); their code is
 #: in :mod:`unetsl.data.labellers`. Here so that a config is checked without loading data code.
 LABELLER_NAMES = ("region labels", "multiclass labels", "categorical labels",
-                  "double membrane labels", "linear labels")
+                  "double membrane labels", "linear labels", "instance labels")
 
 #: The output activation and loss each labeller's targets need (the README's Labels table),
 #: for a config made for a labeller (napari's New model).
@@ -331,6 +331,7 @@ LABELLER_OUTPUTS = {
     "categorical labels": ("softmax", "keras.losses.categorical_crossentropy"),
     "double membrane labels": ("sigmoid", "keras.losses.binary_crossentropy"),
     "linear labels": ("relu", "keras.losses.mean_squared_error"),
+    "instance labels": ("sigmoid", "unetsl.channelDiceBceLoss"),
 }
 
 

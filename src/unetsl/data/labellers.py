@@ -8,7 +8,8 @@ Every labeller is a pure function ``f(label, n_labels) -> target`` where
 
 Labellers are looked up by the names the original ActiveUnetSegmentation wrote in its
 JSON configs ("multiclass labels", ...) from one registry, :data:`LABELLERS`, whose
-order is the original's menu order, so menu numbers keep their meaning.
+order is the original's menu order, so menu numbers keep their meaning (unetsl's own,
+"instance labels", comes after them).
 
 Differences from the original, on purpose:
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure
+from skimage import measure, segmentation
 
 from unetsl.config.fields import LABELLER_NAMES, labeller_index
 from unetsl.errors import UnetslError
@@ -39,6 +40,7 @@ __all__ = [
     "categorical_labels",
     "double_membrane_labels",
     "get_labeller",
+    "instance_labels",
     "linear_labels",
     "make_target",
     "multiclass_labels",
@@ -261,6 +263,38 @@ def linear_labels(label: np.ndarray, n_labels: int) -> np.ndarray:
     return label[np.newaxis].copy()
 
 
+def instance_labels(label: np.ndarray, n_labels: int) -> np.ndarray:
+    """Objects that touch, kept apart: foreground and the boundary of every object.
+
+    For labels where each object (nucleus, cell) has its own value and 0 is background, as
+    StarDist, Cellpose and the Cell Tracking Challenge write them. Channel 0 is the foreground
+    (label != 0), channel 1 the object's own pixels that touch another value (another object
+    or the background; 4-neighbourhood, per slice). Two touching objects are then split by a
+    two-pixel boundary, which ``segment_cells --from foreground`` uses to seed one cell per
+    object (the classic "interior / boundary / background" U-Net of nuclei). Needs
+    ``n_labels`` 2.
+
+    Parameters
+    ----------
+    label : (z, y, x) ndarray of non-negative integer object ids
+    n_labels : 2
+
+    Returns
+    -------
+    (2, z, y, x) uint8 ndarray of 0/1
+    """
+    who = "instance labels"
+    label = _as_bit_carrier(_check_label(label, who), who)
+    if _check_n_labels(n_labels, who, minimum=2) != 2:
+        raise UnetslError(f'{who}: "n labels" must be 2 (foreground, boundary), got {n_labels}')
+    target = np.zeros((2, *label.shape), dtype=np.uint8)
+    target[0] = label != 0
+    for z, plane in enumerate(label):  # per slice: z steps are often several pixels long
+        target[1, z] = segmentation.find_boundaries(plane, connectivity=1, mode="inner")
+    target[1] &= target[0]
+    return target
+
+
 @dataclass(frozen=True)
 class Labeller:
     """A labeller and what goes with it.
@@ -296,6 +330,7 @@ _REGISTRY = (
     Labeller("categorical labels", categorical_labels, "softmax", "categorical", True),
     Labeller("double membrane labels", double_membrane_labels, "sigmoid", "multiclass", True),
     Labeller("linear labels", linear_labels, "relu", "linear", False),
+    Labeller("instance labels", instance_labels, "sigmoid", "multiclass", True),
 )
 
 #: Labellers by the original's JSON name, in the original's menu order (0 .. 4).

@@ -177,7 +177,7 @@ def check_head_labels(volumes: Sequence[Any], heads: Sequence[Head], where: str)
         for head in heads:
             field = bit_field(values, head.bits, head.offset)
             labeller = get_labeller(head.labeller)
-            if labeller.reduction == "multiclass" and field.size:
+            if labeller.name in BIT_LABELLERS and field.size:
                 _check_bits_fit(int(field.max()), head.n_labels, labeller.name,
                                 f'{where}: head "{head.name}": {path}: bit field value',
                                 'head "n_labels" is {n}')

