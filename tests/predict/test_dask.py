@@ -240,6 +240,21 @@ def test_tiff_output_is_gathered_by_the_client(work, client):
                                read_image(work / "r-prob.tif").data, atol=1e-5)
 
 
+def test_test_time_augmentation_on_the_workers(work, client):
+    """The workers average the same views as one process does."""
+    from unetsl.io.tiff import read_image
+    from unetsl.predict.job import PredictionJob
+
+    for name, dask, views in (("ga.tif", client, True), ("ra.tif", None, True),
+                              ("rp.tif", None, False)):
+        job = PredictionJob.create(work / "m.h5", work / "img.npy", work / name)
+        job.update({"test time augmentation": views})
+        job.run(dask=dask, probabilities=True)
+    augmented = read_image(work / "ga-prob.tif").data
+    np.testing.assert_allclose(augmented, read_image(work / "ra-prob.tif").data, atol=1e-5)
+    assert not np.allclose(augmented, read_image(work / "rp-prob.tif").data, atol=1e-4)
+
+
 def test_bad_dask_value_is_one_line(work, assert_one_line_error, run_script):
     result = run_script("predict_image", "m.h5", "img.npy", "x.tif", "-b", "--dask", "many",
                         cwd=work)

@@ -74,6 +74,7 @@ def test_create_gives_the_original_defaults(tmp_path):
         "tile shape": None,
         "normalization percentiles": None,
         "precision": "auto",
+        "test time augmentation": False,
     }
     assert set(job.settings()) == set(SETTING_CHECKS)
     job.check_settings(job.settings())  # the defaults pass their own checks
@@ -229,6 +230,16 @@ def test_the_output_name_chooses_the_format(work, model, tmp_path, name):
             assert np.load(mine).shape == expected.data.shape  # (t, c, z, y, x)
         else:
             assert got.spacing == pytest.approx(SPACING)
+
+
+def test_test_time_augmentation_runs_through_the_job(work, model, tmp_path):
+    out = tmp_path / "tta.tif"
+    job = PredictionJob.create(work / "m.h5", work / "img.tif", out)
+    job.apply_overrides(["test time augmentation=true", "batch size=2"])
+    job.run(model=model, probabilities=True)
+    expected = predict(model, read_image(work / "img.tif").data, batch_size=2, augment=True)
+    np.testing.assert_allclose(read_image(with_suffix(out, "-prob")).data, expected,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_run_with_linear_reduction_and_default_tiles(work, model, tmp_path):

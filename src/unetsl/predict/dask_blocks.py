@@ -38,6 +38,7 @@ import numpy as np
 
 from unetsl.data.normalize import ScaledSource
 from unetsl.errors import UnetslError
+from unetsl.predict.augment import AveragedViews
 from unetsl.predict.dask_workers import worker_model, worker_source
 from unetsl.predict.engine import normalize_patches, read_padded, run_overlapped
 from unetsl.predict.tiling import plan_tiles
@@ -208,14 +209,16 @@ def block_probabilities(tile_model, source, plan, t: int,
 
 def _block_task(model: Any, output_indices: Sequence[int], source: Any, depth_wanted: int,
                 plan, scaling: Any, precision: str, t: int, region: Sequence[tuple[int, int]],
-                batch_size: int, normalize: bool, sinks: Sequence[Any] | None
-                ) -> tuple[int, Any]:
+                batch_size: int, normalize: bool, sinks: Sequence[Any] | None,
+                augment: bool = False) -> tuple[int, Any]:
     """A Dask task: predict one block; write it with ``sinks`` (on the worker) or return it.
 
     scaling : the image's percentile scaling (``unetsl.data.normalize.ChannelScaling``),
         computed once on the client over the whole image, or None.
     """
     tile_model = worker_model(model, output_indices, plan.patch, precision)
+    if augment:
+        tile_model = AveragedViews(tile_model)
     opened = worker_source(source, depth_wanted)
     if scaling is not None:
 
@@ -286,8 +289,8 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
                           scaling: Any = None, precision: str = "float32",
                           block: Sequence[int] | None = None,
                           max_block_voxels: int = DEFAULT_BLOCK_VOXELS,
-                          progress: Any = None, shape: Sequence[int] | None = None
-                          ) -> DaskRun:
+                          progress: Any = None, shape: Sequence[int] | None = None,
+                          augment: bool = False) -> DaskRun:
     """The distributed twin of ``unetsl.predict.engine.predict_to_sinks``.
 
     client : a ``distributed.Client``. model : the model file (each worker loads it once),
@@ -300,6 +303,7 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
         in ``predict_to_sinks``; a sink with a ``parallel()`` method (zarr outputs) is
         written by the workers, otherwise blocks are gathered and written here.
         shape : the source's (t, c, z, y, x) if ``source`` is a path (else read from it).
+        augment : test-time augmentation on the workers (``unetsl.predict.augment``).
     """
 
     shape = source.shape if shape is None else shape
@@ -316,7 +320,7 @@ def predict_to_sinks_dask(client: Any, model: Any, source: Any, sinks: Sequence[
 
     def submit(job: tuple[int, Any]) -> Any:
         return client.submit(_block_task, *args, *job, batch_size, normalize, remote,
-                             pure=False)
+                             augment, pure=False)
 
     predicted = 0
     for (t, region), (count, blocks) in _in_flight(submit, jobs, window=max(2, 2 * workers)):

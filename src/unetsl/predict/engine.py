@@ -35,6 +35,7 @@ from unetsl.data.normalize import InputNormalization
 from unetsl.errors import UnetslError
 from unetsl.io.arrays import ArraySink, ArraySource
 from unetsl.predict.adapter import KerasTiles, Sink, TileModel
+from unetsl.predict.augment import AveragedViews
 from unetsl.predict.model_info import ModelInfo
 from unetsl.predict.reach import Reach, receptive_reach
 from unetsl.predict.tiling import TilePlan, model_for_tiles, plan_tiles
@@ -301,11 +302,12 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
                     tile: Sequence[int] | None = None, normalize: bool | None = None,
                     normalization: InputNormalization | None = None,
                     progress: Progress | None = None,
-                    info: ModelInfo | None = None) -> list[np.ndarray]:
+                    info: ModelInfo | None = None, augment: bool = False) -> list[np.ndarray]:
     """Like ``predict`` for several outputs of a multi-output (cascade) model at once.
 
     output_indices : which outputs (default: all). Returns one float32 array per output.
     info : the model's :class:`~unetsl.predict.model_info.ModelInfo` when already read.
+    augment : average every tile's flipped and turned views (``unetsl.predict.augment``).
     """
     if info is None:
         info = ModelInfo.of(model)
@@ -322,6 +324,8 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     model, per_batch = model_for_tiles(model, (z, y, x), batch_size=batch_size,
                                        overlap=overlap, tile=tile, reach=reach)
     tile_model = info.resized(model).tiles(model, output_indices)
+    if augment:
+        tile_model = AveragedViews(tile_model)
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
     predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
                      overlap=overlap, normalize=chosen.zscore_tiles, progress=progress)
@@ -331,7 +335,7 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
 def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int = 16,
             overlap: Sequence[int] | None = None, tile: Sequence[int] | None = None,
             normalize: bool | None = None, normalization: InputNormalization | None = None,
-            progress: Progress | None = None) -> np.ndarray:
+            progress: Progress | None = None, augment: bool = False) -> np.ndarray:
     """Predict every time point of an image of any size with a Keras model, tile by tile.
 
     image : (t, c, z, y, x) or (c, z, y, x) array (any dtype; predicted as float32 of the
@@ -349,9 +353,12 @@ def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int
         intensities for models without a record.
     normalize : override the per-tile z-score ("normalize samples") of ``normalization``.
     progress : called as progress(tiles done, tiles total, time points done, total).
+    augment : test-time augmentation, the mean of every tile's flipped and turned views
+        (8x the network time; 4x for tiles that are not square in y-x).
     Returns float32 probabilities (t, n, z, y, x) (or (n, z, y, x) for a 4-D input); use
     ``reduce`` to get labels.
     """
     return predict_outputs(model, image, output_indices=[output_index], batch_size=batch_size,
                            overlap=overlap, tile=tile, normalize=normalize,
-                           normalization=normalization, progress=progress)[0]
+                           normalization=normalization, progress=progress,
+                           augment=augment)[0]

@@ -74,7 +74,7 @@ def predict_array(job: PredictionJob, image: np.ndarray, *, model: Any = None,
         overlap=tuple(overlap) if overlap is not None else None,
         tile=tuple(tile) if tile is not None else None,
         normalization=InputNormalization.from_settings(job.values), progress=progress,
-        info=info)
+        info=info, augment=job.augmented)
     if swapped:
         outputs = [np.swapaxes(p, 0, 2) for p in outputs]
     labels = [reduce(p, r, channel_axis=1) for p, r in zip(outputs, reductions, strict=True)]

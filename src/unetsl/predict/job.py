@@ -25,6 +25,7 @@ from unetsl.io.lazy import open_image
 from unetsl.io.omezarr import is_zarr_path, open_zarr
 from unetsl.io.outputs import open_output, output_format, split_suffix, with_suffix
 from unetsl.io.tiff import match_channels, read_image
+from unetsl.predict.augment import AveragedViews
 from unetsl.predict.dask_blocks import predict_to_sinks_dask
 from unetsl.predict.dask_cluster import dask_client
 from unetsl.predict.engine import predict_to_sinks
@@ -69,6 +70,7 @@ SETTING_CHECKS = {
     "tile shape": (lambda v: v is None or (isinstance(v, list) and len(v) == 3
                                            and all(_is_int(i) and i >= 1 for i in v)),
                    "null (chosen for the image and batch size) or 3 integers >= 1 (z, y, x)"),
+    "test time augmentation": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -150,6 +152,7 @@ class PredictionJob:
             "tile shape": None,
             "normalization percentiles": trained.settings()["normalization percentiles"],
             "precision": "auto",
+            "test time augmentation": False,
         })
 
     def settings(self) -> dict[str, Any]:
@@ -291,8 +294,16 @@ class PredictionJob:
                 model, source.data.shape[2:], batch_size=self.values["batch size"],
                 overlap=overlap, tile=self.values.get("tile shape"), reach=info.reach)
         tiled = info.resized(model)
-        return _Tiling(tiled, tiled.tiles(model, indices, distributed=strategy is not None),
-                       per_batch, overlap, info.reach, self._reductions(info, indices))
+        tiles = tiled.tiles(model, indices, distributed=strategy is not None)
+        if self.augmented:
+            tiles = AveragedViews(tiles)
+        return _Tiling(tiled, tiles, per_batch, overlap, info.reach,
+                       self._reductions(info, indices))
+
+    @property
+    def augmented(self) -> bool:
+        """"test time augmentation": every tile's flipped and turned views averaged."""
+        return bool(self.values.get("test time augmentation", False))
 
     def _predict_on_dask(self, client: Any, source: _Input, sinks: list[_FileSink],
                          tiling: _Tiling, policy: str, progress: Any) -> Any:
@@ -304,7 +315,8 @@ class PredictionJob:
             tile_model=tiling.tiles, reach=tiling.reach, output_indices=tiling.tiles.indices,
             depth_wanted=source.depth, batch_size=tiling.per_batch, overlap=tiling.overlap,
             normalize=source.normalization.zscore_tiles, scaling=source.scaling,
-            precision=policy, progress=progress, shape=source.data.shape)
+            precision=policy, progress=progress, shape=source.data.shape,
+            augment=self.augmented)
         log.info(f"dask: {run.blocks} blocks of {list(run.block)} (z, y, x) on "
                  f"{run.workers} workers; {run.tiles_predicted} tiles predicted for "
                  f"{run.tiles} ({run.redundancy:.2f}x)")
