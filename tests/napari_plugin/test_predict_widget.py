@@ -76,6 +76,23 @@ def test_predict_gives_predict_image_labels_on_the_image_scale(viewer, work, tmp
     assert len(viewer.layers) == 4
 
 
+def test_averaged_views_are_predict_images_test_time_augmentation(viewer, work, tmp_path):
+    from click.testing import CliRunner
+
+    from unetsl.cli.predict_image import main
+
+    widget = _widget(viewer, work)
+    widget.views.value = True
+    widget.run()
+    assert widget.status.value == "predicted movie", widget.status.value
+    ran = CliRunner().invoke(main, [str(work / "tiny.h5"), str(work / "movie.tif"),
+                                    str(tmp_path / "out.tif"), "-b", "--probabilities", "-D",
+                                    "tile shape=[3, 32, 32]", "-D", "test time augmentation=true"])
+    assert ran.exit_code == 0, ran.output
+    expected = read_image(tmp_path / "out-prob.tif").data[:, 1, 0]
+    np.testing.assert_allclose(viewer.layers["movie prob 1"].data, expected, atol=1e-6)
+
+
 def test_cancel_stops_the_prediction_and_adds_nothing(viewer, work, monkeypatch):
     from unetsl.napari import predict_widget
     from unetsl.napari.tasks import Cancelled, TaskProgress

@@ -69,6 +69,8 @@ TOOLTIPS = {
     "model_file": "a trained model: NAME-best.h5, NAME-latest.h5, .keras, or the original's .h5",
     "image": "the image layer to predict",
     "all_outputs": "predict every output of a cascade model, not only the last",
+    "views": 'test-time augmentation ("test time augmentation"): each tile is also predicted '
+             "turned and mirrored, and the 8 views are averaged",
     "run_button": "predict; adds probability and label layers on the image's scale",
     "cancel_button": "stop between batches; nothing is added",
 }
@@ -97,12 +99,13 @@ class PredictWidget(ScrollingDock):
                                 tooltip="z, y, x tile overlap, or auto (from the receptive "
                                         "field: seamless)")
         self.all_outputs = CheckBox(text="all outputs (cascade)", value=False)
+        self.views = CheckBox(text="average flipped and turned views (8x slower)", value=False)
         self.run_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.form.extend([self.model_file, self.image, self.axes, self.batch_size, self.tile,
-                     self.overlap, self.all_outputs, self.run_button, self.cancel_button,
-                     self.status])
+                          self.overlap, self.all_outputs, self.views, self.run_button,
+                          self.cancel_button, self.status])
         add_tooltips(self, TOOLTIPS)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -124,7 +127,8 @@ class PredictWidget(ScrollingDock):
         return {"batch size": int(self.batch_size.value),
                 "tile shape": parse_triple(self.tile.value, "tile shape"),
                 "overlap": parse_triple(self.overlap.value, "overlap"),
-                "all outputs": bool(self.all_outputs.value)}
+                "all outputs": bool(self.all_outputs.value),
+                "test time augmentation": bool(self.views.value)}
 
     def run(self) -> None:
         """Predict in the worker process, waited for in a thread (or here when
