@@ -154,3 +154,20 @@ def test_save_dialogs_open_where_the_predicted_image_came_from(viewer, tmp_path)
     assert widget._folder() == movie.parent
     widget.probabilities.value = None
     assert widget._folder() == Path.cwd()
+
+
+def test_a_boundary_layer_splits_touching_nuclei_as_segment_cells_does(viewer):
+    """Predict's "prob 1" layer of an instance-labels model, chosen as the boundary: the
+    touching nuclei part; nothing is chosen as the boundary for the user."""
+    from tests.cells.test_segment import touching_nuclei
+
+    truth, foreground, boundary = touching_nuclei()
+    viewer.add_image(boundary[0, 0].astype(np.float32), name="prob 1")
+    widget = _segment(viewer, foreground[0, 0].astype(np.float32), "yx", (1.0, 1.0),
+                      mode="foreground", min_size=4)
+    assert widget.boundary.value is None
+    assert len(np.unique(widget.result.labels)) == 3  # background + 2: the squares as one
+    widget.boundary.value = "prob 1"
+    widget.run()
+    assert len(np.unique(widget.result.labels)) == 4, widget.status.value
+    np.testing.assert_array_equal(widget.result.labels[0, 0] > 0, truth[0, 0] > 0)

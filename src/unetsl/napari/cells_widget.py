@@ -49,6 +49,9 @@ UNDERTRAINED_PEAK = 0.6
 TOOLTIPS = {
     "probabilities": "a probability layer of Predict (float pixels): channel 0 = membrane",
     "mode": "membrane: cells between membranes (watershed); foreground: connected objects",
+    "boundary": "foreground mode: the objects' boundary (channel 1 of a model trained with "
+                '"instance labels"); each interior it leaves seeds one object, so touching '
+                "nuclei part",
     "tracking": "give a cell the same id in every time point it is seen",
     "run_button": "segment, track and measure; the table below lists the cells",
     "mesh_format": "file format of the cell meshes (3D)",
@@ -79,6 +82,8 @@ class CellsWidget(ScrollingDock):
                                tooltip="the channel of the membrane (foreground) probability "
                                        "when the layer has several")
         self.mode = ComboBox(label="mode", choices=list(MODES), value=CellSettings().mode)
+        self.boundary = ComboBox(label="boundary", nullable=True, value=None,
+                                 choices=layer_names(self.viewer, "image", floating=True))
         self.min_size = SpinBox(label="min size", min=0, max=10**9,
                                 value=CellSettings().min_size,
                                 tooltip="smallest cell in pixels (voxels in 3D)")
@@ -90,9 +95,10 @@ class CellsWidget(ScrollingDock):
         self.csv_button = PushButton(text="Save CSV ...")
         self.rois_button = PushButton(text="Save ROI zip ...")
         self.meshes_button = PushButton(text="Save meshes ...")
-        self.form.extend([self.probabilities, self.axes, self.channel, self.mode, self.min_size,
-                     self.tracking, self.run_button, self.status, self.mesh_format,
-                     self.csv_button, self.rois_button, self.meshes_button])
+        self.form.extend([self.probabilities, self.axes, self.channel, self.mode, self.boundary,
+                          self.min_size, self.tracking, self.run_button, self.status,
+                          self.mesh_format, self.csv_button, self.rois_button,
+                          self.meshes_button])
         add_tooltips(self, TOOLTIPS)
         self.table = CellsTable(self.select_cell)
         self.form.native.layout().addWidget(self.table)
@@ -101,6 +107,11 @@ class CellsWidget(ScrollingDock):
         self.rois_button.clicked.connect(lambda: self.save("rois"))
         self.meshes_button.clicked.connect(lambda: self.save("meshes"))
         follow_layers(self.viewer, [self.probabilities], self.axes)
+        for event in ("inserted", "removed", "reordered"):  # never chosen for the user
+            getattr(self.viewer.layers.events, event).connect(self._boundary_choices)
+
+    def _boundary_choices(self, _event: Any = None) -> None:
+        self.boundary.reset_choices()  # a nullable combo keeps "-----" (None) as it is
 
     def settings(self) -> CellSettings:
         """The cell settings: the defaults with this widget's min size (checked)."""
@@ -128,11 +139,16 @@ class CellsWidget(ScrollingDock):
             return
         maps = image[:, channel]
         mode, tracking = str(self.mode.value), bool(self.tracking.value)
+        try:
+            boundary = self._boundary_map(axes)
+        except UnetslError as err:
+            self.status.value = notify(err)
+            return
 
         def task() -> CellsResult:
             try:
                 return segment_array(maps, spacing, mode=mode, settings=settings,
-                                     tracking=tracking)
+                                     tracking=tracking, boundary=boundary)
             except UnetslError as err:  # say which layer
                 raise UnetslError(f"layer {name!r}: {err}") from None
 
@@ -142,6 +158,15 @@ class CellsWidget(ScrollingDock):
         self.worker = run_task(task, lambda result: self._show(result, layer, axes, spacing,
                                                                peak),
                                on_error=self._failed, synchronous=self.synchronous)
+
+    def _boundary_map(self, axes: str) -> np.ndarray | None:
+        """The chosen boundary layer (t, z, y, x), read with the probabilities' axes."""
+        name = self.boundary.value
+        if name is None:
+            return None
+        if name not in self.viewer.layers:
+            raise UnetslError(f"boundary layer {name!r} is gone; choose another")
+        return layer_tczyx(self.viewer.layers[name], axes)[:, 0]
 
     def _failed(self, error: BaseException) -> None:
         self.run_button.enabled = True
