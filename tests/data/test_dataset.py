@@ -294,3 +294,25 @@ def test_without_patches_per_epoch_an_epoch_is_one_sweep(project):
     validation_keys = {"validation fraction": 0.25, "patches per epoch": 1000}
     _, val = datasets(config(project, **validation_keys))
     assert len(val) == -(-len(val.items) // 4)  # validation is never resampled
+
+
+@pytest.mark.parametrize("sampling", ["grid", "random", "foreground"])
+def test_no_training_patch_touches_a_validation_block(project, sampling):
+    """Training patches go anywhere around the validation blocks of their image, never onto
+    them: with jitter, random and foreground draws, and with warps (elastic), which read only
+    inside their own patch box there."""
+    keys = {"validation fraction": 0.25, "sampling": sampling, "patch jitter": [0, 16, 16],
+            "stride": [0, 3, 8, 8], "augment elastic": 4.0}
+    train, val = datasets(config(project, **keys))
+    held = {}
+    for region in val.plans:
+        held.setdefault(region.region.volume, []).append(region.region)
+    assert any(plan.region.held for plan in train.plans)
+    for epoch in range(2):
+        train.epoch = epoch
+        for item in range(len(train.items)):
+            patch = train.patch_at(item)
+            for block in held.get(patch.volume, []):
+                inside = all(o < b and o + p > a for o, p, a, b in
+                             zip(patch.origin, PATCH[1:], block.start, block.stop))
+                assert not inside, (patch.origin, block)

@@ -55,10 +55,13 @@ def test_cut_blocks_tile_the_volume_and_fit_a_patch():
 
 
 def _mask(regions, shapes):
+    """The voxels each region gives: its box without its held (validation) boxes."""
     masks = [np.zeros(s, dtype=bool) for s in shapes]
     for r in regions:
         assert not masks[r.volume][r.slices()].any(), "regions overlap"
         masks[r.volume][r.slices()] = True
+        for start, stop in r.held:
+            masks[r.volume][tuple(slice(a, b) for a, b in zip(start, stop))] = False
     return masks
 
 
@@ -77,6 +80,19 @@ def test_split_has_no_overlap_and_is_deterministic(mode):
     assert len(others) > 1
     for r in train + val:
         assert all(s >= p for s, p in zip(r.shape, patch))
+    for r in train:  # no training patch anywhere (stride 1) touches a validation voxel
+        for z, y, x in r.grid(patch, (1, 1, 1)):
+            assert not val_masks[r.volume][z:z + 3, y:y + 64, x:x + 64].any()
+
+
+def test_a_single_image_trains_around_its_validation_block():
+    """One 256 x 512 image, 1/32 held out: every grid patch that does not touch the held
+    block trains (earlier versions kept only the patches inside single blocks: 31 here)."""
+    train, val = split_regions([(1, 256, 512)], (1, 64, 64), 1 / 32, "regions", seed=0)
+    assert len(val) == 1 and len(train) == 1 and train[0].held == ((val[0].start, val[0].stop),)
+    origins = train[0].grid((1, 64, 64), (0, 32, 32))
+    assert len(origins) > 80  # of 7 x 15 = 105
+    assert all(train[0].allows(o, (1, 64, 64)) for o in origins)
 
 
 def test_split_fraction_and_whole_volumes_without_validation():
@@ -84,9 +100,8 @@ def test_split_fraction_and_whole_volumes_without_validation():
     train, val = split_regions(shapes, (1, 64, 64), 1 / 32, "regions", seed=0)
     assert len(val) == 2  # round(64 / 32)
     held = {r.volume for r in val}
-    whole = [r for r in train if r.volume not in held]
-    assert all(r.shape == (1, 256, 256) for r in whole)
-    assert len(whole) == 4 - len(held)
+    assert all(r.shape == (1, 256, 256) for r in train) and len(train) == 4
+    assert {r.volume for r in train if r.held} == held
 
 
 def test_no_validation_gives_whole_volumes():

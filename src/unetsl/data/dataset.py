@@ -233,6 +233,8 @@ class PatchDataset(keras.utils.PyDataset):
         transform = (draw_transform(rng, plan.options.augment, self.patch[1:], angle)
                      if self.training else IDENTITY)
         bounds = (plan.region.start, plan.region.stop)
+        if plan.region.held and transform.warps:  # a warp must not read a validation block
+            bounds = (origin, tuple(o + n for o, n in zip(origin, self.patch)))
         xs, label, weights = _extract(volume.image, volume.label, volume.weights, origin,
                                       self.patch, bounds, transform)
         if plan.options.normalization.zscore_tiles:
@@ -248,12 +250,16 @@ class PatchDataset(keras.utils.PyDataset):
         start = np.asarray(plan.region.start)
         last = np.asarray(plan.region.stop) - np.asarray(self.patch)  # largest origin
         opts = plan.options
+        region = plan.region
         if opts.sampling == "grid":
             jitter = np.asarray(opts.jitter)
             if not jitter.any():
                 return origin
-            moved = np.asarray(origin) + rng.integers(-jitter, jitter + 1)
-            return tuple(int(v) for v in np.clip(moved, start, last))  # type: ignore[return-value]
+            moved = np.clip(np.asarray(origin) + rng.integers(-jitter, jitter + 1), start, last)
+            if not region.allows(moved, self.patch):  # onto a validation block: stay put
+                return origin
+            return tuple(int(v) for v in moved)  # type: ignore[return-value]
+        chosen = np.asarray(origin)  # a grid origin: touches no validation block
         for _ in range(_WEIGHT_TRIES):
             if opts.sampling == "foreground" and rng.random() < opts.foreground_fraction:
                 found = self._foreground_pixels(p, volume)
@@ -265,6 +271,9 @@ class PatchDataset(keras.utils.PyDataset):
                     chosen = rng.integers(start, last + 1)
             else:
                 chosen = rng.integers(start, last + 1)
+            if not region.allows(chosen, self.patch):
+                chosen = np.asarray(origin)
+                continue
             if volume.weights is None or self._has_weight(volume, chosen):
                 break
         return tuple(int(v) for v in chosen)  # type: ignore[return-value]

@@ -11,8 +11,11 @@ size".
 Validation split ("validation fraction", "validation split"): data are cut into units that
 never share a voxel: whole volumes ("files") or blocks of at least one patch per axis
 ("regions"). A seeded shuffle puts ``round(fraction * units)`` of them (at least one) in
-validation; patches are only ever cut inside one unit, so no validation pixel is ever in a
-training patch.
+validation. A volume that gives a block to validation trains on the whole rest of it: a
+training patch may lie anywhere that touches no validation block (``Region.held``), so no
+validation pixel is ever in a training patch and a single image loses only the patches that
+would overlap its validation blocks (earlier versions cut training patches inside single
+blocks, which left a patch-sized image ~1 position per block).
 """
 
 from __future__ import annotations
@@ -53,11 +56,18 @@ def grid_origins(shape: Sequence[int], patch: Sequence[int], stride: Sequence[in
 
 @dataclass(frozen=True)
 class Region:
-    """A box of one volume from which patches are cut: ``start`` <= voxel < ``stop``."""
+    """A box of one volume from which patches are cut: ``start`` <= voxel < ``stop``,
+    touching none of the ``held`` boxes ((start, stop) of validation blocks)."""
 
     volume: int
     start: Shape3
     stop: Shape3
+    held: tuple[tuple[Shape3, Shape3], ...] = ()
+
+    def allows(self, origin: Sequence[int], patch: Sequence[int]) -> bool:
+        """True when a patch at ``origin`` shares no voxel with a held box."""
+        return not any(all(o < b and o + p > a for o, p, a, b in zip(origin, patch, lo, hi))
+                       for lo, hi in self.held)
 
     @property
     def shape(self) -> Shape3:
@@ -67,8 +77,12 @@ class Region:
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
 
     def grid(self, patch: Sequence[int], stride: Sequence[int]) -> np.ndarray:
-        """Absolute (n, 3) patch origins of the strided grid inside this region."""
-        return grid_origins(self.shape, patch, stride) + np.asarray(self.start)
+        """Absolute (n, 3) patch origins of the strided grid inside this region (those
+        that touch no held box)."""
+        origins = grid_origins(self.shape, patch, stride) + np.asarray(self.start)
+        if not self.held:
+            return origins
+        return origins[np.asarray([self.allows(o, patch) for o in origins], dtype=bool)]
 
 
 def cut_blocks(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[Shape3, Shape3]]:
@@ -100,8 +114,9 @@ def split_regions(shapes: Sequence[Sequence[int]], patch: Sequence[int], fractio
     seed : the split depends only on the shapes, ``fraction``, ``mode`` and ``seed``
         (None counts as 0), so it is the same in every run and every resumed training.
 
-    A volume with no validation block is kept whole for training (patches may then lie
-    anywhere in it); one with a validation block trains on its other blocks.
+    A volume with no validation block is kept whole for training; one with validation
+    blocks trains on the whole volume with those blocks ``held`` (no training patch touches
+    them); one whose every block is in validation gives none to training.
     """
     whole = [Region(i, (0, 0, 0), tuple(int(s) for s in shape))  # type: ignore[arg-type]
              for i, shape in enumerate(shapes)]
@@ -126,8 +141,10 @@ def split_regions(shapes: Sequence[Sequence[int]], patch: Sequence[int], fractio
     n_val = min(len(units) - 1, max(1, int(round(fraction * len(units)))))
     chosen = set(order[:n_val].tolist())
     validation = [units[i] for i in sorted(chosen)]
-    held = {r.volume for r in validation}
-    training = [r for r in whole if r.volume not in held]
-    training += [u for i, u in enumerate(units) if i not in chosen and u.volume in held]
-    training.sort(key=lambda r: (r.volume, r.start))
+    training = []
+    for region in whole:
+        boxes = tuple((v.start, v.stop) for v in validation if v.volume == region.volume)
+        held = sum(int(np.prod(np.subtract(b, a))) for a, b in boxes)
+        if held < int(np.prod(region.shape)):  # the blocks are disjoint
+            training.append(Region(region.volume, region.start, region.stop, boxes))
     return training, validation
