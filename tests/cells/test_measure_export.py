@@ -102,6 +102,20 @@ def test_mesh_volume_close_to_voxel_volume(tmp_path):
         write_meshes(tmp_path / "m", labels[:, :1], spacing)
 
 
+def test_a_mesh_is_read_back_in_x_y_z_micrometres(tmp_path):
+    """An asymmetric box, 2 z x 4 y x 6 x voxels at (z, y, x) = (1, 2, 3), spacing (3, 1,
+    0.5) um: trimesh reads it 3 um long in x, 4 in y, 6 in z, where the image has it (issue
+    28: x and z were swapped, so viewers showed every cell mirrored across the diagonal)."""
+    spacing = (3.0, 1.0, 0.5)
+    labels = np.zeros((1, 5, 8, 12), np.uint16)
+    labels[0, 1:3, 2:6, 3:9] = 1
+    (path,) = write_meshes(tmp_path / "meshes", labels, spacing, fmt="ply")
+    mesh = trimesh.load(path)
+    np.testing.assert_allclose(mesh.extents, (3.0, 4.0, 6.0), atol=1e-6)
+    np.testing.assert_allclose(mesh.bounds[0], (2.5 * 0.5, 1.5 * 1.0, 0.5 * 3.0), atol=1e-6)
+    assert mesh.is_watertight and mesh.volume == pytest.approx(2 * 4 * 6 * 1.5, rel=0.15)
+
+
 def test_every_cells_file_gets_the_umask_permissions(tmp_path):
     """Colleagues on a shared disk read the table as they read the models (issue 25: the
     CSV and ROI zip were 0600 while models were 0644)."""

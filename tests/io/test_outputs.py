@@ -66,3 +66,18 @@ def test_an_error_leaves_no_output(tmp_path, name):
 def test_a_wrong_rank_is_named(tmp_path):
     with pytest.raises(UnetslError, match=r"x\.tif: expected a \(t, c, z, y, x\) array"):
         write_output(tmp_path / "x.tif", np.zeros((4, 4)))
+
+
+def test_an_ome_tif_name_gets_an_ome_tiff(tmp_path):
+    """Issue 28: "X.ome.tif" was a plain ImageJ TIFF; now tifffile reads it as OME, with its
+    pixel size, and every reader of unetsl reads the same pixels back."""
+    data = np.arange(2 * 1 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 1, 3, 4, 5)
+    path = write_output(tmp_path / "x.ome.tif", data, spacing=(2.0, 0.5, 0.25), unit="micron")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and not tif.is_imagej
+        xml = tif.ome_metadata
+    assert 'PhysicalSizeX="0.25"' in xml and 'PhysicalSizeZUnit="µm"' in xml
+    image = open_image(path, depth_wanted=3)
+    assert image.spacing == pytest.approx((2.0, 0.5, 0.25))
+    back = np.stack([image.data.read(t, *(slice(None),) * 3) for t in range(2)])
+    np.testing.assert_array_equal(back, data)

@@ -122,11 +122,12 @@ def write_roi_zip(path: str | os.PathLike, labels: np.ndarray) -> Path:
 
 def cell_mesh(mask: np.ndarray, spacing: Sequence[float], offset: Sequence[float] = (0, 0, 0)
               ) -> trimesh.Trimesh:
-    """A closed triangle mesh of a 3D mask in physical units (z, y, x vertex order)."""
+    """A closed triangle mesh of a (z, y, x) mask, vertices (x, y, z) in physical units: the
+    order mesh files and viewers (MeshLab, ParaView, Blender, trimesh) read them in."""
     verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5,
                                         spacing=tuple(spacing))
     verts = verts - np.asarray(spacing) + np.asarray(offset) * np.asarray(spacing)
-    mesh = trimesh.Trimesh(verts, faces, process=True)
+    mesh = trimesh.Trimesh(verts[:, ::-1], faces, process=True)  # (z, y, x) -> (x, y, z)
     if mesh.volume < 0:
         mesh.invert()
     return mesh
@@ -136,8 +137,8 @@ def write_meshes(folder: str | os.PathLike, labels: np.ndarray,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0), fmt: str = "ply") -> list[Path]:
     """Write one mesh per 3D cell per frame, ``cell-<id>-t<frame>.<fmt>``; returns the paths.
 
-    Vertices are (z, y, x) in physical units (marching cubes with the spacing), so volumes and
-    areas measured in a mesh tool match the CSV table.
+    Vertices are (x, y, z) in physical units (marching cubes with the spacing), so a mesh tool
+    shows the cell as the image does and its volumes and areas match the CSV table.
     """
     labels = _labels4d(labels)
     spacing = check_spacing(spacing)

@@ -257,8 +257,24 @@ def _open_zarr(name: str, depth_wanted: int) -> LazyImage:
     return LazyImage(image.data, image.spacing, image.unit, image.time_as_depth, name)
 
 
+#: unetsl's unit names -> OME's UnitsLength names (others are left out of OME metadata)
+_OME_UNITS = {"micron": "µm", "microns": "µm", "um": "µm", "µm": "µm", "nm": "nm",
+              "mm": "mm", "pixel": "pixel"}
+
+
+def _ome_metadata(spacing: tuple[float, float, float], unit: str) -> dict:
+    """OME-XML pixel sizes (z, y, x) in OME's unit names, for tifffile's ``ome=True``."""
+    metadata = {"axes": "TZCYX"}
+    for axis, size in zip("ZYX", spacing):
+        metadata[f"PhysicalSize{axis}"] = size
+        if unit in _OME_UNITS:
+            metadata[f"PhysicalSize{axis}Unit"] = _OME_UNITS[unit]
+    return metadata
+
+
 class OutputTiff:
-    """An ImageJ hyperstack (TZCYX) on disk, filled block by block.
+    """An ImageJ hyperstack (TZCYX) on disk, filled block by block; an OME-TIFF with the
+    same layout when ``ome`` (what a name ending in .ome.tif promises).
 
     shape : (t, c, z, y, x) of the arrays written (the internal layout); with
         ``time_as_depth`` z holds the frames of a 2D time series and goes back to T in the
@@ -267,7 +283,8 @@ class OutputTiff:
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype, *,
-                 spacing=(1.0, 1.0, 1.0), unit: str = "pixel", time_as_depth: bool = False):
+                 spacing=(1.0, 1.0, 1.0), unit: str = "pixel", time_as_depth: bool = False,
+                 ome: bool = False):
         self.path = str(path)
         self.dtype = np.dtype(dtype)
         if self.dtype not in uio._IMAGEJ_DTYPES:
@@ -278,11 +295,14 @@ class OutputTiff:
         sz, sy, sx = (float(s) for s in spacing)
         if min(sz, sy, sx) <= 0:
             raise UnetslError(f"{path}: pixel size must be positive, got {tuple(spacing)}")
-        metadata = {"axes": "TZCYX", "spacing": sz, "unit": uio._imagej_text(unit)}
+        if ome:
+            kind = {"ome": True, "metadata": _ome_metadata((sz, sy, sx), unit)}
+        else:
+            kind = {"imagej": True, "metadata": {"axes": "TZCYX", "spacing": sz,
+                                                 "unit": uio._imagej_text(unit)}}
         result = tifffile.imwrite(self.path, shape=self.file_shape, dtype=self.dtype,
-                                  imagej=True, photometric="minisblack",
-                                  resolution=(1.0 / sx, 1.0 / sy), metadata=metadata,
-                                  returnoffset=True)
+                                  photometric="minisblack", resolution=(1.0 / sx, 1.0 / sy),
+                                  returnoffset=True, **kind)
         if result is None:
             raise UnetslError(f"{path}: could not create a contiguous TIFF")
         self.offset = int(result[0])

@@ -1,8 +1,8 @@
 """Output files by name: the one entry that predict and cells open their images through.
 
 The file name says the format, as users expect from Fiji and napari: ``*.zarr`` /
-``*.ome.zarr`` -> OME-Zarr (a folder), ``*.npy`` -> a NumPy array (t, c, z, y, x), anything
-else -> an ImageJ hyperstack TIFF (``*.tif`` added when the name has no TIFF suffix). Every
+``*.ome.zarr`` -> OME-Zarr (a folder), ``*.npy`` -> a NumPy array (t, c, z, y, x),
+``*.ome.tif`` -> an OME-TIFF, anything else -> an ImageJ hyperstack TIFF. Every
 writer is filled block by block through ``write(t, (zs, ys, xs), block)`` (the prediction
 engine's sink interface) and appears under its final name only when complete (temporary file
 or folder + rename), so a crash never leaves a half-written output.
@@ -118,8 +118,9 @@ def open_output(path: str | os.PathLike, shape: Sequence[int], dtype: Any, *,
         if kind == "npy":
             writer = OutputNpy(tmp, shape, dtype)
         else:
+            ome = split_suffix(target)[1].lower().startswith(".ome.")
             writer = OutputTiff(tmp, shape, dtype, spacing=spacing, unit=unit,
-                                time_as_depth=time_as_depth)
+                                time_as_depth=time_as_depth, ome=ome)
         with writer:
             yield writer
 
