@@ -13,7 +13,7 @@ from unetsl.errors import UnetslError
 from unetsl.io.lazy import open_image
 from unetsl.io.outputs import with_suffix
 from unetsl.io.tiff import read_image, write_image
-from unetsl.predict.engine import predict
+from unetsl.predict.engine import predict, predict_outputs
 from unetsl.predict.job import (
     SETTING_CHECKS,
     PredictionJob,
@@ -282,3 +282,28 @@ def test_run_errors_are_one_line_and_write_nothing(work, model, tmp_path):
         job.run(model=model)
     _one_line(err, '"batch size"')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_predict_reads_a_2d_movie_as_predict_image_does(tmp_path):
+    """Issue 28: predict(model, movie[:, None, None]) predicted each frame alone where
+    predict_image reads the frames as depth for a model with depth 3."""
+    import keras
+
+    from unetsl.data.synthetic import epithelium_time_series, write_imagej
+    from unetsl.nets.model_files import save_model
+    from unetsl.nets.unet import build_unet
+
+    keras.utils.set_random_seed(0)
+    model = build_unet((1, 3, 32, 32), n_labels=2, depth=2, n_filters=2,
+                       spatial_dropout_rate=0.0)
+    save_model(model, tmp_path / "m.h5")
+    movie = epithelium_time_series((5, 40, 48), seed=1).image
+    write_imagej(tmp_path / "movie.tif", movie, "2d")
+    job = PredictionJob.create(tmp_path / "m.h5", tmp_path / "movie.tif", tmp_path / "o.tif")
+    job.update({"batch size": 4})
+    job.run(model=model, probabilities=True)
+    expected = read_image(tmp_path / "o-prob.tif").data  # (5, 2, 1, 40, 48)
+    mine = predict_outputs(model, movie[:, None, None].astype(np.float32), batch_size=4,
+                           normalization=None)[0]
+    assert mine.shape == expected.shape
+    np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)

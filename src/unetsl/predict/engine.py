@@ -34,6 +34,7 @@ import numpy as np
 from unetsl.data.normalize import InputNormalization
 from unetsl.errors import UnetslError
 from unetsl.io.arrays import ArraySink, ArraySource
+from unetsl.io.tiff import frames_as_depth
 from unetsl.predict.adapter import KerasTiles, Sink, TileModel
 from unetsl.predict.augment import AveragedViews
 from unetsl.predict.model_info import ModelInfo
@@ -318,6 +319,9 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     squeeze = len(array.shape) == 4
     if squeeze:
         array = array[None]
+    # a 2D movie (t, c, 1, y, x) for a model that wants depth: its frames are the depth, as
+    # predict_image reads an ImageJ time series (the original's rule)
+    array, swapped = frames_as_depth(array, info.patch[1])
     source = chosen.scaled(ArraySource(array))
     t, _, z, y, x = source.shape
     reach = info.reach
@@ -329,7 +333,8 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
     predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
                      overlap=overlap, normalize=chosen.zscore_tiles, progress=progress)
-    return [s.array[0] if squeeze else s.array for s in sinks]
+    outputs = [np.swapaxes(s.array, 0, 2) if swapped else s.array for s in sinks]
+    return [o[0] if squeeze else o for o in outputs]
 
 
 def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int = 16,
@@ -340,7 +345,8 @@ def predict(model, image: np.ndarray, *, output_index: int = -1, batch_size: int
 
     image : (t, c, z, y, x) or (c, z, y, x) array (any dtype; predicted as float32 of the
         values), c = the model's input channels. z, y, x may be smaller or larger than the
-        model's patch.
+        model's patch. A 2D time series (t > 1, z = 1) for a model that wants depth is
+        predicted with its frames as depth, as predict_image reads an ImageJ movie.
     output_index : which output of a multi-output model (default the last).
     batch_size : how many training-patch-sized tiles fit in memory at once; larger tiles
         count as several.
