@@ -345,9 +345,11 @@ def test_flags_add_list_and_remove(project):
     listed = run("--list")
     assert listed.returncode == 0
     assert listed.stdout.splitlines() == [f"{i}. {json.dumps(s)}" for i, s in enumerate(sources)]
+    before = (project / "m.json").read_text()
     result = run("--remove", "2", "--remove", "0", "--remove", "2")
     assert result.returncode == 0, result.stderr
     assert saved_sources(project) == [sources[1]]
+    assert (project / "m-json.bak").read_text() == before  # the old file is kept (issue 28)
     assert result.stdout.splitlines() == [f"removed 0. {json.dumps(sources[0])}",
                                           f"removed 2. {json.dumps(sources[2])}"]
     other_keys = json.loads((project / "m.json").read_text())

@@ -93,7 +93,7 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
         dialogue = AttachDialogue(entries, cfg.folder, n_labels=model_channels(cfg))
         if run_menu(dialogue, title=f"attach data sources: {path}"):
             cfg["data sources"] = dialogue.entries
-            cfg.save()
+            cfg.save(backup=True)  # the old file stays as NAME-json.bak
             click.echo(f"saved {len(dialogue.entries)} data source(s) to {path}")
         else:
             click.echo("not saved")
@@ -120,7 +120,7 @@ def main(config_file: str, paired, weighted, files, labeller, angles, settings, 
                    f"{json.dumps(entry)}")
     if adding or remove:
         cfg["data sources"] = entries
-        cfg.save()
+        cfg.save(backup=True)
     if list_:
         for line in source_lines(entries) or ["no data sources"]:
             click.echo(line)
