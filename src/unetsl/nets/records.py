@@ -55,11 +55,23 @@ def read_record(path: str | os.PathLike, name: str) -> str | None:
         with h5py.File(path, "r") as f:
             text = f.attrs.get(name)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        what = "the training state" if name == "unetsl_training_state" else f"its {name} record"
-        raise UnetslError(f"{path}: cannot read {what} ({exc})") from None
+        raise UnetslError(_not_a_model(path, name, exc)) from None
     if text is None:
         return None
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
+def _not_a_model(path: Path, name: str, exc: Exception) -> str:
+    """What to say of a file that is not a model: a config given by mistake names what to
+    give instead; anything else says what a model file is."""
+    if path.suffix.lower() == ".json":
+        return (f"{path}: is a config, not a model file; give the model made from it "
+                f"({path.stem}.h5, or {path.stem}-best.h5 after training)")
+    if not h5py.is_hdf5(path) and not zipfile.is_zipfile(path):
+        return (f"{path}: is not a model file (an HDF5 .h5 or a .keras file written by "
+                "create_model, train_model or Keras)")
+    what = "the training state" if name == "unetsl_training_state" else f"its {name} record"
+    return f"{path}: cannot read {what} ({exc})"
 
 
 #: The record of how a model's inputs are normalised (same name as the model attribute).
