@@ -307,3 +307,22 @@ def test_python_predict_reads_a_2d_movie_as_predict_image_does(tmp_path):
                            normalization=None)[0]
     assert mine.shape == expected.shape
     np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_was_never_trained_is_named(work, tmp_path, caplog):
+    """NAME.h5 beside NAME.json without a training state is create_model's file: predicting
+    with it says so (issue 28); a -best file or a model without its config is not named."""
+    import shutil
+
+    for name in ("m.h5", "m-best.h5", "other.h5"):
+        shutil.copy(work / "m.h5", tmp_path / name)
+    (tmp_path / "m.json").write_text("{}")
+    said = {}
+    for name in ("m.h5", "m-best.h5", "other.h5"):
+        caplog.clear()
+        job = PredictionJob.create(tmp_path / name, work / "img.tif", tmp_path / f"o-{name}.tif")
+        with caplog.at_level("WARNING", logger="unetsl"):
+            job.run()
+        said[name] = [r.message for r in caplog.records if "never trained" in r.message]
+    assert len(said["m.h5"]) == 1 and "train_model writes m-best.h5" in said["m.h5"][0]
+    assert said["m-best.h5"] == [] and said["other.h5"] == []

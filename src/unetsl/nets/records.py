@@ -20,7 +20,8 @@ from unetsl.config.model_config import config_for_model, layout_settings
 from unetsl.data.normalize import MODEL_ATTRIBUTE, InputNormalization
 from unetsl.errors import UnetslError
 
-__all__ = ["INPUT_RECORD", "file_normalization", "read_record", "write_record"]
+__all__ = ["INPUT_RECORD", "STATE_RECORD", "file_normalization", "never_trained", "read_record",
+           "write_record"]
 
 
 def _is_keras_zip(path: Path) -> bool:
@@ -70,9 +71,13 @@ def _not_a_model(path: Path, name: str, exc: Exception) -> str:
     if not h5py.is_hdf5(path) and not zipfile.is_zipfile(path):
         return (f"{path}: is not a model file (an HDF5 .h5 or a .keras file written by "
                 "create_model, train_model or Keras)")
-    what = "the training state" if name == "unetsl_training_state" else f"its {name} record"
+    what = "the training state" if name == STATE_RECORD else f"its {name} record"
     return f"{path}: cannot read {what} ({exc})"
 
+
+#: The record of a checkpoint's training state (``unetsl.training.checkpoints``): a unetsl
+#: model file without it was never trained.
+STATE_RECORD = "unetsl_training_state"
 
 #: The record of how a model's inputs are normalised (same name as the model attribute).
 INPUT_RECORD = MODEL_ATTRIBUTE
@@ -99,3 +104,15 @@ def file_normalization(path: str | os.PathLike) -> InputNormalization | None:
         return InputNormalization.from_settings(data) if isinstance(data, dict) else None
     except UnetslError:
         return None
+
+
+def never_trained(path: str | os.PathLike) -> bool:
+    """True for NAME.h5 (or .keras) beside its NAME.json without a training state: the file
+    create_model writes, which training never rewrites (it writes NAME-best/-latest), in
+    unetsl and in the original alike."""
+    path = Path(path)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    if stem.endswith(("-best", "-latest", "-batch")) or config_for_model(path) is None:
+        return False
+    return (config_for_model(path) == path.with_name(stem + ".json")
+            and read_record(path, STATE_RECORD) is None)

@@ -25,6 +25,7 @@ from unetsl.io.lazy import open_image
 from unetsl.io.omezarr import is_zarr_path, open_zarr
 from unetsl.io.outputs import open_output, output_format, split_suffix, with_suffix
 from unetsl.io.tiff import match_channels, read_image
+from unetsl.nets.records import never_trained
 from unetsl.predict.augment import AveragedViews
 from unetsl.predict.dask_blocks import predict_to_sinks_dask
 from unetsl.predict.dask_cluster import dask_client
@@ -257,9 +258,15 @@ class PredictionJob:
 
         strategy = None
         if model is None:
+            path = Path(self.values["model file"])
+            if path.is_file() and never_trained(path):
+                log.warning(f"{path}: the model create_model wrote, never trained here (no "
+                            "training state), so unless it was trained elsewhere its output "
+                            "is that of random weights; train_model writes "
+                            f"{path.stem}-best{path.suffix}")
             strategy = _strategy(gpus)
             with _scope(strategy):
-                model = load_model(self.values["model file"])
+                model = load_model(path)
         precision = self.decide_precision()
         with _scope(strategy):
             model = with_precision(model, precision.policy)

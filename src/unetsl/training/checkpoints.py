@@ -35,7 +35,7 @@ import numpy as np
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
 from unetsl.nets.model_files import save_model
-from unetsl.nets.records import read_record, write_record
+from unetsl.nets.records import STATE_RECORD, read_record, write_record
 
 log = logging.getLogger("unetsl")
 
@@ -53,7 +53,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-STATE_RECORD = "unetsl_training_state"  # a record in the model file (unetsl.nets.records)
 BATCH_SNAPSHOT_AT = 5000  # the original wrote <name>-batch.h5 once, at global batch 5000
 
 
