@@ -60,7 +60,8 @@ def test_chained_create_attach_train_then_predict(tmp_path: Path, run_script):
     snapshot = json.loads(next(tmp_path.glob("training-log_x-*.json")).read_text())
     assert snapshot["training"]["epochs"] == 1  # -D values are for the run only
     assert saved["data sources"][0]["label folders"] == ["labels-packed"]
-    assert not (tmp_path / "x-json.bak").exists()  # a new file: nothing to back up
+    backup = json.loads((tmp_path / "x-json.bak").read_text())  # attach keeps what it changed
+    assert backup["data sources"] == [] and backup["heads"] == DEFAULT_HEADS
     assert list(load_model(tmp_path / "x-best.h5").output_names) == NAMES
 
     # options after MODEL IMAGE, as in the original's usage line (not taken as OUTPUT)

@@ -108,7 +108,7 @@ def test_model_without_state_reads_none(tmp_path, model, suffix):
 def test_unreadable_state_is_one_line(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"not a model\nat all\n")
-    with pytest.raises(UnetslError, match="cannot read the training state") as err:
+    with pytest.raises(UnetslError, match="is not a model file") as err:
         read_state(path)
     assert "\n" not in str(err.value) and name in str(err.value)
     with pytest.raises(UnetslError):

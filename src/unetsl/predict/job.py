@@ -25,7 +25,6 @@ from unetsl.io.lazy import open_image
 from unetsl.io.omezarr import is_zarr_path, open_zarr
 from unetsl.io.outputs import open_output, output_format, split_suffix, with_suffix
 from unetsl.io.tiff import match_channels, read_image
-from unetsl.nets.records import never_trained
 from unetsl.predict.augment import AveragedViews
 from unetsl.predict.dask_blocks import predict_to_sinks_dask
 from unetsl.predict.dask_cluster import dask_client
@@ -255,6 +254,7 @@ class PredictionJob:
         the strategy of several GPUs (None on one device)."""
         from unetsl.nets.model_files import load_model
         from unetsl.nets.precision import with_precision
+        from unetsl.nets.records import never_trained
 
         strategy = None
         if model is None:
