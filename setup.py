@@ -59,6 +59,7 @@ setup(
     extras_require={
         "test": ["pytest>=7.4", "pytest-xdist>=3.5", "hypothesis>=6.80", "ruff>=0.4",
                  "bioimageio.spec>=0.5.12",
+                 "py-ctcmetrics>=1.3",  # the Cell Tracking Challenge's validity check
                  *SCALE],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "bioimageio": ["bioimageio.spec>=0.5.12"],

@@ -22,7 +22,7 @@ from unetsl.cells.export import write_labels, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
 from unetsl.cells.settings import CellSettings, check_mode
-from unetsl.cells.tracking import split_gaps, track, write_ctc_tracks
+from unetsl.cells.tracking import split_gaps, track, tracks_path, write_ctc_tracks
 from unetsl.errors import UnetslError
 from unetsl.io.lazy import LazyImage, open_image
 from unetsl.io.outputs import output_format, split_suffix
@@ -176,8 +176,8 @@ def segment_file(
     labels, tracks = result.labels, result.tracks
 
     written = [write_labels(output, labels, image.spacing, unit=image.unit)]
-    if tracks:  # the CTC format wants gap-free tracks: a gap starts a child track
-        written.append(write_ctc_tracks(split_gaps(labels, tracks)[1], _tracks_path(output)))
+    if tracks:  # ids as in the label image: segment_array already split the gaps
+        written.append(write_ctc_tracks(tracks, tracks_path(output)))
     for kind, path in files.items():
         written.append(write_cell_file(kind, path, result, image.spacing, mesh_format))
     result.written = [Path(p) for p in written]
@@ -232,7 +232,9 @@ def segment_array(
     The steps of :func:`segment_file` after reading (segment_file calls it), for a map that
     is already an array, such as a napari layer. ``spacing`` is (z, y, x) in physical
     units; ``boundary`` (same shape, foreground mode) the objects' boundary probability;
-    nothing is written (``written`` stays empty).
+    nothing is written (``written`` stays empty). With tracking, ids follow the Cell Tracking
+    Challenge: each id lives in one unbroken run of frames, and a cell missed for a frame or two
+    (``track_max_gap``) continues as a child id (``whole_tracks`` joins the pieces).
     """
     settings = settings or CellSettings()
     mode = check_mode(settings.mode if mode is None else mode)
@@ -243,7 +245,10 @@ def segment_array(
     labels = segment(maps, mode=mode, spacing=spacing, settings=settings, boundary=boundary)
     tracks: list[Any] = []
     if tracking and labels.shape[0] > 1:
-        labels, tracks = track(labels, settings)
+        # One id scheme for the label image, table and track file: the Cell Tracking
+        # Challenge's, where a cell missed for a frame comes back as a child track (the
+        # table's "track" column joins the pieces again).
+        labels, tracks = split_gaps(*track(labels, settings))
     else:
         labels = _unique_ids(labels)
     membrane = maps if mode == "membrane" else None
@@ -262,7 +267,3 @@ def _unique_ids(labels: np.ndarray) -> np.ndarray:
         frame[frame > 0] += offset
         offset += n
     return out.astype(np.int32)
-
-
-def _tracks_path(output: Path) -> Path:
-    return output.with_name(output.name.split(".")[0] + "-res_track.txt")

@@ -18,7 +18,7 @@ from skimage.segmentation import find_boundaries
 
 from unetsl.atomic import atomic_path
 from unetsl.cells.segment import check_spacing, touching_pairs
-from unetsl.cells.tracking import Track
+from unetsl.cells.tracking import Track, whole_tracks
 from unetsl.errors import UnetslError
 
 _PROPS = ("label", "area", "centroid", "equivalent_diameter_area", "axis_major_length",
@@ -36,8 +36,10 @@ def measure(
     2D frames (z == 1) give ``area`` and ``perimeter``, 3D ones ``volume`` and
     ``surface_area`` (marching cubes with the spacing); both give id, t, centroid_z/y/x,
     equivalent_diameter, major/minor_axis_length, elongation (major / minor), neighbours
-    (touching cells), parent (from ``tracks``, else 0) and, if a ``membrane`` probability map of
-    the same shape is given, border_membrane: its mean over the cell's border pixels.
+    (touching cells), parent and track (from ``tracks``: the parent id, and the id of the
+    cell's first piece when a gap split it; else 0 and the id) and, if a ``membrane``
+    probability map of the same shape is given, border_membrane: its mean over the cell's
+    border pixels.
     """
     labels = np.asarray(labels)
     if labels.ndim != 4 or not np.issubdtype(labels.dtype, np.integer):
@@ -50,6 +52,7 @@ def measure(
             raise UnetslError(f"membrane shape {membrane.shape} differs from labels "
                               f"{labels.shape}")
     parents = {tr.id: tr.parent for tr in tracks or ()}
+    lineage = whole_tracks(tracks or ())
     flat = labels.shape[1] == 1
     rows: list[dict[str, np.ndarray]] = []
     for t in range(labels.shape[0]):
@@ -57,7 +60,7 @@ def measure(
         if not frame.any():
             continue
         memb = None if membrane is None else (membrane[t, 0] if flat else membrane[t])
-        rows.append(_frame(frame, t, spacing, flat, memb, parents))
+        rows.append(_frame(frame, t, spacing, flat, memb, parents, lineage))
     keys = _columns(flat, membrane is not None)
     if not rows:
         return {k: np.zeros(0) for k in keys}
@@ -71,11 +74,12 @@ def _columns(flat: bool, with_membrane: bool) -> list[str]:
             "neighbours"]
     if with_membrane:
         keys.append("border_membrane")
-    return keys + ["parent"]
+    return keys + ["parent", "track"]
 
 
 def _frame(frame: np.ndarray, t: int, spacing: tuple[float, float, float], flat: bool,
-           membrane: np.ndarray | None, parents: dict[int, int]) -> dict[str, np.ndarray]:
+           membrane: np.ndarray | None, parents: dict[int, int],
+           lineage: dict[int, int]) -> dict[str, np.ndarray]:
     sampling = spacing[1:] if flat else spacing
     props = regionprops_table(frame, spacing=sampling, properties=_PROPS)
     ids = props["label"].astype(np.int64)
@@ -95,6 +99,7 @@ def _frame(frame: np.ndarray, t: int, spacing: tuple[float, float, float], flat:
         "elongation": np.divide(major, minor, out=np.full(n, np.inf), where=minor > 0),
         "neighbours": counts[ids] if counts is not None else np.zeros(n, dtype=np.int64),
         "parent": np.array([parents.get(int(i), 0) for i in ids], dtype=np.int64),
+        "track": np.array([lineage.get(int(i), int(i)) for i in ids], dtype=np.int64),
     }
     boxes = ndi.find_objects(frame)
     if flat:

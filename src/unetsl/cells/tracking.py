@@ -190,10 +190,49 @@ def split_gaps(labels: np.ndarray, tracks: Sequence[Track]) -> tuple[np.ndarray,
     return labels, out
 
 
+def whole_tracks(tracks: Sequence[Track]) -> dict[int, int]:
+    """{id: id of the cell's first piece}: the pieces ``split_gaps`` made of one cell, joined.
+
+    A track with exactly one child is a gap, not a division (a division has two daughters),
+    so the child is the same cell; measuring or scoring identity over a whole life groups by
+    this id.
+    """
+    children: dict[int, list[int]] = {}
+    for tr in tracks:
+        children.setdefault(tr.parent, []).append(tr.id)
+    parent_of = {tr.id: tr.parent for tr in tracks}
+    whole: dict[int, int] = {}
+    for tr in sorted(tracks, key=lambda t: (t.first, t.id)):  # parents start before children
+        parent = parent_of[tr.id]
+        gap = parent and len(children.get(parent, ())) == 1
+        whole[tr.id] = whole.get(parent, parent) if gap else tr.id
+    return whole
+
+
+def tracks_path(labels_path: str | os.PathLike) -> Path:
+    """Where segment_cells writes the tracks of a label image: ``<name>-res_track.txt``."""
+    labels_path = Path(labels_path)
+    return labels_path.with_name(labels_path.name.split(".")[0] + "-res_track.txt")
+
+
+def read_ctc_tracks(path: str | os.PathLike) -> list[Track]:
+    """Tracks of a Cell Tracking Challenge res_track.txt ("L B E P" per line)."""
+    tracks = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not all(f.lstrip("-").isdigit() for f in fields):
+            raise UnetslError(f"{path}: line {number} is not 'id first last parent': {line!r}")
+        tracks.append(Track(*(int(f) for f in fields)))
+    return tracks
+
+
 def write_ctc_tracks(tracks: Sequence[Track], path: str | os.PathLike) -> Path:
     """Write a Cell Tracking Challenge res_track.txt ("L B E P" per line), atomically.
 
-    Tracks with gaps (see ``track_max_gap``) should first go through ``split_gaps``.
+    Tracks with gaps (see ``track_max_gap``) should first go through ``split_gaps``, with the
+    label image written from its labels, so that each id is present in exactly frames B..E.
     """
     path = Path(path)
     if not path.parent.is_dir():

@@ -81,8 +81,9 @@ def main(probabilities: str, output: str | None, mode: str | None, channel: int,
 
     PROBABILITIES is the float map that predict_image --probabilities writes (channel 0 =
     membrane) or any float TIFF / zarr in [0, 1]. A time series is tracked: a cell keeps
-    its id in every frame, a division ends the parent and starts two daughters (written to
-    <output>-res_track.txt, the Cell Tracking Challenge format). The default OUTPUT is
+    its id from frame to frame, a division ends the parent and starts two daughters, and a
+    cell missed for a frame returns as a child id (<output>-res_track.txt, the Cell Tracking
+    Challenge format). The default OUTPUT is
     cells-<input>.tif (.ome.zarr for a zarr input: napari opens it as a Labels layer); the
     name chooses the format as for predict_image (.tif, .ome.zarr / .zarr, .npy).
     Settings are -D "key=value" (see the README's cell keys).

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
+from unetsl.cells.tracking import read_ctc_tracks, tracks_path, whole_tracks
 from unetsl.errors import UnetslError
 from unetsl.evaluate.cell_scores import cell_labels, overlapping_pairs
 from unetsl.evaluate.label_files import read_label_pair
@@ -54,7 +55,8 @@ def _frames(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def instance_scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
+def instance_scores(truth: np.ndarray, predicted: np.ndarray,
+                    same_cell: dict[int, int] | None = None) -> dict:
     """F1/precision/recall at IoU 0.5, AP over IoU 0.5..0.95, mean matched IoU, adapted Rand
     error, VOI split/merge, per-frame F1 and (time series) identity kept.
 
@@ -63,6 +65,8 @@ def instance_scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
     ``identity_kept``: of the true cells present in >= 2 frames and matched (IoU >= 0.5) in at
     least 2 of them, the fraction matched to one single predicted id (None if there are none);
     cells matched in fewer frames are detection misses, which F1 already counts.
+    ``same_cell`` maps predicted ids that are pieces of one cell to one id (a track split at a
+    gap: :func:`unetsl.cells.whole_tracks`), so that a gap is not an identity switch.
     """
     truth = _frames(truth, "truth")
     predicted = _frames(predicted, "predicted")
@@ -106,7 +110,7 @@ def instance_scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
         "voi_split": float(np.mean(split)) if split else 0.0,
         "voi_merge": float(np.mean(merge)) if merge else 0.0,
         "per_frame_f1": per_frame_f1,
-        "identity_kept": identity_kept(truth, matches),
+        "identity_kept": identity_kept(truth, _joined(matches, same_cell or {})),
         "n_true": int(n_true),
         "n_predicted": int(n_pred),
     }
@@ -123,6 +127,11 @@ def per_frame_f1(truth: np.ndarray, predicted: np.ndarray) -> list[float]:
         n_p = len(np.unique(predicted[t][predicted[t] > 0]))
         out.append(_f1(len(pairs), nt, n_p))
     return out
+
+
+def _joined(matches: list[dict[int, int]], same_cell: dict[int, int]
+            ) -> list[dict[int, int]]:
+    return [{true: same_cell.get(found, found) for true, found in m.items()} for m in matches]
 
 
 def identity_kept(truth: np.ndarray, matches: list[dict[int, int]]) -> float | None:
@@ -191,7 +200,8 @@ def evaluate_instance_files(prediction_path: str | os.PathLike,
                             min_size: int = 0) -> dict[str, Any]:
     """Instance scores of a cell label image (segment_cells' output) against the truth
     (instance ids, or a membrane label mask: see :func:`truth_instances`); objects smaller
-    than ``min_size`` pixels are left out of both."""
+    than ``min_size`` pixels are left out of both. The prediction's track file
+    (``<name>-res_track.txt``), when present, joins a cell's pieces across gaps."""
     prediction, truth = read_label_pair(prediction_path, truth_path, "cells")
     for name, data in ((prediction_path, prediction), (truth_path, truth)):
         if not np.issubdtype(data.dtype, np.integer) and np.any(data != np.round(data)):
@@ -200,7 +210,10 @@ def evaluate_instance_files(prediction_path: str | os.PathLike,
     true_cells, how = truth_instances(truth[:, 0])
     true_cells = drop_small(true_cells, min_size)
     found = drop_small(prediction[:, 0].astype(np.int64), min_size)
-    scores = instance_scores(true_cells, found)
+    track_file = tracks_path(prediction_path)
+    same_cell = whole_tracks(read_ctc_tracks(track_file)) if track_file.is_file() else None
+    scores = instance_scores(true_cells, found, same_cell)
+    scores["tracks"] = str(track_file) if same_cell is not None else None
     scores["per_frame_f1"] = per_frame_f1(true_cells, found)
     scores["min_size"] = int(min_size)
     scores["prediction"], scores["truth"], scores["truth_cells"] = (
@@ -226,6 +239,7 @@ def instance_table(scores: dict[str, Any]) -> str:
     if len(frames) > 1:
         lines.append("F1 per time point: " + " ".join(f"{f:.3f}" for f in frames))
     if scores.get("identity_kept") is not None:
+        joined = f" (pieces joined by {scores['tracks']})" if scores.get("tracks") else ""
         lines.append(f"identity kept over time: {scores['identity_kept']:.3f} of true cells "
-                     "seen in 2+ frames keep one id")
+                     f"seen in 2+ frames keep one id{joined}")
     return "\n".join(lines)
