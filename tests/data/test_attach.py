@@ -38,6 +38,8 @@ ORIGINAL_KEYS = ["1", "images", "labels", "", "1", "", "y"]
 @pytest.fixture
 def project(tmp_path):
     write_dataset(tmp_path, kind="2d", n_images=2, shape=(3, 32, 32))
+    for label in (tmp_path / "labels").glob("*.tif"):  # membrane only: the model's 1 channel
+        tifffile.imwrite(label, tifffile.imread(label) & 1, imagej=True, metadata={"axes": "TYX"})
     weights = tmp_path / "weights"
     weights.mkdir()
     for i in range(2):
@@ -366,6 +368,8 @@ def test_flags_add_list_and_remove(project):
     (["--paired", "images", "labels", "--labeller", "1", "--angles", "1,b"],
      ["cannot convert 'b'"]),
     (["--paired", "images", "labels", "--labeller", "1", "-S", "epochs=3"], ["-S 'epochs'"]),
+    (["--paired", "images", "labels-dist", "--labeller", "multiclass"],  # issue 28 item 5
+     ["labels-dist/epi-000.tif", "label value 9 needs 4 output channels", '"n labels"']),
     (["--remove", "4"], ["no data source 4"]),
     (["--labeller", "1"], ["--paired, --weighted or --files"]),
     ([], ["no terminal for the menu"]),

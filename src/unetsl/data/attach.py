@@ -42,6 +42,7 @@ from unetsl.data.sources import (
     parse_source,
     stored_path,
 )
+from unetsl.data.targets import check_label_file
 from unetsl.data.volumes import check_source_labels
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import write_image
@@ -100,6 +101,9 @@ def add_source(entries: list[dict[str, Any]], entry: dict[str, Any], folder: str
     if n_labels is not None:
         check_source_labels(source, n_labels)
     pairs = check_source_files(source)
+    if n_labels is not None:
+        for pair in pairs:
+            check_label_file(source, pair.label, n_labels)
     entries.append(entry)
     return len(pairs)
 

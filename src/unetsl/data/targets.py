@@ -11,8 +11,9 @@ import numpy as np
 
 from unetsl.config.heads import RESAMPLERS, Head
 from unetsl.data.labellers import _as_bit_carrier, get_labeller
-from unetsl.data.volumes import _label_values
+from unetsl.data.volumes import _label_values, check_label_values
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import read_image
 
 # ------------------------------------------------------------------------------ targets
 
@@ -127,6 +128,19 @@ def check_label_bits(volumes: Sequence[Any], n_labels: int) -> None:
             continue
         _check_bits_fit(int(volume.label.max()), n_labels, labeller.name,
                         f"{volume.pair.label}: label value", 'the model has {n} ("n labels")')
+
+
+def check_label_file(source: Any, path: Any, n_labels: int) -> None:
+    """What training checks of one attached label file, run when it is attached: the labeller
+    accepts its values and bit labels fit the model's ``n_labels`` channels (a distance map or
+    an instance mask given to "multiclass" is refused now, not when training starts)."""
+    label = read_image(path).data
+    if label.dtype == np.bool_:
+        label = label.astype(np.uint8)
+    check_label_values(source, label, path, n_labels)
+    if source.labeller.name in BIT_LABELLERS and label.size:
+        _check_bits_fit(int(label.max()), n_labels, source.labeller.name,
+                        f"{source.where}{path}: label value", 'the model has {n} ("n labels")')
 
 
 def _check_bits_fit(top: int, n_labels: int, labeller: str, what: str, has: str) -> None:

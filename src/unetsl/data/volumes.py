@@ -91,7 +91,7 @@ def _label_values(label: np.ndarray) -> np.ndarray:
     return np.unique(label)
 
 
-def _check_label_values(source: Source, label: np.ndarray, path: Path, n_labels: int) -> None:
+def check_label_values(source: Source, label: np.ndarray, path: Path, n_labels: int) -> None:
     """Run the labeller on the label's distinct values, so a bad file fails at load, named."""
     values = _label_values(label)
     try:
@@ -138,7 +138,7 @@ def load_source_volumes(source: Source, percentiles: Sequence[float] | None, *,
         label = label[:, 0]
         if label.dtype == np.bool_:
             label = label.astype(np.uint8)
-        _check_label_values(source, label, pair.label, n_labels)
+        check_label_values(source, label, pair.label, n_labels)
         if weights is not None:
             weights = weights[:, 0].astype(np.float32)
             if (weights < 0).any() or not np.isfinite(weights).all():
