@@ -285,7 +285,8 @@ def _callbacks(cfg: Config, logs: _Logs, checkpointer: Checkpointer, samples: li
         callbacks.append(predictor)
     if mode == "lines":  # after the checkpointer (the best so far), before warnings
         callbacks.append(EpochLine(epochs, len(train_data), state, stream))
+    # a sparse channel (vertices) may take a third of a short run to appear: judge F1 then
     callbacks.append(LearningWatch(train_data[0][0], validation=val_data is not None,
-                                   settings=cfg))
+                                   patience=max(3, epochs // 3), settings=cfg))
     callbacks.extend(extra)
     return predictor, callbacks
