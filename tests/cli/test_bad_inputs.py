@@ -77,6 +77,7 @@ def base(tmp_path_factory) -> Path:
     write_image(folder / "prob.tif", image)
     write_image(folder / "empty.tif", np.zeros_like(image))
     write_image(folder / "two.tif", np.concatenate([image, image], axis=1))
+    write_image(folder / "lab2.tif", np.concatenate([label, label], axis=1))
     write_image(folder / "nan.tif", np.full_like(image, np.nan))
     some = image.copy()
     some[0, 0, 0, 3, 4] = np.nan
@@ -389,7 +390,13 @@ CASES = [
     ("evaluate-missing-truth", "evaluate_prediction", ["lab.tif", "nothere.tif"],
      ("nothere.tif",), None),
     ("evaluate-probability-map", "evaluate_prediction", ["two.tif", "two.tif"],
-     ("two.tif", "channels"), None),
+     ("two.tif", "holds probabilities", "the file without -prob"), None),
+    ("evaluate-probabilities-vs-labels", "evaluate_prediction", ["two.tif", "lab.tif"],
+     ("two.tif", "holds probabilities"), None),  # before any shape complaint (issue 28)
+    ("evaluate-instances-of-probabilities", "evaluate_prediction",
+     ["prob.tif", "lab.tif", "--instances"], ("prob.tif", "segment_cells prob.tif"), None),
+    ("evaluate-two-channel-labels", "evaluate_prediction", ["lab2.tif", "lab2.tif"],
+     ("lab2.tif", "2 channels"), None),
     ("evaluate-prediction-is-folder", "evaluate_prediction", ["adir", "lab.tif"],
      ("adir",), None),
     ("evaluate-unknown-labeller", "evaluate_prediction",

@@ -194,3 +194,23 @@ def test_cli(compat: Path, tmp_path: Path, assert_one_line_error, run_script) ->
     result = run_script("export_model", str(compat / "unet3d.h5"), "x.zip", "--bioimageio",
                         "--weights", "onnx", cwd=tmp_path)
     assert_one_line_error(result, "onnx")
+
+
+def test_only_real_warnings_become_warning_lines() -> None:
+    """bioimageio.core (0.11) reports "all elements agree" as a warning entry of severity INFO
+    (20); the command printed it as three `warning:` lines (issue 28 item 7)."""
+    from types import SimpleNamespace as Entry
+
+    from unetsl.export.validation import summary_lines
+
+    detail = Entry(errors=[], warnings=[
+        Entry(loc=("weights", "keras_hdf5"), severity=20,
+              msg="Output `output0`: all elements agree with expected values."),
+        Entry(loc=("weights", "keras_hdf5"), severity=30,
+              msg="Output `output0`: 3 of 4096 elements disagree with expected values."),
+        Entry(loc=(), msg="a spec warning without a severity")])
+    lines = summary_lines(Entry(details=[detail]), "m.zip")
+    assert lines == [
+        "warning: m.zip/rdf.yaml weights.keras_hdf5: Output `output0`: 3 of 4096 elements "
+        "disagree with expected values.",
+        "warning: m.zip/rdf.yaml: a spec warning without a severity"]

@@ -63,17 +63,19 @@ def label_file_dtype(top: int, path: str | os.PathLike) -> np.dtype:
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray,
-                 spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "micron") -> Path:
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "micron", *,
+                 frame_interval: float | None = None) -> Path:
     """Write (t, z, y, x) labels with their scale in the format of the name
     (``unetsl.io.outputs``: an ImageJ TZYX hyperstack, OME-Zarr labels that napari opens as a
-    Labels layer, or .npy)."""
+    Labels layer, or .npy); ``frame_interval`` (seconds between frames, None when unknown)
+    keeps the movie's timing, so the cells line up with it in Fiji and napari."""
     labels = _labels4d(labels)
     check_spacing(spacing)
     if not Path(path).parent.is_dir():
         raise UnetslError(f"folder for {path} does not exist")
     dtype = label_file_dtype(int(labels.max()) if labels.size else 0, path)
     return write_output(path, labels[:, None].astype(dtype), spacing=tuple(spacing),
-                        unit=unit, labels=True)
+                        unit=unit, labels=True, frame_interval=frame_interval)
 
 
 write_labels_tiff = write_labels  # the name of the TIFF-only writer of earlier versions

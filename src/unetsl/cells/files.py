@@ -175,7 +175,8 @@ def segment_file(
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
     labels, tracks = result.labels, result.tracks
 
-    written = [write_labels(output, labels, image.spacing, unit=image.unit)]
+    written = [write_labels(output, labels, image.spacing, unit=image.unit,
+                            frame_interval=image.frame_interval)]
     if tracks:  # ids as in the label image: segment_array already split the gaps
         written.append(write_ctc_tracks(tracks, tracks_path(output)))
     for kind, path in files.items():

@@ -3,6 +3,7 @@ as one line each (``located``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 from unetsl.errors import UnetslError
 
-__all__ = ["located", "one_line", "validate_package"]
+__all__ = ["located", "one_line", "summary_lines", "validate_package"]
 
 
 def validate_package(path: str | os.PathLike) -> tuple[str, str, list[str]]:
@@ -51,6 +52,13 @@ def validate_package(path: str | os.PathLike) -> tuple[str, str, list[str]]:
             summary = run(source)
         finally:
             os.chdir(previous)
+    return str(summary.status), tool, summary_lines(summary, source)
+
+
+def summary_lines(summary: Any, source: str | os.PathLike) -> list[str]:
+    """One line per error and per warning of a validation summary. bioimageio.core files
+    its successes ("all elements agree with expected values") as warnings of severity INFO:
+    those are left out, so that a ``warning:`` line always means something to look at."""
     messages = []
     offline_hint = ("(bioimageio.spec looks GitHub users up online; without a network the "
                     "check fails: export without --github-user, or validate online)")
@@ -60,8 +68,9 @@ def validate_package(path: str | os.PathLike) -> tuple[str, str, list[str]]:
             if "Name or service not known" in err.msg or "connect" in err.msg.lower():
                 messages.append(offline_hint)
         for warning in detail.warnings:
-            messages.append(located("warning", source, warning.loc, warning.msg))
-    return str(summary.status), tool, messages
+            if getattr(warning, "severity", logging.WARNING) >= logging.WARNING:
+                messages.append(located("warning", source, warning.loc, warning.msg))
+    return messages
 
 
 def located(kind: str, package: str | os.PathLike, loc: Sequence[Any], message: str) -> str:

@@ -24,6 +24,7 @@ import tifffile
 
 from unetsl.errors import UnetslError
 from unetsl.io import tiff as uio
+from unetsl.io import timing
 from unetsl.io.omezarr import open_zarr
 
 __all__ = ["LazyImage", "OutputTiff", "open_image"]
@@ -34,7 +35,7 @@ class LazyImage:
     """An image whose pixels are read on demand.
 
     data : has ``shape`` (t, c, z, y, x), ``dtype`` and ``read(t, zs, ys, xs) -> (c, z, y, x)``.
-    spacing, unit, time_as_depth, path : as ``unetsl.io.tiff.Image``.
+    spacing, unit, time_as_depth, path, frame_interval : as ``unetsl.io.tiff.Image``.
     """
 
     data: Any
@@ -42,6 +43,7 @@ class LazyImage:
     unit: str = "pixel"
     time_as_depth: bool = False
     path: str | None = None
+    frame_interval: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -199,17 +201,17 @@ def open_image(path: str | os.PathLike, *, depth_wanted: int = 1) -> LazyImage:
         from unetsl.io.arrays import ArraySource
 
         return LazyImage(ArraySource(image.data), image.spacing, image.unit,
-                         image.time_as_depth, name)
+                         image.time_as_depth, name, image.frame_interval)
 
 
 def _lazy(array, axes: str, name: str, depth_wanted: int, spacing=(1.0, 1.0, 1.0),
-          unit: str = "pixel") -> LazyImage:
+          unit: str = "pixel", frame_interval: float | None = None) -> LazyImage:
     view = _AxesView(array, axes, source=name)
     t, _, z = view.shape[:3]
     swap = depth_wanted > 1 and t > 1 and z == 1
     if swap:
         view = _AxesView(array, axes, swap_tz=True, source=name)
-    return LazyImage(view, tuple(spacing), unit, swap, name)
+    return LazyImage(view, tuple(spacing), unit, swap, name, frame_interval)
 
 
 def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
@@ -223,12 +225,7 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
         if not tif.series:
             raise UnetslError(f"{name}: TIFF file holds no image")
         series = tif.series[0]
-        if series.kind == "ome" and tif.ome_metadata:
-            spacing, unit = uio._ome_calibration(tif.ome_metadata)
-        elif tif.imagej_metadata is not None:
-            spacing, unit = uio._imagej_calibration(tif.imagej_metadata, tif.pages[0])
-        else:
-            spacing, unit = (1.0, 1.0, 1.0), "pixel"
+        spacing, unit, interval = uio.tiff_calibration(tif)
         axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
         offset = series.dataoffset
         if offset is not None and dtype is not None and len(shape) >= 2:
@@ -246,7 +243,7 @@ def _open_tiff(name: str, depth_wanted: int) -> LazyImage:
             array = zarr.open(series.aszarr(), mode="r")
             if isinstance(array, zarr.Group):  # a pyramid: the full resolution
                 array = array["0"]
-    return _lazy(array, axes, name, depth_wanted, spacing, unit)
+    return _lazy(array, axes, name, depth_wanted, spacing, unit, interval)
 
 
 def _open_zarr(name: str, depth_wanted: int) -> LazyImage:
@@ -254,7 +251,8 @@ def _open_zarr(name: str, depth_wanted: int) -> LazyImage:
     single-process and the Dask paths)."""
 
     image = open_zarr(name, depth_wanted=depth_wanted)
-    return LazyImage(image.data, image.spacing, image.unit, image.time_as_depth, name)
+    return LazyImage(image.data, image.spacing, image.unit, image.time_as_depth, name,
+                     image.frame_interval)
 
 
 #: unetsl's unit names -> OME's UnitsLength names (others are left out of OME metadata)
@@ -262,13 +260,17 @@ _OME_UNITS = {"micron": "µm", "microns": "µm", "um": "µm", "µm": "µm", "nm"
               "mm": "mm", "pixel": "pixel"}
 
 
-def _ome_metadata(spacing: tuple[float, float, float], unit: str) -> dict:
-    """OME-XML pixel sizes (z, y, x) in OME's unit names, for tifffile's ``ome=True``."""
-    metadata = {"axes": "TZCYX"}
+def _ome_metadata(spacing: tuple[float, float, float], unit: str,
+                  frame_interval: float | None = None) -> dict:
+    """OME-XML pixel sizes (z, y, x) in OME's unit names and, when known, the frame interval
+    (TimeIncrement in s), for tifffile's ``ome=True``."""
+    metadata: dict[str, Any] = {"axes": "TZCYX"}
     for axis, size in zip("ZYX", spacing):
         metadata[f"PhysicalSize{axis}"] = size
         if unit in _OME_UNITS:
             metadata[f"PhysicalSize{axis}Unit"] = _OME_UNITS[unit]
+    if frame_interval is not None:
+        metadata.update(TimeIncrement=frame_interval, TimeIncrementUnit=timing.OME_TIME_UNIT)
     return metadata
 
 
@@ -280,11 +282,12 @@ class OutputTiff:
         ``time_as_depth`` z holds the frames of a 2D time series and goes back to T in the
         file, as ``unetsl.io.tiff.write_like`` does. The file is complete once every voxel has
         been written (unwritten voxels read as 0).
+    frame_interval : seconds between frames (ImageJ finterval, OME TimeIncrement), or None.
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype, *,
                  spacing=(1.0, 1.0, 1.0), unit: str = "pixel", time_as_depth: bool = False,
-                 ome: bool = False):
+                 ome: bool = False, frame_interval: float | None = None):
         self.path = str(path)
         self.dtype = np.dtype(dtype)
         if self.dtype not in uio._IMAGEJ_DTYPES:
@@ -295,11 +298,11 @@ class OutputTiff:
         sz, sy, sx = (float(s) for s in spacing)
         if min(sz, sy, sx) <= 0:
             raise UnetslError(f"{path}: pixel size must be positive, got {tuple(spacing)}")
+        interval = timing.check_interval(frame_interval, path)
         if ome:
-            kind = {"ome": True, "metadata": _ome_metadata((sz, sy, sx), unit)}
+            kind = {"ome": True, "metadata": _ome_metadata((sz, sy, sx), unit, interval)}
         else:
-            kind = {"imagej": True, "metadata": {"axes": "TZCYX", "spacing": sz,
-                                                 "unit": uio._imagej_text(unit)}}
+            kind = {"imagej": True, "metadata": uio.imagej_metadata(sz, unit, interval)}
         result = tifffile.imwrite(self.path, shape=self.file_shape, dtype=self.dtype,
                                   photometric="minisblack", resolution=(1.0 / sx, 1.0 / sy),
                                   returnoffset=True, **kind)

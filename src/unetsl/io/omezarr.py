@@ -45,6 +45,7 @@ import numpy as np
 
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import Image
+from unetsl.io.timing import ngff_interval
 
 __all__ = [
     "NGFF_VERSIONS",
@@ -215,6 +216,7 @@ class ZarrImage:
 
     data : ``ZarrView``, (t, c, z, y, x). axes : the file's axes, e.g. "zyx" or "tczyx".
     spacing : pixel size (z, y, x) in ``unit``. levels : number of resolution levels.
+    frame_interval : seconds between frames (the "t" axis' scale in a time unit), or None.
     """
 
     data: ZarrView
@@ -227,6 +229,7 @@ class ZarrImage:
     version: str | None = None  # the NGFF version, None for a plain zarr array
     name: str | None = None
     attrs: dict = field(default_factory=dict)
+    frame_interval: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -353,6 +356,7 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
         raise UnetslError(f"{name}: not a zarr array or OME-Zarr image "
                           f"({_one_line(exc)})") from exc
     spacing, unit, version, levels, label = [1.0, 1.0, 1.0], "pixel", None, 1, None
+    interval = None
     array_path = None
     attrs: dict = {}
     if isinstance(node, zarr.Group):
@@ -389,6 +393,8 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
         units = {str(a.name)[:1].lower(): a.unit for a in multiscale.axes
                  if isinstance(a.unit, str)}
         unit = unetsl_unit(units.get("x") or units.get("y"))
+        if "t" in letters:
+            interval = ngff_interval(scale[letters.index("t")], units.get("t"))
         label = multiscale.name if isinstance(multiscale.name, str) else None
     else:
         array = node
@@ -403,7 +409,7 @@ def open_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
     if swap:
         view = ZarrView(array, letters, swap_tz=True, path=name, array_path=array_path)
     return ZarrImage(view, letters, tuple(spacing), unit, swap, name, levels, version,
-                     label, attrs)
+                     label, attrs, interval)
 
 
 def read_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0):
@@ -411,6 +417,6 @@ def read_zarr(path: str | os.PathLike, *, depth_wanted: int = 1, level: int = 0)
 
     image = open_zarr(path, depth_wanted=depth_wanted, level=level)
     return Image(image.data[:, :, :, :, :], image.spacing, image.unit, image.time_as_depth,
-                 image.path)
+                 image.path, image.frame_interval)
 
 

@@ -31,6 +31,7 @@ from unetsl.errors import UnetslError
 from unetsl.io.omezarr import AXES, NGFF_VERSIONS, _one_line, _zarr, ngff_unit
 from unetsl.io.pyramid import _downsample_into
 from unetsl.io.row_buffer import ChunkRowBuffer
+from unetsl.io.timing import NGFF_TIME_UNIT, check_interval
 
 # ----------------------------------------------------------------------------------- writing
 
@@ -214,6 +215,7 @@ class OutputOmeZarr:
         levels written (1 = full resolution only). version : NGFF "0.4" (zarr v2) or "0.5"
         (zarr v3). labels : mark the image as a label image (napari opens a Labels layer)
         and downsample by nearest neighbour. compress : Blosc/zstd chunks (default) or raw.
+        frame_interval : seconds between frames, the scale of the t axis (unit "second").
 
     ``write`` follows ``unetsl.predict.engine``'s sink interface. Writes that cover whole rows of
     chunks go straight to the store; the predictor's thinner rows are gathered in a buffer
@@ -224,7 +226,8 @@ class OutputOmeZarr:
                  axes: str | None = None, chunks: Sequence[int] | None = None,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "pixel",
                  time_as_depth: bool = False, levels: int = 1, version: str = "0.4",
-                 labels: bool = False, name: str | None = None, compress: bool = True):
+                 labels: bool = False, name: str | None = None, compress: bool = True,
+                 frame_interval: float | None = None):
         zarr = _zarr()
         self.path = os.fspath(path)
         self.shape = tuple(int(s) for s in shape)
@@ -244,6 +247,7 @@ class OutputOmeZarr:
         self.version, self.levels, self.labels = version, levels, labels
         self.compress = compress
         self.spacing, self.unit, self.time_as_depth = spacing, unit, time_as_depth
+        self.frame_interval = check_interval(frame_interval, self.path)
         self.axes = (axes or output_axes(None, self.shape, time_as_depth)).lower()
         self.layout = _Layout(self.axes, time_as_depth)
         if set(self.axes) - set(AXES) or [a for a in AXES if a in self.axes] != list(self.axes) \
@@ -300,15 +304,14 @@ class OutputOmeZarr:
         level is added, so that a store always lists the levels it holds)."""
         from ome_zarr.writer import add_metadata, get_metadata, write_multiscales_metadata
 
-        sizes = dict(zip("zyx", self.spacing))
+        sizes = {**dict(zip("zyx", self.spacing)), "t": self.frame_interval or 1.0, "c": 1.0}
         datasets = [{"path": str(level), "coordinateTransformations": [{
             "type": "scale",
-            "scale": [sizes[a] * (2 ** level if a in "yx" else 1) if a in "zyx" else 1.0
-                      for a in self.axes]}]} for level in range(levels)]
-        unit = ngff_unit(self.unit)
+            "scale": [sizes[a] * (2 ** level if a in "yx" else 1) for a in self.axes]}]}
+            for level in range(levels)]
         write_multiscales_metadata(
             self.group, datasets, fmt=self.format, axes=list(self.axes), name=self.name,
-            axes_units={a: unit for a in self.axes if a in "zyx"} if unit else None,
+            axes_units=self._axes_units(),
             metadata={"method": "unetsl.io.omezarr downsample_2x",
                       "version": _unetsl_version()})
         # what write_multiscales_metadata has no argument for: the downsampling "type",
@@ -320,6 +323,15 @@ class OutputOmeZarr:
         if self.labels:
             extra["image-label"] = {"version": self.version} if self.version == "0.4" else {}
         add_metadata(self.group, extra, fmt=self.format)
+
+    def _axes_units(self) -> dict[str, str] | None:
+        """NGFF units of the axes: the spatial unit on z, y, x and, when the frame interval
+        is known, "second" on t (so viewers show the movie's timing)."""
+        unit = ngff_unit(self.unit)
+        units = {a: unit for a in self.axes if a in "zyx"} if unit else {}
+        if self.frame_interval is not None and "t" in self.axes:
+            units["t"] = NGFF_TIME_UNIT
+        return units or None
 
     # ---------------------------------------------------------------------------- writes
     def __setitem__(self, key: tuple, block: np.ndarray) -> None:
@@ -404,10 +416,10 @@ def write_ome_zarr(path: str | os.PathLike, data: Any, *, axes: str | None = Non
                    chunks: Sequence[int] | None = None,
                    spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "pixel",
                    time_as_depth: bool = False, levels: int = 1, version: str = "0.4",
-                   labels: bool = False, name: str | None = None, compress: bool = True
-                   ) -> Path:
+                   labels: bool = False, name: str | None = None, compress: bool = True,
+                   frame_interval: float | None = None) -> Path:
     """Write a whole (t, c, z, y, x) array (NumPy, or Dask: stored chunk by chunk) as
-    OME-Zarr, atomically. Returns the path."""
+    OME-Zarr, atomically (``frame_interval``: seconds between frames). Returns the path."""
     target = Path(os.fspath(path))
     shape = tuple(int(s) for s in data.shape)
     if len(shape) != 5:
@@ -416,7 +428,8 @@ def write_ome_zarr(path: str | os.PathLike, data: Any, *, axes: str | None = Non
         out = OutputOmeZarr(tmp, shape, data.dtype, axes=axes, chunks=chunks, spacing=spacing,
                             unit=unit, time_as_depth=time_as_depth, levels=levels,
                             version=version, labels=labels,
-                            name=name or target.name.split(".")[0], compress=compress)
+                            name=name or target.name.split(".")[0], compress=compress,
+                            frame_interval=frame_interval)
         if hasattr(data, "dask"):
             import dask.array as da
 

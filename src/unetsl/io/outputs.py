@@ -90,13 +90,15 @@ def open_output(path: str | os.PathLike, shape: Sequence[int], dtype: Any, *,
                 spacing: Sequence[float] = (1.0, 1.0, 1.0), unit: str = "pixel",
                 time_as_depth: bool = False, labels: bool = False,
                 like_axes: str | None = None, chunks: Sequence[int] | None = None, levels: int = 1,
-                client: Any = None) -> Iterator[Any]:
+                client: Any = None, frame_interval: float | None = None) -> Iterator[Any]:
     """A writer of a (t, c, z, y, x) image of ``shape`` at ``path``, its format chosen by
     the name; it replaces ``path`` when the ``with`` block ends without an error.
 
     labels : a label image (OME-Zarr: napari opens a Labels layer; lower levels by nearest
         neighbour). like_axes, chunks, levels, client : OME-Zarr only (the input's axes and
         chunks to copy, resolution levels, a Dask client that builds them).
+    frame_interval : seconds between frames (ImageJ finterval, OME TimeIncrement, OME-Zarr
+        t scale), None when unknown; a .npy array has no place for it.
     """
     target = Path(path)
     kind = output_format(target)
@@ -109,7 +111,7 @@ def open_output(path: str | os.PathLike, shape: Sequence[int], dtype: Any, *,
                                 axes=output_axes(like_axes, shape, time_as_depth),
                                 chunks=chunks, spacing=spacing, unit=unit,
                                 time_as_depth=time_as_depth, levels=levels, labels=labels,
-                                name=target.name.split(".")[0])
+                                name=target.name.split(".")[0], frame_interval=frame_interval)
             out.client = client
             with out:
                 yield out
@@ -120,7 +122,8 @@ def open_output(path: str | os.PathLike, shape: Sequence[int], dtype: Any, *,
         else:
             ome = split_suffix(target)[1].lower().startswith(".ome.")
             writer = OutputTiff(tmp, shape, dtype, spacing=spacing, unit=unit,
-                                time_as_depth=time_as_depth, ome=ome)
+                                time_as_depth=time_as_depth, ome=ome,
+                                frame_interval=frame_interval)
         with writer:
             yield writer
 

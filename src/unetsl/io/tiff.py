@@ -17,6 +17,7 @@ import tifffile
 
 from unetsl.atomic import atomic_path
 from unetsl.errors import UnetslError
+from unetsl.io import timing
 
 __all__ = ["Image", "read_image", "write_image", "write_like", "match_channels"]
 
@@ -38,6 +39,8 @@ class Image:
     spacing : pixel size (z, y, x) in ``unit``.
     time_as_depth : frames of a 2D time series were moved to z on reading;
         ``write_like`` moves them back so Fiji sees frames again.
+    frame_interval : seconds between frames (None: unknown), kept so outputs of a
+        time-lapse movie show its timing.
     """
 
     data: np.ndarray
@@ -45,6 +48,7 @@ class Image:
     unit: str = "pixel"
     time_as_depth: bool = False
     path: str | None = None
+    frame_interval: float | None = None
 
 
 def read_image(path: str | os.PathLike, *, depth_wanted: int = 1) -> Image:
@@ -100,13 +104,24 @@ def _read_tiff(name: str) -> Image:
             raise UnetslError(f"{name}: TIFF file holds no image")
         series = tif.series[0]
         data = _to_tczyx(series.asarray(), series.axes, name)
-        if series.kind == "ome" and tif.ome_metadata:
-            spacing, unit = _ome_calibration(tif.ome_metadata)
-        elif tif.imagej_metadata is not None:
-            spacing, unit = _imagej_calibration(tif.imagej_metadata, tif.pages[0])
-        else:
-            spacing, unit = (1.0, 1.0, 1.0), "pixel"
-    return Image(data, spacing=spacing, unit=unit, path=name)
+        spacing, unit, interval = tiff_calibration(tif)
+    return Image(data, spacing=spacing, unit=unit, path=name, frame_interval=interval)
+
+
+def tiff_calibration(tif: tifffile.TiffFile
+                     ) -> tuple[tuple[float, float, float], str, float | None]:
+    """(pixel size (z, y, x), unit, frame interval in seconds) of an open TIFF: from its
+    OME-XML or ImageJ description (one reading for the eager and the lazy path)."""
+    if tif.series[0].kind == "ome" and tif.ome_metadata:
+        pixels = _ome_pixels(tif.ome_metadata)
+        return (*_ome_calibration(pixels), timing.ome_interval(pixels))
+    meta = tif.imagej_metadata
+    if meta is not None:
+        tunit = meta.get("tunit")
+        interval = timing.imagej_interval(
+            meta.get("finterval"), None if tunit is None else _unescape_imagej(str(tunit)))
+        return (*_imagej_calibration(meta, tif.pages[0]), interval)
+    return (1.0, 1.0, 1.0), "pixel", None
 
 
 def to_tczyx(data: np.ndarray, axes: str, *, source: str = "array") -> np.ndarray:
@@ -152,12 +167,17 @@ def _unescape_imagej(text: str) -> str:
     return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
 
 
-def _ome_calibration(xml: str) -> tuple[tuple[float, float, float], str]:
-    """PhysicalSize{Z,Y,X} and the X unit of the first OME image."""
+def _ome_pixels(xml: str) -> dict:
+    """The Pixels element of the first OME image, as a dict."""
     image = tifffile.xml2dict(xml).get("OME", {}).get("Image", {})
     if isinstance(image, list):
         image = image[0] if image else {}
     pixels = image.get("Pixels", {})
+    return pixels if isinstance(pixels, dict) else {}
+
+
+def _ome_calibration(pixels: dict) -> tuple[tuple[float, float, float], str]:
+    """PhysicalSize{Z,Y,X} and the X unit of an OME Pixels element."""
     if "PhysicalSizeX" not in pixels:
         return (1.0, 1.0, 1.0), "pixel"
     spacing = tuple(_positive(pixels.get(f"PhysicalSize{a}"), 1.0) for a in "ZYX")
@@ -178,7 +198,7 @@ def _one_line(exc: BaseException) -> str:
 
 def write_image(path: str | os.PathLike, data: np.ndarray, *,
                 spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), unit: str = "pixel",
-                time_as_depth: bool = False) -> None:
+                time_as_depth: bool = False, frame_interval: float | None = None) -> None:
     """Write an ImageJ hyperstack (TZCYX) that Fiji opens with the right calibration.
 
     data : (t, c, z, y, x) ndarray; 2-D (y, x), 3-D (z, y, x) and 4-D (c, z, y, x)
@@ -186,6 +206,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray, *,
         where possible (see ``_imagej_dtype``).
     spacing : pixel size (z, y, x) in ``unit``.
     time_as_depth : z holds the frames of a 2D time series; written back as frames.
+    frame_interval : seconds between frames (ImageJ's finterval), None when unknown.
     """
     data = np.asarray(data)
     if data.ndim not in _NPY_AXES:
@@ -198,17 +219,28 @@ def write_image(path: str | os.PathLike, data: np.ndarray, *,
     if min(sz, sy, sx) <= 0:
         raise UnetslError(f"{path}: pixel size must be positive, got {tuple(spacing)}")
     data = _imagej_dtype(data)
-    metadata = {"axes": "TZCYX", "spacing": sz, "unit": _imagej_text(unit)}
+    metadata = imagej_metadata(sz, unit, timing.check_interval(frame_interval, path))
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(data.transpose(0, 2, 1, 3, 4)),
                          imagej=True, photometric="minisblack",
                          resolution=(1.0 / sx, 1.0 / sy), metadata=metadata)
 
 
+def imagej_metadata(spacing_z: float, unit: str, frame_interval: float | None) -> dict:
+    """tifffile's ImageJ metadata of a TZCYX hyperstack: z spacing, unit and, when known,
+    the frame interval (finterval in tunit "sec", as Fiji shows it)."""
+    metadata: dict = {"axes": "TZCYX", "spacing": spacing_z, "unit": _imagej_text(unit)}
+    if frame_interval is not None:
+        metadata.update(finterval=frame_interval, tunit=timing.IMAGEJ_TIME_UNIT)
+    return metadata
+
+
 def write_like(path: str | os.PathLike, data: np.ndarray, like: Image) -> None:
-    """Write ``data`` with the calibration and frame/z layout of the image it came from."""
+    """Write ``data`` with the calibration, frame interval and frame/z layout of the image it
+    came from."""
     write_image(path, data, spacing=like.spacing, unit=like.unit,
-                time_as_depth=like.time_as_depth)
+                time_as_depth=like.time_as_depth,
+                frame_interval=like.frame_interval)
 
 
 def _imagej_dtype(data: np.ndarray) -> np.ndarray:

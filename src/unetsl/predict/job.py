@@ -383,12 +383,14 @@ def _open_sinks(stack: contextlib.ExitStack, paths: list[Path], tiling: _Tiling,
                 source: _Input, probabilities: bool, levels: int,
                 client: Any) -> tuple[list[_FileSink], list[Path]]:
     """Every output file opened for writing block by block (``unetsl.io.outputs``: the
-    format from the name, written atomically), in the order they are listed."""
+    format from the name, written atomically), in the order they are listed; each keeps the
+    input's pixel size and frame interval, so a prediction overlays the movie it came from."""
 
     t, _, zs, ys, xs = source.data.shape
     like = _zarr_like(source.name, source.depth)
     image = source.image
     options = dict(spacing=image.spacing, unit=image.unit, time_as_depth=image.time_as_depth,
+                   frame_interval=image.frame_interval,
                    like_axes=like.axes if like is not None else None,
                    chunks=(1, 1, *like.chunks[2:]) if like is not None else None,
                    levels=levels, client=client)
