@@ -15,8 +15,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Lower layers first; a module may import its own layer and those before it. Prediction
 #: sits below training because training predicts its "samples to predict" every epoch.
-LAYERS = ("errors", "atomic", "config", "io", "data", "nets", "predict", "training", "cells",
-          "evaluate", "export", "cli")
+LAYERS = ("errors", "atomic", "quiet_tensorflow", "config", "io", "data", "nets", "predict",
+          "training", "cells", "evaluate", "export", "cli")
 #: The front ends share the top layer: the console scripts (cli) and the napari plugin. Each
 #: may import every library layer, none imports another front end.
 FRONT_ENDS = ("cli", "napari")

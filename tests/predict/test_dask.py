@@ -215,6 +215,10 @@ def test_predict_image_dask_zarr_equals_one_process(work, run_script):
                      "--probabilities", "--dask", "local:2", "--levels", "2", cwd=work)
     assert two.returncode == 0, two.stderr
     assert "dask:" in two.stderr and "on 2 workers" in two.stderr
+    # the workers' TensorFlow start-up banner and distributed's shutdown chatter stay out
+    noise = [line for line in two.stderr.splitlines()
+             if not line.startswith(("info: ", "warning: ", "time point"))]
+    assert noise == [], two.stderr
     a = omezarr.open_zarr(work / "one-prob.ome.zarr")
     b = omezarr.open_zarr(work / "two-prob.ome.zarr")
     assert (b.axes, b.chunks, b.spacing, b.unit) == ("czyx", (1, 1, 2, 32, 32), (2.0, 0.5, 0.5),

@@ -101,6 +101,10 @@ def test_advice_leaves_out_what_the_config_already_does():
     assert done._try(*advice) == "; try foreground sampling"
     assert LearningWatch(np.zeros(1), validation=True)._try(*advice) == (
         "; try the Dice + BCE loss and foreground sampling")
+    per_head = LearningWatch(np.zeros(1), validation=True, settings={"loss function": {
+        "distance": "unetsl.model.logMse", "membrane": "unetsl.channelDiceBceLoss"}})
+    assert per_head._try(*advice, head="membrane") == "; try foreground sampling"
+    assert per_head._try(*advice) == "; try the Dice + BCE loss and foreground sampling"
 
 
 def _one_layer(activation: str, bias: float, channels: int = 2):

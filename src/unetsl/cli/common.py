@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from unetsl.errors import UnetslError
+from unetsl.quiet_tensorflow import import_tensorflow_quietly
 
 # Keep TensorFlow's C++ start-up chatter out of the user's terminal and Slurm logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,30 +37,6 @@ def setup_logging() -> None:
     logger.setLevel(logging.INFO)
     # Keras' advice to prefer .keras over .h5 (we keep .h5 on purpose) and similar noise.
     logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up banner (oneDNN, CUDA probing) silenced.
-
-    Those lines are written by native code before any Python setting applies, so
-    stderr is pointed at /dev/null at the file-descriptor level while TensorFlow
-    loads and looks for devices. Python exceptions still propagate normally.
-    """
-    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: F401
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-        tf.constant(0)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def one_line_errors(func: Callable[..., Any] | None = None, *, tensorflow: bool = True):

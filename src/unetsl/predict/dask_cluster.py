@@ -11,6 +11,7 @@ from typing import Any
 
 from unetsl.errors import UnetslError
 from unetsl.predict.dask_workers import THREADS_ENV
+from unetsl.quiet_tensorflow import import_tensorflow_quietly
 
 log = logging.getLogger("unetsl")
 
@@ -114,10 +115,24 @@ def dask_client(spec: str, *, wait: float = 600.0, **options: Any) -> Iterator[A
             except TimeoutError:
                 raise UnetslError(f"--dask {spec}: no worker joined within {wait:.0f} s") \
                     from None
+        client.run(import_tensorflow_quietly)  # each worker's banner goes to /dev/null
         yield client
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            _close_quietly(cluster)
+
+
+def _close_quietly(cluster: Any) -> None:
+    """Close a cluster we started without distributed's "Worker process still alive after
+    4.0 seconds, killing" warning: a worker busy unloading TensorFlow is expected to take
+    that long, and the user can do nothing about it."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    try:
+        cluster.close()
+    finally:
+        nanny.setLevel(level)
 
 

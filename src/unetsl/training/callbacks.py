@@ -141,6 +141,13 @@ def _channel_order(key: str) -> tuple[str, int]:
     return head, int(k)
 
 
+def _head_of(score: str) -> str | None:
+    """The output a per-channel score belongs to ("membrane-scale_f1_1" -> "membrane-scale"),
+    None for a one-output model's "f1_1"."""
+    head, _, _ = score.rpartition("_f1_")
+    return head or None
+
+
 class LearningWatch(keras.callbacks.Callback):
     """Say in one line when training has gone wrong, instead of letting it run on silently.
 
@@ -165,9 +172,18 @@ class LearningWatch(keras.callbacks.Callback):
         self.said: set[str] = set()
         self.settings = settings or {}  # the config: advice only for what it does not use
 
-    def _try(self, *advice: tuple[str, Any, str]) -> str:
-        """'try A and B' from (key, value, text) pairs whose key does not already hold value."""
-        chosen = [text for key, value, text in advice if self.settings.get(key) != value]
+    def _try(self, *advice: tuple[str, Any, str], head: str | None = None) -> str:
+        """'try A and B' from (key, value, text) pairs whose key does not already hold value;
+        a per-head value (a cerberus config's {head: loss}) is that of ``head``, or of
+        every head when the warning names none."""
+        def holds(key: str, value: Any) -> bool:
+            found = self.settings.get(key)
+            if isinstance(found, dict):
+                chosen = [found[head]] if head in found else list(found.values())
+                return bool(chosen) and all(v == value for v in chosen)
+            return found == value
+
+        chosen = [text for key, value, text in advice if not holds(key, value)]
         return "; try " + " and ".join(chosen) if chosen else ""
 
     def _warn(self, key: str, message: str) -> None:
@@ -192,7 +208,7 @@ class LearningWatch(keras.callbacks.Callback):
                     ("loss function", "unetsl.channelDiceBceLoss",
                      '"loss function": "unetsl.channelDiceBceLoss"'),
                     ("normalization percentiles", [1, 99.8],
-                     '"normalization percentiles": [1, 99.8]'))))
+                     '"normalization percentiles": [1, 99.8]'), head=name)))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
 
@@ -225,4 +241,4 @@ class LearningWatch(keras.callbacks.Callback):
                         ("sampling", "foreground", '"sampling": "foreground"'),
                         ("loss function", "unetsl.channelDiceBceLoss",
                          '"loss function": "unetsl.channelDiceBceLoss"'),
-                        ("", 0, "more epochs"))))
+                        ("", 0, "more epochs"), head=_head_of(key[len(self.prefix):]))))
