@@ -177,7 +177,7 @@ def test_paths_typed_elsewhere_are_stored_relative_to_the_config(project):
 
 def press(menu, *keys):
     for key in keys:
-        if len(key) > 1 and key not in ("enter", "tab", "esc", "backspace"):
+        if len(key) > 1 and key not in ("enter", "tab", "esc", "backspace", "ctrl c"):
             for ch in key:
                 menu.keypress(SIZE, ch)
         else:
@@ -217,9 +217,38 @@ def test_menu_tab_completion_and_escape(project):
     assert "labels/  labels-dist/" in menu.transcript()
     press(menu, "backspace", "backspace", "backspace", "backspace", "backspace", "backspace")
     assert menu.edit.edit_text == ""
+    press(menu, "esc")  # back to the menu: nothing was added, nothing to save
+    assert "back to the menu (the source being added was dropped)" in menu.transcript()
+    assert dialogue.state == "main" and not dialogue.done
     with pytest.raises(urwid.ExitMainLoop):
-        press(menu, "esc")
-    assert menu.cancelled and not dialogue.done
+        press(menu, "esc")  # at the menu, with nothing changed: leave
+    assert dialogue.done and not dialogue.save
+
+
+def test_escape_steps_back_without_losing_added_sources(project):
+    """Esc used to be the only way out of a question and dropped every unsaved source
+    (issue 28 item 7); now it goes back one step and asks before leaving."""
+    dialogue = AttachDialogue([], project, cwd=project)
+    menu = AttachMenu(dialogue)
+    press(menu, "1", "enter", "images", "enter", "labels", "enter", "enter", "1", "enter")
+    assert dialogue.entries == [PAIRED_MULTICLASS]
+    press(menu, "2", "enter", "images", "enter", "esc")  # a second source, abandoned
+    assert dialogue.state == "main" and dialogue.entries == [PAIRED_MULTICLASS]
+    press(menu, "esc")  # from the menu with an unsaved source: the save question
+    assert screen(menu).rstrip().endswith("save y/[n]?")
+    with pytest.raises(urwid.ExitMainLoop):
+        press(menu, "y", "enter")
+    assert dialogue.save and dialogue.entries == [PAIRED_MULTICLASS]
+    again = AttachMenu(AttachDialogue([], project, cwd=project))
+    press(again, "1", "enter", "images", "enter", "labels", "enter", "enter", "1", "enter")
+    press(again, "esc")
+    with pytest.raises(urwid.ExitMainLoop):
+        press(again, "esc")  # Esc at the save question: leave without saving
+    assert again.dialogue.done and not again.dialogue.save
+    ctrl_c = AttachMenu(AttachDialogue([], project, cwd=project))
+    with pytest.raises(urwid.ExitMainLoop):
+        press(ctrl_c, "1", "enter", "ctrl c")
+    assert ctrl_c.cancelled
 
 
 def test_complete_path(tmp_path, monkeypatch):

@@ -3,7 +3,9 @@
 It looks and answers like the original's plain prompts: the questions of
 :class:`unetsl.data.attach.AttachDialogue` scroll up as a transcript, the current question is
 the caption of the input line, Enter answers it, Tab completes file names (twice shows the
-choices, like readline), Esc or Ctrl-C leaves without saving.
+choices, like readline). Esc steps back: from a question about a source to the menu, from
+the menu to the save question when sources changed (a second Esc leaves without saving);
+Ctrl-C leaves at once without saving.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class AttachMenu:
         self.edit = urwid.Edit()
         self.walker = urwid.SimpleFocusListWalker([])
         self.listbox = urwid.ListBox(self.walker)
-        header = urwid.AttrMap(urwid.Text(f"{title}   (tab: complete file names, esc: quit "
-                                          "without saving)"), "header")
+        header = urwid.AttrMap(urwid.Text(f"{title}   (tab: complete file names, esc: back, "
+                                          "ctrl-c: quit without saving)"), "header")
         self.frame = urwid.Frame(self.listbox, header=header)
         self.widget = self.frame
         self._last_key = ""
@@ -67,10 +69,22 @@ class AttachMenu:
         if key == "tab":
             self.complete(show_choices=last == "tab")
             return None
-        if key in ("esc", "ctrl c"):
+        if key == "esc":
+            self.back()
+            return None
+        if key == "ctrl c":
             self.cancelled = True
             raise urwid.ExitMainLoop()
         return self.frame.keypress(size, key)
+
+    def back(self) -> None:
+        """Esc: the dialogue's step back (see :meth:`AttachDialogue.back`)."""
+        self._say(self.edit.caption + self.edit.edit_text + "  [esc]")
+        for message in self.dialogue.back():
+            self._say(message, "note")
+        if self.dialogue.done:
+            raise urwid.ExitMainLoop()
+        self._ask()
 
     def submit(self, text: str) -> None:
         """Answer the current question with ``text``."""

@@ -171,6 +171,27 @@ class AttachDialogue:
         self.angles: list[float] = []
         self.done = False
         self.save = False
+        self._saved = copy.deepcopy(self.entries)  # what the config holds: "changed" compares
+
+    @property
+    def changed(self) -> bool:
+        """Sources were added or removed since the dialogue began."""
+        return self.entries != self._saved
+
+    def back(self) -> list[str]:
+        """Esc: one step back, never losing what was added. From a question about a source,
+        back to the menu (that source is dropped); from the menu, to the save question when
+        something changed, else finished; from the save question, finished without saving."""
+        if self.state in ("main", "save") and not (self.state == "main" and self.changed):
+            self.done, self.save = True, False
+            return []
+        if self.state == "main":
+            self.state = "save"
+            return []
+        dropped = self.state != "remove"
+        self.state, self.typed, self.angles = "main", [], []
+        return ["back to the menu" + (" (the source being added was dropped)" if dropped
+                                      else "")]
 
     # --- prompts ---------------------------------------------------------------------------
     def prompt(self) -> Prompt:
