@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from unetsl.atomic import check_writable
+from unetsl.cells.block_files import segment_file_blocks
+from unetsl.cells.blocks import BlockPlan, plan_blocks
 from unetsl.cells.export import write_labels, write_meshes, write_roi_zip
 from unetsl.cells.measure import measure, write_csv
 from unetsl.cells.segment import segment
@@ -86,12 +88,37 @@ def write_cell_file(kind: str, path: str | os.PathLike, result: CellsResult,
 
 @dataclass
 class CellsResult:
-    """What one run made: the tracked labels (t, z, y, x), their table and the files written."""
+    """What one run made: the tracked labels (t, z, y, x), their table and the files written.
 
-    labels: np.ndarray
+    A block-by-block run (frames larger than memory) keeps its labels on disk only:
+    ``labels`` is None and ``count``/``frames`` say what was written."""
+
+    labels: np.ndarray | None
     table: dict[str, np.ndarray]
     tracks: list[Any]
     written: list[Path] = field(default_factory=list)
+    count: int | None = None
+    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            ids = self.table.get("id", ())
+            self.count = len(set(np.asarray(ids).tolist())) if len(ids) else 0
+            self.frames = int(self.labels.shape[0])
+
+
+def check_block_run(source: str | os.PathLike, plan: BlockPlan, files: dict[str, Any],
+                    tracking: bool) -> None:
+    """What a block-by-block run cannot do yet, said before any work."""
+    size = "x".join(map(str, plan.shape))
+    if tracking:
+        raise UnetslError(f"{source}: frames of {size} voxels are segmented block by block, "
+                          "which does not track cells over time yet; add --no-tracking, or "
+                          'raise "cell block voxels" if memory allows')
+    if files:
+        raise UnetslError(f"{source}: frames of {size} voxels are segmented block by block, "
+                          f"which does not write --{next(iter(files))} yet; measure the label "
+                          'image afterwards, or raise "cell block voxels" if memory allows')
 
 
 def default_output(probabilities: str | os.PathLike) -> Path:
@@ -166,6 +193,12 @@ def segment_file(
 
     boundary_channel = choose_boundary_channel(settings, mode, channel, image.shape[1],
                                                probabilities)
+    plan = plan_blocks(image.shape[2:], image.spacing, settings)
+    if plan is not None:  # frames larger than "cell block voxels": block by block
+        check_block_run(probabilities, plan, files, tracking and n_t > 1)
+        count = segment_file_blocks(image, output, plan, mode=mode, settings=settings,
+                                    channel=channel, boundary_channel=boundary_channel)
+        return CellsResult(None, {}, [], [output], count=count, frames=n_t)
     maps = _channel_maps(image, channel)
     boundary = None if boundary_channel is None else _channel_maps(image, boundary_channel)
     try:

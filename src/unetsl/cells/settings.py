@@ -66,6 +66,13 @@ class CellSettings:
     division_min_overlap: float = 0.6
     #: each daughter must be between this fraction and 1 minus it of its parent's size.
     division_min_fraction: float = 0.25
+    #: a frame with more voxels is segmented block by block (``cells.blocks``), each block
+    #: padded by the halo at most this size: segmenting needs about 160 bytes per voxel, so
+    #: 8 M voxels keep one block near 1.3 GB whatever the frame's size.
+    block_voxels: int = 8_000_000
+    #: overlap (in-plane pixels) around each block: a cell cut by a block face is seen whole
+    #: within it by both blocks, which then agree on it; at least a cell's radius.
+    block_halo: float = 16.0
 
     def __post_init__(self) -> None:
         for key, (field, _) in CELL_KEYS.items():
@@ -111,6 +118,11 @@ CELL_KEYS: dict[str, tuple[str, str]] = {
                                   "fraction of a daughter inside its parent's previous region"),
     "cell division min fraction": ("division_min_fraction",
                                    "daughter size bounds f..1-f as fractions of the parent"),
+    "cell block voxels": ("block_voxels",
+                          "frames with more voxels are segmented block by block (memory: about "
+                          "160 bytes per voxel of one block)"),
+    "cell block halo": ("block_halo", "overlap around each block (in-plane pixels), at least a "
+                                      "cell's radius"),
 }
 
 #: fields that may be None (chosen from the data)
@@ -130,6 +142,8 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "track_max_gap": (int, 0, float("inf"), True),
     "division_min_overlap": (float, 0.0, 1.0, False),
     "division_min_fraction": (float, 0.0, 0.5, True),
+    "block_voxels": (int, 4096, float("inf"), True),
+    "block_halo": (float, 1.0, float("inf"), True),
 }
 
 

@@ -59,10 +59,8 @@ def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None
     result = segment_file(probabilities, output, mode=mode, channel=channel,
                           settings=cell_settings(overrides, min_size), table=table, rois=rois,
                           meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking)
-    n_cells = len(set(result.table["id"].tolist())) if len(result.table["id"]) else 0
-    frames = result.labels.shape[0]
     tracked = f", {len(result.tracks)} tracks" if result.tracks else ""
-    click.echo(f"cells: {n_cells} in {frames} time point(s){tracked}")
+    click.echo(f"cells: {result.count} in {result.frames} time point(s){tracked}")
     for path in result.written:
         click.echo(f"wrote {path}")
     return result
