@@ -138,3 +138,21 @@ def test_a_budget_too_small_for_the_halo_is_one_line(stack_file, tmp_path,
                         "-D", "cell block voxels=40000", cwd=tmp_path)
     assert_one_line_error(result, '"cell block voxels" 40000', '"cell block halo"')
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_dask_workers_segment_the_blocks_as_one_process_does(stack_file, tmp_path, run_script):
+    """segment_cells --dask local:2: worker processes open the file and write the blocks'
+    labels to the scratch folder beside the output; the labels equal the local run's."""
+    settings = ("-D", "cell block voxels=60000", "-D", "cell block halo=12")
+    local = run_script("segment_cells", str(stack_file / "prob.tif"), "local.tif", *settings,
+                       cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    spread = run_script("segment_cells", str(stack_file / "prob.tif"), "dask.ome.zarr",
+                        *settings, "--dask", "local:2", cwd=tmp_path)
+    assert spread.returncode == 0, spread.stderr
+    assert "on Dask" in spread.stderr
+    assert [line for line in spread.stderr.splitlines() if not line.startswith("info: ")] == []
+    whole = (slice(None),) * 3
+    np.testing.assert_array_equal(open_image(tmp_path / "dask.ome.zarr").data.read(0, *whole),
+                                  open_image(tmp_path / "local.tif").data.read(0, *whole))
+    assert not list(tmp_path.glob(".unetsl-cells-*"))

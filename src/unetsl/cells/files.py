@@ -162,6 +162,7 @@ def segment_file(
     meshes: str | os.PathLike | None = None,
     mesh_format: str = "ply",
     tracking: bool = True,
+    client: Any = None,
 ) -> CellsResult:
     """Segment, track and measure the cells of one probability file and write the results.
 
@@ -176,6 +177,8 @@ def segment_file(
     table, rois, meshes : optional CSV of measurements, ImageJ ROI zip (2D), mesh folder (3D)
     tracking : link cells over time points (a time series); res_track.txt is written beside
         the output
+    client : a Dask client whose workers segment the blocks of frames larger than
+        ``settings.block_voxels`` (such frames are done block by block either way)
     """
     settings = settings or CellSettings()
     mode = check_mode(settings.mode if mode is None else mode)
@@ -197,7 +200,8 @@ def segment_file(
     if plan is not None:  # frames larger than "cell block voxels": block by block
         check_block_run(probabilities, plan, files, tracking and n_t > 1)
         count = segment_file_blocks(image, output, plan, mode=mode, settings=settings,
-                                    channel=channel, boundary_channel=boundary_channel)
+                                    channel=channel, boundary_channel=boundary_channel,
+                                    client=client)
         return CellsResult(None, {}, [], [output], count=count, frames=n_t)
     maps = _channel_maps(image, channel)
     boundary = None if boundary_channel is None else _channel_maps(image, boundary_channel)

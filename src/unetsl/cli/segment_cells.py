@@ -11,6 +11,7 @@ from unetsl.cells.files import segment_file
 from unetsl.cells.settings import MODES, CellSettings
 from unetsl.cli.common import define_option, one_line_errors
 from unetsl.config.model_config import parse_overrides
+from unetsl.predict.dask_cluster import dask_client, parse_scheduler
 
 
 def cell_options(func):
@@ -53,12 +54,19 @@ def cell_settings(overrides: tuple[str, ...], min_size: int | None) -> Any:
 
 def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None, channel: int,
               overrides: tuple[str, ...], min_size: int | None, table: str | None,
-              rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool) -> Any:
+              rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool,
+              dask: str | None = None) -> Any:
     """Segment and report; shared by segment_cells and predict_image --cells."""
 
-    result = segment_file(probabilities, output, mode=mode, channel=channel,
-                          settings=cell_settings(overrides, min_size), table=table, rois=rois,
-                          meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking)
+    settings = cell_settings(overrides, min_size)
+    options = dict(mode=mode, channel=channel, settings=settings, table=table, rois=rois,
+                   meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking)
+    if dask is None:
+        result = segment_file(probabilities, output, **options)
+    else:
+        parse_scheduler(dask)  # a bad value stops here, before a cluster starts
+        with dask_client(dask) as client:
+            result = segment_file(probabilities, output, client=client, **options)
     tracked = f", {len(result.tracks)} tracks" if result.tracks else ""
     click.echo(f"cells: {result.count} in {result.frames} time point(s){tracked}")
     for path in result.written:
@@ -70,11 +78,15 @@ def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None
 @click.argument("probabilities", type=click.Path())
 @click.argument("output", required=False, type=click.Path())
 @cell_options
+@click.option("--dask", "dask", metavar="SCHEDULER",
+              help="Segment the blocks of frames over \"cell block voxels\" on Dask workers: "
+                   "local:N, slurm:N, a scheduler address or file (as predict_image --dask).")
 @define_option
 @one_line_errors(tensorflow=False)
 def main(probabilities: str, output: str | None, mode: str | None, channel: int,
          min_size: int | None, table: str | None, rois: str | None, meshes: str | None,
-         mesh_format: str, no_tracking: bool, overrides: tuple[str, ...]) -> None:
+         mesh_format: str, no_tracking: bool, dask: str | None,
+         overrides: tuple[str, ...]) -> None:
     """Turn PROBABILITIES into cells and write them as a label image (OUTPUT).
 
     PROBABILITIES is the float map that predict_image --probabilities writes (channel 0 =
@@ -84,11 +96,13 @@ def main(probabilities: str, output: str | None, mode: str | None, channel: int,
     Challenge format). The default OUTPUT is
     cells-<input>.tif (.ome.zarr for a zarr input: napari opens it as a Labels layer); the
     name chooses the format as for predict_image (.tif, .ome.zarr / .zarr, .npy).
-    Settings are -D "key=value" (see the README's cell keys).
+    Settings are -D "key=value" (see the README's cell keys). Frames larger than "cell
+    block voxels" (8 M) are segmented block by block in bounded memory (--dask spreads the
+    blocks over workers).
     """
     run_cells(probabilities, output, mode=mode, channel=channel, overrides=overrides,
               min_size=min_size, table=table, rois=rois, meshes=meshes,
-              mesh_format=mesh_format, no_tracking=no_tracking)
+              mesh_format=mesh_format, no_tracking=no_tracking, dask=dask)
 
 
 if __name__ == "__main__":
