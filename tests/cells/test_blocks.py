@@ -15,6 +15,7 @@ from unetsl.cells.files import segment_file
 from unetsl.data import synthetic
 from unetsl.errors import UnetslError
 from unetsl.evaluate.instances import instance_scores
+from unetsl.io import omezarr
 from unetsl.io.lazy import open_image
 from unetsl.io.tiff import write_image
 
@@ -156,3 +157,21 @@ def test_dask_workers_segment_the_blocks_as_one_process_does(stack_file, tmp_pat
     np.testing.assert_array_equal(open_image(tmp_path / "dask.ome.zarr").data.read(0, *whole),
                                   open_image(tmp_path / "local.tif").data.read(0, *whole))
     assert not list(tmp_path.glob(".unetsl-cells-*"))
+
+
+def test_a_wide_frame_gets_a_label_pyramid(tmp_path):
+    """OME-Zarr labels of a frame wider than 1024 px get a lower level, as napari wants for a
+    large volume (nearest neighbour: ids stay ids)."""
+    from unetsl.cells.block_files import pyramid_levels
+
+    assert [pyramid_levels((1, 512, n)) for n in (1024, 1025, 2048, 4097)] == [1, 2, 2, 4]
+    frame = synthetic.epithelium_time_series((1, 160, 1100), seed=1)
+    membrane = ndi.gaussian_filter((frame.labels[0] & 1).astype(np.float32), 1.0)
+    write_image(tmp_path / "wide.tif", (membrane / membrane.max())[None, None, None])
+    segment_file(tmp_path / "wide.tif", tmp_path / "cells.ome.zarr", tracking=False,
+                 settings=CellSettings(block_voxels=60_000))
+    full = omezarr.open_zarr(tmp_path / "cells.ome.zarr")
+    half = omezarr.open_zarr(tmp_path / "cells.ome.zarr", level=1)
+    assert full.levels == 2 and half.data.shape[-2:] == (80, 550)
+    ids = set(np.unique(full.data[:]).tolist())
+    assert set(np.unique(half.data[:]).tolist()) <= ids and len(ids) > 100

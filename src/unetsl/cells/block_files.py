@@ -9,6 +9,7 @@ joined, then each core is written with the final ids.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ def segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan, *, mode
             total += n
         dtype = label_file_dtype(total, output)
         with open_output(output, (n_t, 1, *plan.shape), dtype, spacing=image.spacing,
-                         unit=image.unit, labels=True,
+                         unit=image.unit, labels=True, levels=pyramid_levels(plan.shape),
                          frame_interval=image.frame_interval) as sink:
             for t, (folder, lookups, offset) in enumerate(frames):
                 for block in plan.blocks():
@@ -63,6 +64,12 @@ def segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan, *, mode
                     sink.write(t, block.core,
                                np.where(core > 0, core + offset, 0).astype(dtype)[None])
     return total
+
+
+def pyramid_levels(shape: tuple[int, int, int], top: int = 1024) -> int:
+    """Resolution levels of an OME-Zarr label output: y and x halved until the smallest level
+    is at most ``top`` pixels wide, so that napari shows a large volume at once."""
+    return 1 + max(0, math.ceil(math.log2(max(shape[1:]) / top)))
 
 
 @dataclass(frozen=True)
