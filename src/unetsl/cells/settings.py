@@ -67,8 +67,8 @@ class CellSettings:
     #: each daughter must be between this fraction and 1 minus it of its parent's size.
     division_min_fraction: float = 0.25
     #: a frame with more voxels is segmented block by block (``cells.blocks``), each block
-    #: padded by the halo at most this size: segmenting needs about 160 bytes per voxel, so
-    #: 8 M voxels keep one block near 1.3 GB whatever the frame's size.
+    #: padded by the halo at most this size: segmenting needs about 150 bytes per voxel, so
+    #: 8 M voxels keep a run near 1.1 GB whatever the frame's size (benchmarks/cells_scale.py).
     block_voxels: int = 8_000_000
     #: overlap (in-plane pixels) around each block: a cell cut by a block face is seen whole
     #: within it by both blocks, which then agree on it; at least a cell's radius.
@@ -120,7 +120,7 @@ CELL_KEYS: dict[str, tuple[str, str]] = {
                                    "daughter size bounds f..1-f as fractions of the parent"),
     "cell block voxels": ("block_voxels",
                           "frames with more voxels are segmented block by block (memory: about "
-                          "160 bytes per voxel of one block)"),
+                          "150 bytes per voxel of one block)"),
     "cell block halo": ("block_halo", "overlap around each block (in-plane pixels), at least a "
                                       "cell's radius"),
 }
