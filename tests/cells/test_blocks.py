@@ -49,8 +49,9 @@ def test_plan_tiles_the_frame_within_the_budget(shape, budget):
     for block in plan.blocks():
         covered[block.core] += 1
         assert math.prod(s.stop - s.start for s in block.padded) <= budget
-        for core, padded, n in zip(block.core, block.padded, shape):
-            assert padded.start == max(0, core.start - plan.halo[shape.index(n)]) or n == 1
+        for core, padded, halo, n in zip(block.core, block.padded, plan.halo, shape):
+            assert padded.start == max(0, core.start - halo)
+            assert padded.stop == min(n, core.stop + halo)
     assert (covered == 1).all()  # every voxel in exactly one core
     assert plan.halo[1:] == (8, 8) and plan.halo[0] == (0 if shape[0] == 1 else 4)
 

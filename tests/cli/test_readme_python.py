@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.tiny_models import save_tiny_unet
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -45,14 +46,7 @@ def test_every_python_block_is_run_here():
 
 
 def test_prediction_snippet(tmp_path, monkeypatch):
-    import keras
-
-    from unetsl.nets.model_files import save_model
-    from unetsl.nets.unet import build_unet
-
-    keras.utils.set_random_seed(3)
-    save_model(build_unet((1, 1, 16, 16), n_labels=2, depth=2, n_filters=2,
-                          spatial_dropout_rate=0.0), tmp_path / "model_name-best.h5")
+    save_tiny_unet(tmp_path / "model_name-best.h5")
     monkeypatch.chdir(tmp_path)
     image = np.random.default_rng(0).integers(0, 1000, (2, 1, 1, 40, 36)).astype(np.uint16)
     names = {"image": image}

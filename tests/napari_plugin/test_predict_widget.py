@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.tiny_models import save_tiny_unet
 
 from unetsl.data.synthetic import epithelium_time_series, write_imagej
 from unetsl.io.tiff import read_image
@@ -15,16 +16,8 @@ from unetsl.io.tiff import read_image
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """A tiny 2D-time-series model (3 frames as z) and a 4-frame movie as an ImageJ TIFF."""
-    import keras
-
-    from unetsl.nets.model_files import save_model
-    from unetsl.nets.unet import build_unet
-
     folder = tmp_path_factory.mktemp("napari-predict")
-    keras.utils.set_random_seed(0)
-    model = build_unet((1, 3, 32, 32), n_labels=2, depth=2, n_filters=2,
-                       spatial_dropout_rate=0.0)
-    save_model(model, folder / "tiny.h5")
+    save_tiny_unet(folder / "tiny.h5", (1, 3, 32, 32), seed=0)
     write_imagej(folder / "movie.tif", epithelium_time_series((4, 40, 48), seed=1).image, "2d")
     return folder
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from tests.tiny_models import save_tiny_unet
 
 from unetsl.cells.files import segment_file
 from unetsl.io.outputs import with_suffix
@@ -20,16 +21,8 @@ zarr = pytest.importorskip("zarr")
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """m.h5: a tiny 2-D U-Net (2 labels, 16 x 16 patch); movie.tif: 2 frames, 60 s apart."""
-    import keras
-
-    from unetsl.nets.model_files import save_model
-    from unetsl.nets.unet import build_unet
-
     folder = tmp_path_factory.mktemp("interval")
-    keras.utils.set_random_seed(3)
-    model = build_unet((1, 1, 16, 16), n_labels=2, depth=2, n_filters=2,
-                       spatial_dropout_rate=0.0)
-    save_model(model, folder / "m.h5")
+    save_tiny_unet(folder / "m.h5")
     movie = np.random.default_rng(0).integers(0, 1000, (2, 1, 1, 32, 28)).astype(np.uint16)
     write_image(folder / "movie.tif", movie, spacing=(1.0, 0.5, 0.5), unit="µm",
                 frame_interval=60.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.tiny_models import save_tiny_unet
 
 from unetsl.config.model_config import config_for_model
 from unetsl.errors import UnetslError
@@ -27,16 +28,8 @@ SPACING = (1.0, 0.5, 0.25)
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """m.h5: a tiny 2-D sigmoid U-Net (2 labels, 16 x 16 patch); img.tif: 2 frames of 40 x 36."""
-    import keras
-
-    from unetsl.nets.model_files import save_model
-    from unetsl.nets.unet import build_unet
-
     folder = tmp_path_factory.mktemp("job")
-    keras.utils.set_random_seed(3)
-    model = build_unet((1, 1, 16, 16), n_labels=2, depth=2, n_filters=2,
-                       spatial_dropout_rate=0.0)
-    save_model(model, folder / "m.h5")
+    save_tiny_unet(folder / "m.h5")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 1000, (2, 1, 1, 40, 36)).astype(np.uint16)
     write_image(folder / "img.tif", image, spacing=SPACING, unit="µm")
