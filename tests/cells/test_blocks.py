@@ -110,18 +110,106 @@ def test_segment_file_block_by_block_writes_the_whole_runs_cells(stack_file, tmp
     assert not list(tmp_path.glob(".unetsl-cells-*"))  # the scratch folder is gone
 
 
-def test_what_blocks_cannot_do_yet_is_said_before_any_work(stack_file, tmp_path):
-    settings = CellSettings(block_voxels=40_000, block_halo=8)
-    with pytest.raises(UnetslError, match="does not track cells over time yet; add "
-                                          "--no-tracking"):
-        segment_file(stack_file / "movie.tif", tmp_path / "c.tif", settings=settings)
-    with pytest.raises(UnetslError, match="does not write --table yet"):
-        segment_file(stack_file / "prob.tif", tmp_path / "c.tif", settings=settings,
-                     table=tmp_path / "c.csv")
-    assert list(tmp_path.iterdir()) == []
-    untracked = segment_file(stack_file / "movie.tif", tmp_path / "c.tif", settings=settings,
-                             tracking=False)
-    assert untracked.frames == 2 and untracked.count > 0
+def _moving(probability: np.ndarray, frames: int = 3, step: int = 3) -> np.ndarray:
+    """A (t, c, z, y, x) movie of the stack drifting ``step`` pixels along x per frame."""
+    return np.stack([np.roll(probability, t * step, axis=-1) for t in range(frames)])[:, None]
+
+
+def _read_all(path) -> np.ndarray:
+    image = open_image(path)
+    whole = (slice(None),) * 3
+    return np.stack([image.data.read(t, *whole)[0] for t in range(image.shape[0])])
+
+
+def test_block_runs_track_measure_and_mesh_the_labels_they_wrote(stack_file, tmp_path):
+    """Tracking, the table and the meshes of a block-by-block run, done from per-block counts
+    and regions read back block by block, equal what the in-memory functions give for the
+    labels it wrote."""
+    from unetsl.cells import measure, split_gaps, track, write_meshes
+    from unetsl.cells.tracking import read_ctc_tracks
+
+    movie = _moving(_probability((16, 96, 96), seed=2))
+    write_image(tmp_path / "movie.tif", movie, spacing=SPACING, unit="µm")
+    settings = CellSettings(block_voxels=60_000, block_halo=12)
+    result = segment_file(tmp_path / "movie.tif", tmp_path / "cells.ome.zarr", settings=settings,
+                          table=tmp_path / "cells.csv", meshes=tmp_path / "meshes")
+    untracked = segment_file(tmp_path / "movie.tif", tmp_path / "untracked.tif",
+                             settings=settings, tracking=False)
+    assert untracked.tracks == [] and untracked.frames == 3
+
+    labels, expected_tracks = split_gaps(*track(_read_all(tmp_path / "untracked.tif")))
+    np.testing.assert_array_equal(_read_all(tmp_path / "cells.ome.zarr"), labels)
+    assert read_ctc_tracks(tmp_path / "cells-res_track.txt") == expected_tracks
+    per_frame = untracked.count / 3
+    whole_life = sum(tr.first == 0 and tr.last == 2 for tr in expected_tracks)
+    # most cells keep their id over the drift (32 of 44 on an AMD EPYC; the roll wraps the
+    # cells at the x edge round, which start anew)
+    assert whole_life >= 0.6 * per_frame
+
+    expected = measure(labels, SPACING, membrane=movie[:, 0], tracks=expected_tracks)
+    assert list(result.table) == list(expected) and len(expected["id"]) > 100
+    for column, values in expected.items():
+        np.testing.assert_allclose(result.table[column], values, rtol=1e-9, err_msg=column)
+
+    write_meshes(tmp_path / "in-memory", labels, SPACING)
+    names = sorted(p.name for p in (tmp_path / "meshes").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "in-memory").iterdir())
+    for name in names[::25]:
+        assert (tmp_path / "meshes" / name).read_bytes() == \
+            (tmp_path / "in-memory" / name).read_bytes()
+
+
+def test_block_runs_write_the_roi_set_of_their_2d_labels(tmp_path):
+    """A 2D time series wider than "cell block voxels": tracked, and its ROI set is the one
+    write_roi_zip makes of the labels written (same names, same outlines)."""
+    import roifile
+
+    from unetsl.cells import write_roi_zip
+
+    series = synthetic.epithelium_time_series((3, 200, 260), seed=4)
+    membrane = ndi.gaussian_filter((series.labels & 1).astype(np.float32), (0, 1, 1))
+    write_image(tmp_path / "series.tif", (membrane / membrane.max())[:, None, None])
+    result = segment_file(tmp_path / "series.tif", tmp_path / "cells.tif",
+                          settings=CellSettings(block_voxels=20_000, block_halo=12),
+                          rois=tmp_path / "rois.zip")
+    assert result.tracks and tmp_path / "rois.zip" in result.written
+    write_roi_zip(tmp_path / "expected.zip", _read_all(tmp_path / "cells.tif"))
+    made, expected = (roifile.roiread(tmp_path / name) for name in ("rois.zip", "expected.zip"))
+    assert len(made) == len(expected) > 50
+    for a, b in zip(made, expected):
+        assert (a.name, a.t_position) == (b.name, b.t_position)
+        np.testing.assert_array_equal(a.coordinates(), b.coordinates())
+
+
+def test_rows_of_cells_away_from_block_faces_match_the_whole_run(stack_file, tmp_path):
+    """Issue 29: a cell inside one block's core gets the whole run's CSV row, to rounding:
+    the watershed splits flat membrane ridges in scan order, so such a cell may gain or lose
+    a few voxels of its border (IoU >= 0.995 on an AMD EPYC), never more."""
+    settings = CellSettings(block_voxels=60_000, block_halo=12)
+    whole = segment_file(stack_file / "prob.tif", tmp_path / "whole.tif",
+                         table=tmp_path / "whole.csv")
+    blocks = segment_file(stack_file / "prob.tif", tmp_path / "blocks.tif", settings=settings,
+                          table=tmp_path / "blocks.csv")
+    plan = plan_blocks((16, 96, 96), SPACING, settings)
+    block_labels = _read_all(tmp_path / "blocks.tif")[0]
+    pairs = []  # (row in whole, row in blocks) of the cells inside one core
+    for row, cell in enumerate(whole.table["id"].tolist()):
+        box = ndi.find_objects((whole.labels[0] == cell).astype(np.int8))[0]
+        if any(s.start // c != (s.stop - 1) // c for s, c in zip(box, plan.core)):
+            continue
+        found = np.bincount(block_labels[whole.labels[0] == cell]).argmax()
+        pairs.append((row, blocks.table["id"].tolist().index(found)))
+    assert len(pairs) >= 10
+    mine, theirs = np.array(pairs).T
+    tolerance = {"centroid_z": 0.1, "centroid_y": 0.1, "centroid_x": 0.1,
+                 "border_membrane": 0.01}
+    for column, values in whole.table.items():
+        if column in ("id", "track", "neighbours"):
+            continue
+        np.testing.assert_allclose(blocks.table[column][theirs], values[mine], rtol=0.01,
+                                   atol=tolerance.get(column, 0), err_msg=column)
+    same_neighbours = blocks.table["neighbours"][theirs] == whole.table["neighbours"][mine]
+    assert same_neighbours.mean() >= 0.9
 
 
 def test_segment_cells_command_block_by_block(stack_file, tmp_path, run_script):

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from unetsl.cells.blocks import Block, BlockPlan, Reader, final_core, segment_block, stitch
 from unetsl.cells.export import label_file_dtype
+from unetsl.cells.overlaps import Overlaps
+from unetsl.cells.regions import CellRegion
 from unetsl.cells.settings import CellSettings
-from unetsl.io.lazy import LazyImage
+from unetsl.cells.tracking import Track, gap_pieces, link_frames, lookup_array
+from unetsl.io.lazy import LazyImage, open_image
 from unetsl.io.outputs import open_output
 from unetsl.predict.dask_workers import worker_source
 
@@ -29,10 +35,14 @@ log = logging.getLogger("unetsl")
 
 def segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan, *, mode: str,
                         settings: CellSettings, channel: int, boundary_channel: int | None,
-                        client: Any = None) -> int:
-    """Segment every frame of ``image`` block by block and write the labels to ``output``
-    (ids unique over the whole image, as :func:`unetsl.cells.files.segment_file` gives them
-    untracked); returns the number of cells.
+                        client: Any = None, tracking: bool = False
+                        ) -> tuple[int, list[Track]]:
+    """Segment every frame of ``image`` block by block and write the labels to ``output``;
+    returns the number of ids and the tracks.
+
+    Without tracking, ids are unique over the whole image (as :func:`unetsl.cells.files.
+    segment_file` gives them); with it, they follow the cells over frames as there, tracked
+    from overlaps counted block by block (:class:`BlockFrames`).
 
     client : a Dask ``distributed.Client``: its workers segment the blocks (each opens the
         file itself, so the scratch folder beside the output must be on a file system they
@@ -46,24 +56,89 @@ def segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan, *, mode
     job = BlockJob(str(image.path), channel, boundary_channel, mode, tuple(image.spacing),
                    settings)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".unetsl-cells-") as scratch:
-        frames, total = [], 0
+        frames = []
         for t in range(n_t):
             folder = Path(scratch) / f"t{t}"
             folder.mkdir()
             counts = _segment_blocks(job, image, t, plan, folder, client)
-            lookups, n = stitch(plan, counts, folder)
-            frames.append((folder, lookups, total))
-            total += n
-        dtype = label_file_dtype(total, output)
+            frames.append(StitchedFrame(folder, *stitch(plan, counts, folder)))
+        if tracking and n_t > 1:
+            ids, tracks = tracked_ids(BlockFrames(plan, frames), settings)
+        else:
+            ids, tracks = untracked_ids(frames), []
+        top = max((int(lookup.max()) for lookup in ids), default=0)
+        dtype = label_file_dtype(top, output)
         with open_output(output, (n_t, 1, *plan.shape), dtype, spacing=image.spacing,
                          unit=image.unit, labels=True, levels=pyramid_levels(plan.shape),
                          frame_interval=image.frame_interval) as sink:
-            for t, (folder, lookups, offset) in enumerate(frames):
+            for t, frame in enumerate(frames):
                 for block in plan.blocks():
-                    core = final_core(block, lookups[block.index], folder)
-                    sink.write(t, block.core,
-                               np.where(core > 0, core + offset, 0).astype(dtype)[None])
-    return total
+                    sink.write(t, block.core, ids[t][frame.core(block)].astype(dtype)[None])
+    return top, tracks
+
+
+@dataclass(frozen=True)
+class StitchedFrame:
+    """One frame's blocks in the scratch folder, and each block's lookup to the frame's ids
+    1..count."""
+
+    folder: Path
+    lookups: dict[tuple[int, int, int], np.ndarray]
+    count: int
+
+    def core(self, block: Block) -> np.ndarray:
+        return final_core(block, self.lookups[block.index], self.folder)
+
+
+@dataclass(frozen=True)
+class BlockFrames:
+    """The stitched frames as tracking reads them (:class:`unetsl.cells.tracking.FrameCells`):
+    the overlaps of two frames are those of their blocks' cores added up, one block pair in
+    memory at a time."""
+
+    plan: BlockPlan
+    frames: list[StitchedFrame]
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    def cells(self, t: int) -> np.ndarray:
+        return np.arange(1, self.frames[t].count + 1, dtype=np.int64)
+
+    def overlaps(self, a: int, b: int) -> Overlaps:
+        first, second = self.frames[a], self.frames[b]
+        return Overlaps.total(Overlaps.of(first.core(block), second.core(block))
+                              for block in self.plan.blocks())
+
+
+def untracked_ids(frames: list[StitchedFrame]) -> list[np.ndarray]:
+    """For each frame the lookup from its ids 1..count to ids unique over the image."""
+    ids, offset = [], 0
+    for frame in frames:
+        ids.append(np.arange(offset, offset + frame.count + 1, dtype=np.int64))
+        ids[-1][0] = 0
+        offset += frame.count
+    return ids
+
+
+def tracked_ids(frames: BlockFrames, settings: CellSettings
+                ) -> tuple[list[np.ndarray], list[Track]]:
+    """For each frame the lookup from its ids to track ids (Cell Tracking Challenge pieces,
+    as :func:`unetsl.cells.files.segment_array` gives them), and the tracks."""
+    assigned, tracks = link_frames(frames, settings)
+    present: dict[int, list[int]] = {}
+    for t, new_of in enumerate(assigned):
+        for track_id in new_of.values():
+            present.setdefault(track_id, []).append(t)
+    top = max(present, default=0)
+    renames, tracks = gap_pieces(present, tracks, top)
+    ids = []
+    for t, new_of in enumerate(assigned):
+        rename = renames.get(t, {})
+        final = {raw: rename.get(track_id, track_id) for raw, track_id in new_of.items()}
+        ids.append(lookup_array(final, frames.frames[t].count).astype(np.int64))
+    return ids, tracks
 
 
 def pyramid_levels(shape: tuple[int, int, int], top: int = 1024) -> int:
@@ -125,3 +200,55 @@ def frame_reader(data: Any, n_t: int, t: int, channel: int, boundary_channel: in
         return probability.astype(np.float32), boundary
 
     return read
+
+
+def file_regions(labels_path: str | os.PathLike, plan: BlockPlan,
+                 membrane: tuple[LazyImage, int] | None = None) -> Iterator[CellRegion]:
+    """The cells of a label file written block by block, one region per block and frame:
+    the cells whose first corner lies in the block's core, read whole with one voxel around
+    (and the membrane probability there: (image, channel)). Memory: a block's core plus the
+    parts of its cells that reach beyond it."""
+    labels = open_image(labels_path)
+    for t in range(labels.shape[0]):
+        ids, first, last = _cell_boxes(labels, plan, t)
+        owner = np.ravel_multi_index(tuple((first // plan.core).T), plan.grid) if len(ids) \
+            else np.zeros(0, dtype=np.int64)
+        for number in range(math.prod(plan.grid)):  # the order of plan.blocks()
+            mine = owner == number
+            if not mine.any():
+                continue
+            start = np.maximum(first[mine].min(axis=0) - 1, 0)
+            stop = np.minimum(last[mine].max(axis=0) + 1, plan.shape)
+            region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+            context = labels.data.read(t, *region)[0]
+            probability = None
+            if membrane is not None:
+                probability = membrane[0].data.read(t, *region)[membrane[1]]
+            yield CellRegion(t, tuple(int(a) for a in start), context,  # type: ignore[arg-type]
+                             ids[mine], probability)
+
+
+def _cell_boxes(labels: LazyImage, plan: BlockPlan, t: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids of frame t and each one's bounding box, first and last+1 voxel (n, 3), from the
+    label file core by core."""
+    parts = []
+    for block in plan.blocks():
+        core = labels.data.read(t, *block.core)[0]
+        found, compact = np.unique(core, return_inverse=True)
+        boxes = ndi.find_objects(compact.reshape(core.shape).astype(np.int32) + 1)
+        corner = np.array([s.start for s in block.core])
+        for cell, box in zip(found.tolist(), boxes):
+            if cell and box is not None:
+                parts.append((cell, [s.start for s in box] + corner,
+                              [s.stop for s in box] + corner))
+    if not parts:
+        empty = np.zeros((0, 3), dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), empty, empty
+    cells = np.array([p[0] for p in parts])
+    ids, where = np.unique(cells, return_inverse=True)
+    first = np.full((len(ids), 3), np.iinfo(np.int64).max)
+    last = np.zeros((len(ids), 3), dtype=np.int64)
+    np.minimum.at(first, where, np.array([p[1] for p in parts]))
+    np.maximum.at(last, where, np.array([p[2] for p in parts]))
+    return ids.astype(np.int64), first, last

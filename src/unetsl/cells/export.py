@@ -7,16 +7,16 @@ interrupted run never leaves a truncated file that looks complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import roifile
 import trimesh
-from scipy import ndimage as ndi
 from skimage.measure import find_contours, marching_cubes
 
 from unetsl.atomic import atomic_path
+from unetsl.cells.regions import CellRegion, frame_regions
 from unetsl.cells.segment import check_spacing
 from unetsl.errors import UnetslError
 from unetsl.io.outputs import output_format, write_output
@@ -98,23 +98,29 @@ def write_roi_zip(path: str | os.PathLike, labels: np.ndarray) -> Path:
     if labels.shape[1] != 1:
         raise UnetslError(f"ROI sets hold 2D outlines; labels {labels.shape} have "
                           f"{labels.shape[1]} z planes (use write_meshes for 3D)")
-    rois, names = [], []
-    n_t = labels.shape[0]
-    for t in range(n_t):
-        frame = labels[t, 0]
-        for index, box in enumerate(ndi.find_objects(frame)):
-            if box is None:
-                continue
-            cell = index + 1
-            outline = cell_outline(frame[box] == cell)
-            points = outline[:, ::-1] + [box[1].start + 0.5, box[0].start + 0.5]
+    return write_region_rois(path, frame_regions(labels), labels.shape[0])
+
+
+def write_region_rois(path: str | os.PathLike, regions: Iterable[CellRegion], n_t: int
+                      ) -> Path:
+    """:func:`write_roi_zip` of the cells of 2D regions (frames or blocks of ``n_t`` frames),
+    in the order of (frame, id)."""
+    found = []
+    for region in regions:
+        frame = region.labels[0]
+        for cell, box in zip(region.ids.tolist(), region.boxes()):
+            outline = cell_outline(frame[box[1:]] == cell)
+            points = outline[:, ::-1] + [box[2].start + region.origin[2] + 0.5,
+                                         box[1].start + region.origin[1] + 0.5]
             roi = roifile.ImagejRoi.frompoints(points, name=str(cell),
-                                               t=t if n_t > 1 else None)  # 0-based
+                                               t=region.t if n_t > 1 else None)  # 0-based
             roi.roitype = roifile.ROI_TYPE.POLYGON
-            rois.append(roi)
-            names.append(f"{cell}-t{t + 1}")
-    if not rois:
+            found.append((region.t, cell, roi))
+    if not found:
         raise UnetslError(f"no cells to write to {path}: labels are all zero")
+    found.sort(key=lambda entry: entry[:2])
+    rois = [roi for _, _, roi in found]
+    names = [f"{cell}-t{t + 1}" for t, cell, _ in found]
 
     def write(tmp: str) -> None:
         roifile.roiwrite(tmp, rois, name=names, mode="w")
@@ -148,21 +154,25 @@ def write_meshes(folder: str | os.PathLike, labels: np.ndarray,
         raise UnetslError(f"mesh format {fmt!r} must be one of {MESH_FORMATS}")
     if labels.shape[1] < 2:
         raise UnetslError(f"meshes need 3D labels; labels {labels.shape} have one z plane")
+    return write_region_meshes(folder, frame_regions(labels), spacing, fmt)
+
+
+def write_region_meshes(folder: str | os.PathLike, regions: Iterable[CellRegion],
+                        spacing: Sequence[float], fmt: str = "ply") -> list[Path]:
+    """:func:`write_meshes` of the cells of 3D regions (frames or blocks)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for t in range(labels.shape[0]):
-        frame = labels[t]
-        for index, box in enumerate(ndi.find_objects(frame)):
-            if box is None:
-                continue
-            cell = index + 1
-            mesh = cell_mesh(frame[box] == cell, spacing, [s.start for s in box])
+    for region in regions:
+        for cell, box in zip(region.ids.tolist(), region.boxes()):
+            corner = [s.start + o for s, o in zip(box, region.origin)]
+            mesh = cell_mesh(region.labels[box] == cell, spacing, corner)
             payload = mesh.export(file_type=fmt)
             data = payload.encode() if isinstance(payload, str) else payload
 
             def write(tmp: str, data: bytes = data) -> None:
                 Path(tmp).write_bytes(data)
 
-            written.append(_atomic(folder / f"cell-{cell:05d}-t{t:03d}.{fmt}", write))
+            name = f"cell-{cell:05d}-t{region.t:03d}.{fmt}"
+            written.append(_atomic(folder / name, write))
     return written

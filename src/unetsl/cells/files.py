@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from unetsl.atomic import check_writable
-from unetsl.cells.block_files import segment_file_blocks
+from unetsl.cells.block_files import file_regions, segment_file_blocks
 from unetsl.cells.blocks import BlockPlan, plan_blocks
-from unetsl.cells.export import write_labels, write_meshes, write_roi_zip
-from unetsl.cells.measure import measure, write_csv
+from unetsl.cells.export import write_labels, write_region_meshes, write_region_rois
+from unetsl.cells.measure import measure, measure_regions, write_csv
+from unetsl.cells.regions import CellRegion, frame_regions
 from unetsl.cells.segment import segment
 from unetsl.cells.settings import CellSettings, check_mode
 from unetsl.cells.tracking import split_gaps, track, tracks_path, write_ctc_tracks
@@ -51,10 +52,11 @@ CELL_FILES: dict[str, CellFile] = {
     "table": CellFile("the measurements table (CSV)", ".csv", None,
                       lambda path, result, spacing, fmt: write_csv(result.table, path)),
     "rois": CellFile("an ImageJ ROI set", ".zip", "2d",
-                     lambda path, result, spacing, fmt: write_roi_zip(path, result.labels)),
+                     lambda path, result, spacing, fmt: write_region_rois(
+                         path, result.regions(), int(result.frames or 0))),
     "meshes": CellFile("a folder of cell meshes", None, "3d",
-                       lambda path, result, spacing, fmt: write_meshes(path, result.labels,
-                                                                       spacing, fmt=fmt)),
+                       lambda path, result, spacing, fmt: write_region_meshes(
+                           path, result.regions(), spacing, fmt=fmt)),
 }
 
 
@@ -91,7 +93,8 @@ class CellsResult:
     """What one run made: the tracked labels (t, z, y, x), their table and the files written.
 
     A block-by-block run (frames larger than memory) keeps its labels on disk only:
-    ``labels`` is None and ``count``/``frames`` say what was written."""
+    ``labels`` is None, ``count``/``frames`` say what was written and ``read_back`` gives
+    the cells block by block from the label file."""
 
     labels: np.ndarray | None
     table: dict[str, np.ndarray]
@@ -99,6 +102,7 @@ class CellsResult:
     written: list[Path] = field(default_factory=list)
     count: int | None = None
     frames: int | None = None
+    read_back: Callable[[], Iterable[CellRegion]] | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None:
@@ -106,19 +110,13 @@ class CellsResult:
             self.count = len(set(np.asarray(ids).tolist())) if len(ids) else 0
             self.frames = int(self.labels.shape[0])
 
-
-def check_block_run(source: str | os.PathLike, plan: BlockPlan, files: dict[str, Any],
-                    tracking: bool) -> None:
-    """What a block-by-block run cannot do yet, said before any work."""
-    size = "x".join(map(str, plan.shape))
-    if tracking:
-        raise UnetslError(f"{source}: frames of {size} voxels are segmented block by block, "
-                          "which does not track cells over time yet; add --no-tracking, or "
-                          'raise "cell block voxels" if memory allows')
-    if files:
-        raise UnetslError(f"{source}: frames of {size} voxels are segmented block by block, "
-                          f"which does not write --{next(iter(files))} yet; measure the label "
-                          'image afterwards, or raise "cell block voxels" if memory allows')
+    def regions(self) -> Iterable[CellRegion]:
+        """The cells, frame by frame in memory or block by block from the label file."""
+        if self.labels is not None:
+            return frame_regions(self.labels)
+        if self.read_back is None:
+            raise UnetslError("these cells were not kept: segment them again")
+        return self.read_back()
 
 
 def default_output(probabilities: str | os.PathLike) -> Path:
@@ -198,11 +196,9 @@ def segment_file(
                                                probabilities)
     plan = plan_blocks(image.shape[2:], image.spacing, settings)
     if plan is not None:  # frames larger than "cell block voxels": block by block
-        check_block_run(probabilities, plan, files, tracking and n_t > 1)
-        count = segment_file_blocks(image, output, plan, mode=mode, settings=settings,
+        return _segment_file_blocks(image, output, plan, files, mode=mode, settings=settings,
                                     channel=channel, boundary_channel=boundary_channel,
-                                    client=client)
-        return CellsResult(None, {}, [], [output], count=count, frames=n_t)
+                                    client=client, tracking=tracking, mesh_format=mesh_format)
     maps = _channel_maps(image, channel)
     boundary = None if boundary_channel is None else _channel_maps(image, boundary_channel)
     try:
@@ -219,6 +215,29 @@ def segment_file(
     for kind, path in files.items():
         written.append(write_cell_file(kind, path, result, image.spacing, mesh_format))
     result.written = [Path(p) for p in written]
+    return result
+
+
+def _segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan,
+                         files: dict[str, Any], *, mode: str, settings: CellSettings,
+                         channel: int, boundary_channel: int | None, client: Any,
+                         tracking: bool, mesh_format: str) -> CellsResult:
+    """segment_file for frames larger than memory: labels and tracks block by block, then
+    the table, ROIs and meshes from the label file read back block by block."""
+    count, tracks = segment_file_blocks(image, output, plan, mode=mode, settings=settings,
+                                        channel=channel, boundary_channel=boundary_channel,
+                                        client=client, tracking=tracking)
+    result = CellsResult(None, {}, tracks, [output], count=count, frames=image.shape[0],
+                         read_back=lambda: file_regions(output, plan))
+    if tracks:
+        result.written.append(write_ctc_tracks(tracks, tracks_path(output)))
+    if "table" in files:
+        membrane = (image, channel) if mode == "membrane" else None
+        result.table = measure_regions(file_regions(output, plan, membrane), image.spacing,
+                                       flat=image.shape[2] == 1,
+                                       with_membrane=membrane is not None, tracks=tracks)
+    for kind, path in files.items():
+        result.written.append(write_cell_file(kind, path, result, image.spacing, mesh_format))
     return result
 
 

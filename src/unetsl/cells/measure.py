@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,13 @@ from skimage.measure import find_contours, marching_cubes, mesh_surface_area, re
 from skimage.segmentation import find_boundaries
 
 from unetsl.atomic import atomic_path
+from unetsl.cells.regions import CellRegion, frame_regions
 from unetsl.cells.segment import check_spacing, touching_pairs
 from unetsl.cells.tracking import Track, whole_tracks
 from unetsl.errors import UnetslError
 
 _PROPS = ("label", "area", "centroid", "equivalent_diameter_area", "axis_major_length",
-          "axis_minor_length")
+          "axis_minor_length", "bbox")
 
 
 def measure(
@@ -51,20 +52,27 @@ def measure(
         if membrane.shape != labels.shape:
             raise UnetslError(f"membrane shape {membrane.shape} differs from labels "
                               f"{labels.shape}")
+    return measure_regions(frame_regions(labels, membrane), spacing,
+                           flat=labels.shape[1] == 1, with_membrane=membrane is not None,
+                           tracks=tracks)
+
+
+def measure_regions(regions: Iterable[CellRegion], spacing: Sequence[float], *, flat: bool,
+                    with_membrane: bool, tracks: Sequence[Track] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """The columns of :func:`measure` from regions that each hold some cells whole (a frame
+    in memory, or a block of a frame read back from its label file); rows by (t, id)."""
+    spacing = check_spacing(spacing)
     parents = {tr.id: tr.parent for tr in tracks or ()}
     lineage = whole_tracks(tracks or ())
-    flat = labels.shape[1] == 1
-    rows: list[dict[str, np.ndarray]] = []
-    for t in range(labels.shape[0]):
-        frame = labels[t, 0] if flat else labels[t]
-        if not frame.any():
-            continue
-        memb = None if membrane is None else (membrane[t, 0] if flat else membrane[t])
-        rows.append(_frame(frame, t, spacing, flat, memb, parents, lineage))
-    keys = _columns(flat, membrane is not None)
+    rows = [_region(region, spacing, flat, parents, lineage) for region in regions
+            if len(region.ids)]
+    keys = _columns(flat, with_membrane)
     if not rows:
         return {k: np.zeros(0) for k in keys}
-    return {k: np.concatenate([r[k] for r in rows]) for k in keys}
+    table = {k: np.concatenate([r[k] for r in rows]) for k in keys}
+    order = np.lexsort((table["id"], table["t"]))
+    return {k: v[order] for k, v in table.items()}
 
 
 def _columns(flat: bool, with_membrane: bool) -> list[str]:
@@ -77,40 +85,50 @@ def _columns(flat: bool, with_membrane: bool) -> list[str]:
     return keys + ["parent", "track"]
 
 
-def _frame(frame: np.ndarray, t: int, spacing: tuple[float, float, float], flat: bool,
-           membrane: np.ndarray | None, parents: dict[int, int],
-           lineage: dict[int, int]) -> dict[str, np.ndarray]:
+def _region(region: CellRegion, spacing: tuple[float, float, float], flat: bool,
+            parents: dict[int, int], lineage: dict[int, int]) -> dict[str, np.ndarray]:
+    """The rows of one region's own cells (positions in the whole frame's coordinates)."""
+    context, own = region.labels, region.owned()
+    membrane = region.membrane
+    if flat:
+        context, own = context[0], own[0]
+        membrane = None if membrane is None else membrane[0]
     sampling = spacing[1:] if flat else spacing
-    props = regionprops_table(frame, spacing=sampling, properties=_PROPS)
+    props = regionprops_table(own, spacing=sampling, properties=_PROPS)
     ids = props["label"].astype(np.int64)
     n = len(ids)
+    shift = np.asarray(region.origin, dtype=np.float64) * np.asarray(spacing)
     major, minor = props["axis_major_length"], props["axis_minor_length"]
-    pairs, _ = touching_pairs(frame)
-    counts = np.bincount(pairs.ravel(), minlength=int(ids.max()) + 1) if pairs.size else None
+    pairs, _ = touching_pairs(context)
+    counts = np.bincount(pairs.ravel(), minlength=int(ids.max()) + 1)
     out: dict[str, np.ndarray] = {
         "id": ids,
-        "t": np.full(n, t, dtype=np.int64),
-        "centroid_z": np.zeros(n) if flat else props["centroid-0"],
-        "centroid_y": props["centroid-0" if flat else "centroid-1"],
-        "centroid_x": props["centroid-1" if flat else "centroid-2"],
+        "t": np.full(n, region.t, dtype=np.int64),
+        "centroid_z": np.zeros(n) if flat else props["centroid-0"] + shift[0],
+        "centroid_y": props["centroid-0" if flat else "centroid-1"] + shift[1],
+        "centroid_x": props["centroid-1" if flat else "centroid-2"] + shift[2],
         "equivalent_diameter": props["equivalent_diameter_area"],
         "major_axis_length": major,
         "minor_axis_length": minor,
         "elongation": np.divide(major, minor, out=np.full(n, np.inf), where=minor > 0),
-        "neighbours": counts[ids] if counts is not None else np.zeros(n, dtype=np.int64),
+        "neighbours": counts[ids],
         "parent": np.array([parents.get(int(i), 0) for i in ids], dtype=np.int64),
         "track": np.array([lineage.get(int(i), int(i)) for i in ids], dtype=np.int64),
     }
-    boxes = ndi.find_objects(frame)
+    boxes = [tuple(slice(int(props[f"bbox-{k}"][i]), int(props[f"bbox-{k + own.ndim}"][i]))
+                   for k in range(own.ndim)) for i in range(n)]
     if flat:
         out["area"] = props["area"]
-        out["perimeter"] = np.array([_perimeter(frame, i, boxes[i - 1], sampling) for i in ids])
+        out["perimeter"] = np.array([_perimeter(own, i, box, sampling)
+                                     for i, box in zip(ids, boxes)])
     else:
         out["volume"] = props["area"]
-        out["surface_area"] = np.array([_surface(frame, i, boxes[i - 1], sampling) for i in ids])
+        out["surface_area"] = np.array([_surface(own, i, box, sampling)
+                                        for i, box in zip(ids, boxes)])
     if membrane is not None:
-        border = find_boundaries(frame, mode="inner")
-        means = ndi.mean(membrane, labels=np.where(border, frame, 0), index=ids)
+        border = find_boundaries(context, mode="inner")
+        means = ndi.mean(np.asarray(membrane, dtype=np.float64),
+                         labels=np.where(border, own, 0), index=ids)
         out["border_membrane"] = np.asarray(means, dtype=np.float64)
     return out
 

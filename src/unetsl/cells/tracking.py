@@ -12,11 +12,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from unetsl.atomic import atomic_write_text
+from unetsl.cells.overlaps import Overlaps, best_matches
 from unetsl.cells.settings import CellSettings
 from unetsl.errors import UnetslError
 
@@ -31,19 +32,34 @@ class Track:
     parent: int = 0
 
 
-def _overlaps(prev: np.ndarray, cur: np.ndarray):
-    """ids of both frames, intersection counts (prev x cur) and the areas."""
-    a = prev.ravel().astype(np.int64)
-    b = cur.ravel().astype(np.int64)
-    prev_ids = np.unique(a[a > 0])
-    cur_ids = np.unique(b[b > 0])
-    ia, ib = np.searchsorted(prev_ids, a), np.searchsorted(cur_ids, b)
-    both = (a > 0) & (b > 0)
-    n_a, n_b = len(prev_ids), len(cur_ids)
-    inter = np.bincount(ia[both] * n_b + ib[both], minlength=n_a * n_b).reshape(n_a, n_b)
-    area_a = np.bincount(ia[a > 0], minlength=n_a)
-    area_b = np.bincount(ib[b > 0], minlength=n_b)
-    return prev_ids, cur_ids, inter, area_a, area_b
+class FrameCells(Protocol):
+    """What tracking reads of a movie: the cells of a frame and the overlaps of two frames
+    (raw ids, as segmentation gave them); from arrays or, for frames larger than memory,
+    added up block by block."""
+
+    n_frames: int
+
+    def cells(self, t: int) -> np.ndarray: ...
+
+    def overlaps(self, a: int, b: int) -> Overlaps: ...
+
+
+@dataclass(frozen=True)
+class ArrayFrames:
+    """The frames of (t, z, y, x) labels in memory."""
+
+    labels: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.labels.shape[0])
+
+    def cells(self, t: int) -> np.ndarray:
+        frame = self.labels[t]
+        return np.unique(frame[frame > 0]).astype(np.int64)
+
+    def overlaps(self, a: int, b: int) -> Overlaps:
+        return Overlaps.of(self.labels[a], self.labels[b])
 
 
 def track(labels: np.ndarray, settings: CellSettings | None = None
@@ -55,12 +71,30 @@ def track(labels: np.ndarray, settings: CellSettings | None = None
     cells that each lie mostly (``division_min_overlap``) inside one previous cell and are each
     between ``division_min_fraction`` and 1 minus it of the parent's size.
     """
-    settings = settings or CellSettings()
     labels = np.asarray(labels)
     if labels.ndim != 4 or not np.issubdtype(labels.dtype, np.integer):
         raise UnetslError(f"labels to track must be integer (t, z, y, x), got shape "
                           f"{labels.shape} dtype {labels.dtype}")
+    assigned, tracks = link_frames(ArrayFrames(labels), settings)
     out = np.zeros(labels.shape, dtype=np.int32)
+    for t, new_of in enumerate(assigned):
+        out[t] = lookup_array(new_of, int(labels[t].max()))[labels[t]]
+    return out, tracks
+
+
+def lookup_array(new_of: dict[int, int], top: int) -> np.ndarray:
+    """``new_of`` as an array indexed by the old ids 0..top (unlisted ids, and 0, give 0)."""
+    lookup = np.zeros(top + 1, dtype=np.int32)
+    for old, new in new_of.items():
+        lookup[old] = new
+    return lookup
+
+
+def link_frames(frames: FrameCells, settings: CellSettings | None = None
+                ) -> tuple[list[dict[int, int]], list[Track]]:
+    """The tracking of :func:`track` on any source of frames: for each frame {raw id: track
+    id}, and the tracks."""
+    settings = settings or CellSettings()
     spans: dict[int, list[int]] = {}  # id -> [first, last, parent]
     next_id = 1
 
@@ -71,54 +105,44 @@ def track(labels: np.ndarray, settings: CellSettings | None = None
         return next_id - 1
 
     ended: set[int] = set()  # tracks ended by a division: never resumed
-    for t in range(labels.shape[0]):
-        cur = labels[t]
+    assigned: list[dict[int, int]] = []
+    for t in range(frames.n_frames):
+        cur_ids = frames.cells(t)
         new_of: dict[int, int] = {}
         if t:
-            new_of = _link(out[t - 1], cur, t, settings, spans)
+            near = frames.overlaps(t - 1, t).renamed(assigned[t - 1])
+            _assign(near, t, settings, spans, new_of)
         for k in range(2, settings.track_max_gap + 2):
             if t - k < 0:
                 break
-            _resume(out[t - k], cur, t, t - k, settings, spans, ended, new_of)
+            _resume(frames, assigned[t - k], cur_ids, t, t - k, settings, spans, ended,
+                    new_of)
         if t:
-            _divisions(out[t - 1], cur, t, settings, spans, start, ended, new_of)
-        for c in np.unique(cur[cur > 0]):
-            if int(c) not in new_of:
-                new_of[int(c)] = start(t, 0)
-        lookup = np.zeros(int(cur.max()) + 1, dtype=np.int32)
-        for old, new in new_of.items():
-            lookup[old] = new
-        out[t] = lookup[cur]
+            _divisions(near, t, settings, spans, start, ended, new_of)
+        for c in cur_ids.tolist():
+            if c not in new_of:
+                new_of[c] = start(t, 0)
+        assigned.append(new_of)
     tracks = [Track(i, s[0], s[1], s[2]) for i, s in sorted(spans.items())]
-    return out, tracks
+    return assigned, tracks
 
 
-def _link(prev: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
-          spans: dict[int, list[int]]) -> dict[int, int]:
-    """{current label: track id} for frame t by optimal IoU assignment to the previous frame;
-    cells left unmatched are absent from the result."""
-    new_of: dict[int, int] = {}
-    _assign(prev, cur, t, settings, spans, new_of)
-    return new_of
-
-
-def _assign(before: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
+def _assign(overlaps: Overlaps, t: int, settings: CellSettings,
             spans: dict[int, list[int]], new_of: dict[int, int]) -> None:
-    """Optimal IoU assignment of the cells of ``cur`` (frame t) to those of ``before``; a
-    pair with IoU >= track_min_overlap gives the current cell the earlier cell's track id."""
-    before_ids, cur_ids, inter, area_b, area_c = _overlaps(before, cur)
-    if inter.size == 0:
-        return
-    iou = inter / np.maximum(area_b[:, None] + area_c[None, :] - inter, 1)
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    for r, c in zip(rows, cols):
-        if iou[r, c] >= settings.track_min_overlap:
-            cell = int(before_ids[r])
-            new_of[int(cur_ids[c])] = cell
-            spans[cell][1] = t
+    """Optimal IoU assignment of the cells of frame t (b) to earlier tracks (a) among the pairs
+    of IoU >= track_min_overlap: each matched cell gets the earlier cell's track id."""
+    iou = overlaps.iou()
+    # Only pairs that may be kept compete: a weaker pair never blocks a kept one, and the
+    # matching splits into small groups (pairs of IoU > 0.5 are one to one already).
+    allowed = np.flatnonzero((iou >= settings.track_min_overlap) & (iou > 0))
+    pairs = overlaps.pairs[allowed]
+    for p in best_matches(pairs, iou[allowed]).tolist():
+        cell = int(pairs[p, 0])
+        new_of[int(pairs[p, 1])] = cell
+        spans[cell][1] = t
 
 
-def _divisions(prev: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings,
+def _divisions(overlaps: Overlaps, t: int, settings: CellSettings,
                spans: dict[int, list[int]], start, ended: set[int],
                new_of: dict[int, int]) -> None:
     """End each previous cell whose region now holds two new cells, which start new tracks.
@@ -126,36 +150,40 @@ def _divisions(prev: np.ndarray, cur: np.ndarray, t: int, settings: CellSettings
     Run after gap closing, so that two cells merged by a segmentation error in the previous
     frame and separated again are not mistaken for a division.
     """
-    prev_ids, cur_ids, inter, area_p, area_c = _overlaps(prev, cur)
-    inside = inter / np.maximum(area_c[None, :], 1)  # fraction of each current cell in prev
-    for i, parent in enumerate(prev_ids.tolist()):
-        # Daughters share the parent: each between f and 1 - f of it. A cell that keeps most
-        # of a region it shared with a wrongly merged neighbour is not a division.
-        frac = area_c / max(int(area_p[i]), 1)
-        f = settings.division_min_fraction
-        cand = np.flatnonzero((inside[i] >= settings.division_min_overlap)
-                              & (frac >= f) & (frac <= 1 - f))
-        cand = [j for j in cand if new_of.get(int(cur_ids[j]), parent) == parent]
+    pairs, shared = overlaps.pairs, overlaps.shared
+    size_parent = overlaps.size_of("a", pairs[:, 0])
+    size_cell = overlaps.size_of("b", pairs[:, 1])
+    inside = shared / np.maximum(size_cell, 1)  # fraction of each current cell in the parent
+    # Daughters share the parent: each between f and 1 - f of it. A cell that keeps most of a
+    # region it shared with a wrongly merged neighbour is not a division.
+    frac = size_cell / np.maximum(size_parent, 1)
+    f = settings.division_min_fraction
+    fits = (inside >= settings.division_min_overlap) & (frac >= f) & (frac <= 1 - f)
+    for parent in np.unique(pairs[fits, 0]).tolist():
+        mine = np.flatnonzero(fits & (pairs[:, 0] == parent))
+        cand = [p for p in mine.tolist()
+                if new_of.get(int(pairs[p, 1]), parent) == parent]
         if len(cand) < 2:
             continue
-        daughters = sorted(cand, key=lambda j: -inter[i, j])[:2]
+        daughters = sorted(cand, key=lambda p: -shared[p])[:2]
         ended.add(parent)
         spans[parent][1] = t - 1
-        for j in daughters:
-            new_of[int(cur_ids[j])] = start(t, parent)
+        for p in daughters:
+            new_of[int(pairs[p, 1])] = start(t, parent)
 
 
-def _resume(old: np.ndarray, cur: np.ndarray, t: int, t_old: int, settings: CellSettings,
-            spans: dict[int, list[int]], ended: set[int], new_of: dict[int, int]) -> None:
+def _resume(frames: FrameCells, old_ids: dict[int, int], cur_ids: np.ndarray, t: int,
+            t_old: int, settings: CellSettings, spans: dict[int, list[int]], ended: set[int],
+            new_of: dict[int, int]) -> None:
     """Give cells still unmatched at t the ids of tracks last seen at t_old, by overlap: a cell
     merged with a neighbour (or missed) for a frame or two gets its id back."""
     lost = [i for i, s in spans.items() if s[1] == t_old and i not in ended]
-    waiting = [c for c in np.unique(cur[cur > 0]) if int(c) not in new_of]
+    waiting = [c for c in cur_ids.tolist() if c not in new_of]
     if not lost or not waiting:
         return
-    old = np.where(np.isin(old, lost), old, 0)
-    cur = np.where(np.isin(cur, waiting), cur, 0)
-    _assign(old, cur, t, settings, spans, new_of)
+    overlaps = frames.overlaps(t_old, t).renamed(old_ids).only(np.array(lost),
+                                                                np.array(waiting))
+    _assign(overlaps, t, settings, spans, new_of)
 
 
 def split_gaps(labels: np.ndarray, tracks: Sequence[Track]) -> tuple[np.ndarray, list[Track]]:
@@ -171,7 +199,20 @@ def split_gaps(labels: np.ndarray, tracks: Sequence[Track]) -> tuple[np.ndarray,
         for cell in np.unique(labels[t]):
             if cell:
                 present.setdefault(int(cell), []).append(t)
-    next_id = max([int(labels.max())] + [tr.id for tr in tracks]) + 1
+    renames, out = gap_pieces(present, tracks, int(labels.max()) if labels.size else 0)
+    for t, rename in renames.items():
+        frame = labels[t]
+        for old, new in rename.items():
+            frame[labels[t] == old] = new
+    return labels, out
+
+
+def gap_pieces(present: dict[int, list[int]], tracks: Sequence[Track], top: int
+               ) -> tuple[dict[int, dict[int, int]], list[Track]]:
+    """:func:`split_gaps` on ids: ``present`` lists the frames of each track id, ``top`` is
+    the largest id in use; returns {frame: {track id: piece id}} and the tracks."""
+    next_id = max([top] + [tr.id for tr in tracks]) + 1
+    renames: dict[int, dict[int, int]] = {}
     out: list[Track] = []
     for tr in tracks:
         frames = present.get(tr.id, [])
@@ -184,10 +225,10 @@ def split_gaps(labels: np.ndarray, tracks: Sequence[Track]) -> tuple[np.ndarray,
             if number:
                 current, parent = next_id, current
                 next_id += 1
-                for t in piece:
-                    labels[t][labels[t] == tr.id] = current
+                for t in piece.tolist():
+                    renames.setdefault(t, {})[tr.id] = current
             out.append(Track(current, int(piece[0]), int(piece[-1]), parent))
-    return labels, out
+    return renames, out
 
 
 def whole_tracks(tracks: Sequence[Track]) -> dict[int, int]:
