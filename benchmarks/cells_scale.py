@@ -10,6 +10,10 @@ realistic, the work per voxel is the same), written as OME-Zarr chunk by chunk.
 Rows:
   whole    the default run on a volume that fits ("cell block voxels" raised above its size)
   blocks   the same volume block by block (default "cell block voxels", 8 M, and halo)
+  measured the fitting volume block by block with --table and --meshes (read back block by
+           block from the label file)
+  movie    three frames of the fitting volume drifting 1 px per frame along x, block by block,
+           tracked (overlaps counted block by block), with --table
   large    a volume several times the block size, block by block only
 
 "agreement" is the cell F1 (IoU > 0.5, ``unetsl.evaluate.instances``) of the block-by-block
@@ -71,10 +75,29 @@ MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]
            "sys.exit(code)")
 
 
-def run(probabilities: Path, output: Path, *settings: str) -> dict:
+def write_movie(path: Path, tile: np.ndarray, repeat: tuple[int, int], frames: int,
+                step: int) -> tuple[int, ...]:
+    """An OME-Zarr (frames, 1, z, y, x): the mirrored volume drifting ``step`` px per frame."""
+    rows = [np.concatenate([tile[:, ::-1 if i % 2 else 1, ::-1 if j % 2 else 1]
+                            for j in range(repeat[1])], axis=2) for i in range(repeat[0])]
+    volume = np.concatenate(rows, axis=1)
+    shape = (frames, 1, *volume.shape)
+    with atomic_dir(path) as tmp:
+        out = OutputOmeZarr(tmp, shape, np.float32, axes="tczyx", chunks=(1, 1, 16, 256, 256),
+                            spacing=SPACING, unit="µm", time_as_depth=False, levels=1,
+                            labels=False, name=path.name.split(".")[0])
+        with out:
+            for t in range(frames):
+                whole = (slice(None),) * 3
+                out.write(t, whole, np.roll(volume, t * step, axis=2)[None])
+    return shape
+
+
+def run(probabilities: Path, output: Path, *settings: str, options: tuple[str, ...] = (
+        "--no-tracking",)) -> dict:
     """One segment_cells process: seconds and its peak resident memory (MB)."""
     script = str(Path(sys.executable).parent / "segment_cells")
-    command = [script, str(probabilities), str(output), "--no-tracking"]
+    command = [script, str(probabilities), str(output), *options]
     for setting in settings:
         command += ["-D", setting]
     start = time.perf_counter()
@@ -114,20 +137,37 @@ def main() -> None:
     blocks = run(small, work / "blocks.ome.zarr")
     rows.append({"run": "blocks", "shape": shape[2:], "voxels": voxels, **blocks,
                  "agreement_f1": agreement(work / "whole.ome.zarr", work / "blocks.ome.zarr")})
+    files = ("--no-tracking", "--table", str(work / "measured.csv"), "--meshes",
+             str(work / "meshes"))
+    rows.append({"run": "measured", "shape": shape[2:], "voxels": voxels,
+                 **run(small, work / "measured.ome.zarr", options=files),
+                 "cells": _rows(work / "measured.csv")})
+    movie = work / "movie.ome.zarr"
+    shape = write_movie(movie, tile, fits, frames=3, step=1)
+    tracked = run(movie, work / "movie-cells.ome.zarr",
+                  options=("--table", str(work / "movie.csv")))
+    rows.append({"run": "movie", "shape": shape, "voxels": int(np.prod(shape)), **tracked,
+                 "cells": _rows(work / "movie.csv"),
+                 "tracks": len((work / "movie-cells-res_track.txt").read_text().splitlines())})
     big = work / "large.ome.zarr"
     shape = write_volume(big, tile, large)
     rows.append({"run": "large", "shape": shape[2:], "voxels": int(np.prod(shape)),
                  **run(big, work / "large-cells.ome.zarr")})
     cpu = _cpu()
     print(f"CPU: {cpu}")
-    print(f"{'run':8} {'shape (z, y, x)':18} {'voxels':>11} {'seconds':>8} {'peak MB':>8} "
-          f"{'F1 vs whole':>11}")
+    print(f"{'run':8} {'shape':22} {'voxels':>11} {'seconds':>8} {'peak MB':>8} "
+          f"{'F1 vs whole':>11} {'rows':>6} {'tracks':>6}")
     for row in rows:
-        print(f"{row['run']:8} {str(tuple(row['shape'])):18} {row['voxels']:>11,} "
-              f"{row['seconds']:>8} {row['peak_mb']:>8} {row.get('agreement_f1', ''):>11}")
+        print(f"{row['run']:8} {str(tuple(row['shape'])):22} {row['voxels']:>11,} "
+              f"{row['seconds']:>8} {row['peak_mb']:>8} {row.get('agreement_f1', ''):>11} "
+              f"{row.get('cells', ''):>6} {row.get('tracks', ''):>6}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def _rows(table: Path) -> int:
+    return len(table.read_text().splitlines()) - 1
 
 
 def _cpu() -> str:

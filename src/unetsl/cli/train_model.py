@@ -40,6 +40,15 @@ def _explicit_gpus(gpus: int) -> int | None:
 @gpus_option
 @click.option("--resume", is_flag=True,
               help="Continue from NAME-latest.h5: next epoch, optimizer state and best value kept.")
+@click.option("--from", "start_from", type=click.Path(), metavar="MODEL",
+              help="Fine-tune MODEL (any unetsl or original .h5/.keras model): its weights, "
+                   "\"fine-tuning learning rate\" and \"fine-tuning steps\"; writes "
+                   "NAME-tuned-best.h5 and NAME-tuned-latest.h5.")
+@click.option("--data", "data", type=(click.Path(), click.Path()), multiple=True,
+              metavar="IMAGES LABELS",
+              help="Also train on these images and labels (folders or files) in this run, "
+                   "e.g. corrected cells with the rest \"unknown label\"; with the config's "
+                   "own data they get half of the training patches. Repeatable.")
 @click.option("--save-config", is_flag=True,
               help="Also write the -D values into NAME.json (backed up as NAME-json.bak first); "
                    "without it they apply to this run only (and are in its logs).")
@@ -47,7 +56,8 @@ def _explicit_gpus(gpus: int) -> int | None:
               help="Accepted for the original's scripts; TensorFlow grows GPU memory anyway.")
 @one_line_errors(tensorflow=False)  # TensorFlow starts below, after the cluster is known
 def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, resume: bool,
-         save_config: bool, allow_growth: bool) -> None:
+         start_from: str | None, data: tuple[tuple[str, str], ...], save_config: bool,
+         allow_growth: bool) -> None:
     """Train NAME.h5 on the data sources of NAME.json.
 
     Writes NAME-latest.h5 every epoch, NAME-best.h5 when the monitored loss improves, the
@@ -58,6 +68,9 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     Without -b the settings editor opens first; its finish button saves NAME.json. Every
     write of NAME.json backs the old one up as NAME-json.bak.
 
+    --from MODEL fine-tunes MODEL (e.g. on corrected cells given with --data, their other
+    pixels set to "unknown label"): a tenth of the learning rate for "fine-tuning steps"
+    (300), written to NAME-tuned-best.h5 / NAME-tuned-latest.h5.
     A cerberus (multi-head) config trains every head on its bits of the label image;
     its "training" section is written into NAME.json when missing.
     """
@@ -66,6 +79,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     # TensorFlow needs that strategy before anything else starts it
     strategy = cluster_strategy() if in_cluster() else None
     import_tensorflow_quietly()
+    from unetsl.training.fine_tune import with_added_data
     from unetsl.training.setup import check_training_config
     from unetsl.training.train import train
 
@@ -102,14 +116,19 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
 
     notes = [f'-D "{text}"' + ("" if to_save is config else " (this run only)")
              for text in overrides]
+    config = with_added_data(config, data)  # this run only: never saved
+    notes += [f"--from {start_from}"] * (start_from is not None)
+    notes += [f"--data {images} {labels}" for images, labels in data]
     result = train(config, resume=resume, gpus=_explicit_gpus(gpus), strategy=strategy,
-                   notes=notes)
+                   notes=notes, start_from=start_from)
     if not chief:
         return
     if result.interrupted is not None:
+        again = f" --from {start_from}" if start_from is not None else ""
+        again += "".join(f" --data {images} {labels}" for images, labels in data)
         click.echo(f"interrupted after {result.epochs_done} epoch(s); saved "
-                   f"{result.paths.latest}; continue with: train_model -c {config_file} "
-                   "--resume -b", err=True)
+                   f"{result.paths.latest}; continue with: train_model -c {config_file}"
+                   f"{again} --resume -b", err=True)
         sys.exit(128 + int(result.interrupted))
     if result.best is not None:
         # counted from 1, as the epoch lines and Keras' bar count (the logs count from 0)

@@ -74,6 +74,13 @@ def _optional_int(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool))
 
 
+def is_unknown_label(v: Any) -> bool:
+    """A valid "unknown label" (:mod:`unetsl.data.partial`): "max", "none" or an int >= 0."""
+    if isinstance(v, str):
+        return v in ("max", "none")
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _one_of(*choices: str) -> Check:
     return lambda v: v in choices
 
@@ -159,6 +166,10 @@ FIELDS: tuple[Field, ...] = (
     Field("foreground fraction", 0.5, "number in [0, 1]", _number(0.0, 1.0),
           "With \"sampling\": \"foreground\", the fraction of training patches centred on a "
           "non-zero label pixel.", new=True),
+    Field("unknown label", "max", '"max", "none" or an integer >= 0', is_unknown_label,
+          "Label value that means 'not labelled here' (partial labels, e.g. a few corrected "
+          "cells): left out of the loss, the metrics and the patch choice. \"max\" = the "
+          "largest value of the label image's type (255 for 8 bits, 65535 for 16).", new=True),
     Field("patch jitter", [0, 0, 0], "3 integers (z, y, x)", _ints(3, 0),
           "Grid sampling: move every training patch by a random offset of up to this many "
           "pixels (the original always used [0, 10, 10]).", new=True),
@@ -186,6 +197,13 @@ FIELDS: tuple[Field, ...] = (
           "(\"sampling\"). null = one sweep of the data per epoch, as the original did.",
           new=True, new_config=256),
     Field("epochs", 2000, "integer >= 1", _int(1), "Training epochs."),
+    Field("fine-tuning steps", 300, "integer >= 1", _int(1),
+          "train_model --from: optimiser steps of a fine-tuning run (epochs of at most 50 "
+          "steps, each followed by a validation).", new=True),
+    Field("fine-tuning learning rate", None, "null or number > 0",
+          lambda v: v is None or _number(1e-12, 10.0)(v),
+          "train_model --from: learning rate of a fine-tuning run; null = a tenth of "
+          "\"initial learning rate\", so the model adapts without forgetting.", new=True),
     Field("monitor", "val_loss", "a logged key", _is_str,
           "Epoch-log key that decides which model is saved as -best.h5 and drives early "
           "stopping and reduce-on-plateau: val_loss (falls back to loss without validation data), "

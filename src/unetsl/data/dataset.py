@@ -155,7 +155,20 @@ class PatchDataset(keras.utils.PyDataset):
                 block[:, 1:4] = origins
                 block[:, 4] = a
                 rows.append(block)
-        return np.concatenate(rows) if rows else np.empty((0, 5), dtype=np.int64)
+        items = np.concatenate(rows) if rows else np.empty((0, 5), dtype=np.int64)
+        return self._shared(items) if self.training else items
+
+    def _shared(self, items: np.ndarray) -> np.ndarray:
+        """Training items with the patches of sources that have a "patch share" repeated
+        until they make up about that share (a few corrected cells beside a large data set)."""
+        shares = np.array([self.plans[p].options.share or 0.0 for p in items[:, 0]])
+        if not shares.any() or shares.all():
+            return items
+        shared = shares > 0
+        share = float(shares[shared].max())
+        wanted = share / (1 - share) * np.count_nonzero(~shared)
+        repeat = max(1, round(wanted / np.count_nonzero(shared)))
+        return np.concatenate([items[~shared], np.repeat(items[shared], repeat, axis=0)])
 
     # --- PyDataset -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -305,7 +318,8 @@ def load_option_volumes(options: DatasetOptions, *, patch_shape: Sequence[int],
     volumes: list[Volume] = []
     for mine in options.sources:
         volumes += load_source_volumes(mine.source, mine.normalization.percentiles,
-                                       patch_shape=patch_shape, n_labels=n_labels)
+                                       patch_shape=patch_shape, n_labels=n_labels,
+                                       unknown=mine.unknown)
     return volumes
 
 

@@ -15,6 +15,7 @@ from unetsl.config.model_config import Config
 from unetsl.data.augment import AugmentSettings
 from unetsl.data.normalize import InputNormalization
 from unetsl.data.sources import Source, parse_sources
+from unetsl.errors import UnetslError
 
 __all__ = ["DatasetOptions", "SourceOptions"]
 
@@ -25,7 +26,9 @@ class SourceOptions:
 
     stride, jitter : (z, y, x) of the patch grid and of the grid's random shifts;
     sampling : "grid", "random" or "foreground"; normalization : per-image percentiles and
-    per-patch z-score ("normalize samples"); augment : the augmentation settings.
+    per-patch z-score ("normalize samples"); augment : the augmentation settings;
+    unknown : "unknown label" (:mod:`unetsl.data.partial`); share : the source's "patch
+    share", the fraction of training patches it gets whatever its size (None: by its size).
     """
 
     source: Source
@@ -35,6 +38,8 @@ class SourceOptions:
     jitter: tuple[int, int, int]
     normalization: InputNormalization
     augment: AugmentSettings
+    unknown: Any = "max"
+    share: float | None = None
 
     @classmethod
     def resolve(cls, source: Source, cfg: Config) -> SourceOptions:
@@ -52,7 +57,19 @@ class SourceOptions:
                 "normalization percentiles": get("normalization percentiles"),
                 "normalize samples": bool(get("normalize samples"))}),
             augment=AugmentSettings.from_config(get),
+            unknown=get("unknown label"),
+            share=_patch_share(source),
         )
+
+
+def _patch_share(source: Source) -> float | None:
+    share = source.entry.get("patch share")
+    if share is None:
+        return None
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise UnetslError(f'{source.where}"patch share" must be a number between 0 and 1 '
+                          f"(exclusive), got {share!r}")
+    return float(share)
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def build_pages(cfg: Config, *, patch_shape: Sequence[int], n_labels: int, seed:
         if sources is not None and source.index not in sources:
             continue
         mine = load_source_volumes(source, resolved.normalization.percentiles,
-                                   patch_shape=patch_shape, n_labels=n_labels)
+                                   patch_shape=patch_shape, n_labels=n_labels,
+                                   unknown=resolved.unknown)
         check_training_labels(mine, targets, n_labels, str(cfg.path))  # as training does
         regions = [Region(k, (0, 0, 0), v.shape) for k, v in enumerate(mine)]
         dataset = PatchDataset(mine, regions, options, patch_shape=patch_shape, n_labels=n_labels,

@@ -75,7 +75,7 @@ SOURCE_TYPES = (PAIRED, WEIGHTED, FILES)
 SOURCE_SETTINGS = (
     "stride", "normalize samples", "normalization percentiles", "sampling",
     "foreground fraction", "patch jitter", "augment flips", "augment rotate 90",
-    "augment intensity scale", "augment intensity shift", "augment elastic",
+    "augment intensity scale", "augment intensity shift", "augment elastic", "unknown label",
 )
 
 _FOLDER_KEYS = {PAIRED: ("input folders", "label folders"),
@@ -83,7 +83,7 @@ _FOLDER_KEYS = {PAIRED: ("input folders", "label folders"),
 _FILE_KEYS = ("training images", "label images", "weight images")
 _KNOWN_KEYS = {"source type", "input folders", "label folders", "weights folders",
                *_FILE_KEYS, "rotations", "rotation unit", "labeller", "n labels",
-               *SOURCE_SETTINGS}
+               "patch share", *SOURCE_SETTINGS}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
 _MAX_LISTED = 4  # file names listed in one error line
 

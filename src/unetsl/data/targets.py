@@ -11,6 +11,7 @@ import numpy as np
 
 from unetsl.config.heads import RESAMPLERS, Head
 from unetsl.data.labellers import _as_bit_carrier, get_labeller
+from unetsl.data.partial import unknown_value
 from unetsl.data.volumes import _label_values, check_label_values
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import read_image
@@ -137,6 +138,10 @@ def check_label_file(source: Any, path: Any, n_labels: int) -> None:
     label = read_image(path).data
     if label.dtype == np.bool_:
         label = label.astype(np.uint8)
+    unknown = unknown_value(getattr(source, "settings", {}).get("unknown label", "max"),
+                            label.dtype)
+    if unknown is not None:  # partial labels: the unknown value is no label
+        label = np.where(label == unknown, np.zeros((), label.dtype), label)
     check_label_values(source, label, path, n_labels)
     if source.labeller.name in BIT_LABELLERS and label.size:
         _check_bits_fit(int(label.max()), n_labels, source.labeller.name,

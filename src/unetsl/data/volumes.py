@@ -6,11 +6,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from unetsl.config.model_config import Config
 from unetsl.data.normalize import percentile_normalize
+from unetsl.data.partial import known_only
 from unetsl.data.sources import FilePair, Source, parse_sources, shape_mismatch
 from unetsl.errors import UnetslError
 from unetsl.io.tiff import match_channels, read_image
@@ -111,10 +113,13 @@ def _check_finite(data: np.ndarray, where: str, what: str) -> None:
 
 
 def load_source_volumes(source: Source, percentiles: Sequence[float] | None, *,
-                        patch_shape: Sequence[int], n_labels: int) -> list[Volume]:
+                        patch_shape: Sequence[int], n_labels: int,
+                        unknown: Any = "max") -> list[Volume]:
     """Read every pair of ``source`` and split it into one :class:`Volume` per time frame.
 
     percentiles : the source's "normalization percentiles" (low, high), or None.
+    unknown : its "unknown label" (:mod:`unetsl.data.partial`): voxels of that value get
+        label 0 and weight 0.
     """
     check_source_labels(source, n_labels)
     c, pz, py, px = (int(v) for v in patch_shape)
@@ -138,12 +143,13 @@ def load_source_volumes(source: Source, percentiles: Sequence[float] | None, *,
         label = label[:, 0]
         if label.dtype == np.bool_:
             label = label.astype(np.uint8)
-        check_label_values(source, label, pair.label, n_labels)
         if weights is not None:
             weights = weights[:, 0].astype(np.float32)
             if (weights < 0).any() or not np.isfinite(weights).all():
                 raise UnetslError(f"{source.where}{pair.weights}: weights must be finite "
                                   "and non-negative")
+        label, weights = known_only(label, weights, unknown, f"{source.where}{pair.label}")
+        check_label_values(source, label, pair.label, n_labels)
         where = f"{source.where}{pair.image.name}: "
         data, label, weights = _pad_to_patch([data, label, weights], (pz, py, px), where)
         for t in range(data.shape[0]):
@@ -166,5 +172,6 @@ def load_volumes(cfg: Config, *, patch_shape: Sequence[int], n_labels: int) -> l
     for source in parse_sources(cfg):
         percentiles = source.setting(cfg, "normalization percentiles")
         volumes += load_source_volumes(source, percentiles, patch_shape=patch_shape,
-                                       n_labels=n_labels)
+                                       n_labels=n_labels,
+                                       unknown=source.setting(cfg, "unknown label"))
     return volumes

@@ -130,6 +130,11 @@ class ChannelF1(keras.metrics.Metric):
             truth = y_true[..., self.channel] > 0.5
             said = y_pred[..., self.channel] > 0.5
         truth, said = ops.cast(truth, "float32"), ops.cast(said, "float32")
+        weight = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
+        if weight is not None and len(weight.shape) == len(truth.shape):
+            # voxel weights: a voxel of weight 0 (unknown label) counts neither way
+            known = ops.cast(weight > 0, "float32")
+            truth, said = truth * known, said * known
         tp = ops.sum(truth * said)
         self.counts.assign_add(ops.stack([tp, ops.sum(said) - tp, ops.sum(truth) - tp]))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -30,6 +31,7 @@ from unetsl.training.checkpoints import (
     monitor_mode,
     restore_optimizer_state,
 )
+from unetsl.training.fine_tune import fine_tuning_config, tuned_paths, tuning_start
 from unetsl.training.logs import BatchLog, EpochLog, LogFiles, log_files, new_run_id, write_snapshot
 from unetsl.training.setup import (
     TrainingPaths,
@@ -68,28 +70,33 @@ def prepare_training(cfg: Config, *, resume: bool = False, gpus: int | None = No
                      strategy: Any = None, data_options: dict[str, Any] | None = None,
                      stream: TextIO | None = None,
                      extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-                     notes: Sequence[str] = ()) -> TrainingSetup:
+                     notes: Sequence[str] = (),
+                     start_from: str | os.PathLike | None = None) -> TrainingSetup:
     """Everything one training run of ``cfg`` needs, in the order train() always took it:
     checks, devices, the starting model and state, the batches, compile, the log files
     (opened: the caller closes ``epoch_log`` and ``batch_log``) and the callbacks.
 
-    The arguments are those of :func:`unetsl.training.train.train`. The dataset gets plain
+    The arguments are those of :func:`unetsl.training.train.train`; ``start_from`` (a model
+    file) makes it a fine-tuning run (:mod:`unetsl.training.fine_tune`). The dataset gets plain
     values (:class:`unetsl.data.dataset_options.DatasetOptions`), never the config.
     """
     mode = progress_mode(progress)
     if strategy is None:  # several workers (srun, TF_CONFIG): before TensorFlow starts
         strategy = multiworker.cluster_strategy()
+    if start_from is not None:  # fine-tuning: its schedule, its own output files
+        cfg = fine_tuning_config(cfg)
     check_training_config(cfg)
     if datasets is None and not cfg["data sources"]:
         raise UnetslError(f'{cfg.path}: no "data sources"; add training data with '
                           f"attach_data_sources -c {cfg.path}")
     samples = sample_paths(cfg)
-    paths = training_paths(cfg)
+    paths = training_paths(cfg) if start_from is None else tuned_paths(cfg)
     epochs, batch_size = int(cfg["epochs"]), int(cfg["batch size"])
     strategy, chief = _devices(cfg, gpus, strategy, batch_size)
     if not chief:
         mode = "none"  # the chief reports progress
-    source, state = starting_point(paths, resume)
+    source, state = (starting_point(paths, resume) if start_from is None
+                     else tuning_start(paths, start_from, resume))
     if state is not None and state.epochs_done >= epochs:
         log.info(f"{paths.latest} has already trained {state.epochs_done} of {epochs} "
                  '"epochs"; raise "epochs" to train on')

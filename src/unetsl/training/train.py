@@ -29,6 +29,7 @@ fit/resume/interrupt loop over it. Nothing here prints menus or exits; errors ar
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,8 @@ def train(cfg: Config, *, resume: bool = False, gpus: int | None = None, progres
           datasets: tuple[Any, Any] | None = None, strategy: Any = None,
           data_options: dict[str, Any] | None = None, stream: TextIO | None = None,
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-          notes: Sequence[str] = ()) -> TrainingResult:
+          notes: Sequence[str] = (), start_from: str | os.PathLike | None = None
+          ) -> TrainingResult:
     """Train the model of ``cfg`` (a :class:`~unetsl.config.Config`) on its data sources.
 
     resume : continue from ``<name>-latest.h5`` (optimiser state, best value, epoch count);
@@ -103,13 +105,16 @@ def train(cfg: Config, *, resume: bool = False, gpus: int | None = None, progres
         ``devices.distribution_strategy``.
     data_options : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for the batches.
     notes : comment lines for the epoch log (train_model: the -D values of this run).
+    start_from : a model file to fine-tune (train_model --from): its weights, the
+        fine-tuning schedule, output ``<name>-tuned-best.h5`` (:mod:`unetsl.training.fine_tune`).
     extra_callbacks : more Keras callbacks, e.g. a GUI's loss curves, or
         ``InterruptCheck(StopRequest())`` for a stop button (saves -latest, as Ctrl-C does).
     Returns a :class:`TrainingResult`; ``interrupted`` is set when a signal stopped it.
     """
     setup = prepare_training(cfg, resume=resume, gpus=gpus, progress=progress,
                              datasets=datasets, strategy=strategy, data_options=data_options,
-                             stream=stream, extra_callbacks=extra_callbacks, notes=notes)
+                             stream=stream, extra_callbacks=extra_callbacks, notes=notes,
+                             start_from=start_from)
     state = setup.state
     if setup.finished:
         return TrainingResult(state.epochs_done, setup.epochs, state.monitor, state.best,

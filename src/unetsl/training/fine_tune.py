@@ -1,0 +1,109 @@
+"""Fine-tuning: ``train_model --from MODEL``, a short run that adapts a trained model.
+
+A model trained on one data set is fine-tuned on a few corrected images (partial labels:
+:mod:`unetsl.data.partial`) with a lower learning rate and a few hundred steps ("fine-tuning
+learning rate", "fine-tuning steps"), starting from MODEL's weights (any model file unetsl
+loads, the original's .h5 included). Data given for the run (``--data IMAGES LABELS``) is
+added to the config's sources for this run only; when the config has training data of its
+own, the added data gets half of the training patches ("patch share"), so the model learns
+the corrections without forgetting the rest. A fine-tuning run writes
+``<name>-tuned-best.h5`` / ``-tuned-latest.h5``, never the model it started from.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unetsl.config.model_config import Config
+from unetsl.errors import UnetslError
+from unetsl.training.checkpoints import TrainingState, read_state
+from unetsl.training.setup import TrainingPaths, training_paths
+
+#: steps between two validations (and checkpoints) of a fine-tuning run
+STEPS_PER_EPOCH = 50
+
+#: the share of training patches that data added for a run gets beside the config's own
+ADDED_SHARE = 0.5
+
+
+def fine_tuning_config(cfg: Config) -> Config:
+    """A copy of ``cfg`` with the fine-tuning schedule: its learning rate, and epochs of at
+    most STEPS_PER_EPOCH steps adding up to "fine-tuning steps"."""
+    tuned = copy.deepcopy(cfg)
+    steps = int(cfg["fine-tuning steps"])
+    per_epoch = min(steps, STEPS_PER_EPOCH)
+    rate = cfg.get("fine-tuning learning rate") or float(cfg["initial learning rate"]) / 10
+    tuned.update({"initial learning rate": rate, "epochs": math.ceil(steps / per_epoch),
+                  "patches per epoch": per_epoch * int(cfg["batch size"])},
+                 source="fine-tuning")
+    return tuned
+
+
+def with_added_data(cfg: Config, pairs: Sequence[tuple[str, str]],
+                    cwd: str | os.PathLike | None = None) -> Config:
+    """A copy of ``cfg`` whose "data sources" also hold ``pairs`` of (images, labels): folders
+    or single files, with the labeller of the config's first source; they get ADDED_SHARE of
+    the training patches when the config has data of its own."""
+    if not pairs:
+        return cfg
+    sources = list(cfg["data sources"] or [])
+    model = sources[0] if sources else None
+    if model is None:
+        raise UnetslError(f"{cfg.path}: no data sources to take a labeller from for --data; "
+                          f"attach the data instead (attach_data_sources -c {cfg.path})")
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    added = [_source_entry(base / images, base / labels, model, share=bool(sources))
+             for images, labels in pairs]
+    tuned = copy.deepcopy(cfg)
+    tuned.update({"data sources": sources + added}, source="--data")
+    return tuned
+
+
+def _source_entry(images: Path, labels: Path, model: dict[str, Any], *, share: bool
+                  ) -> dict[str, Any]:
+    for path in (images, labels):
+        if not path.exists():
+            raise UnetslError(f"--data: {path} does not exist")
+    if images.is_dir() != labels.is_dir():
+        raise UnetslError(f"--data: {images} and {labels} must both be folders or both files")
+    if images.is_dir():
+        entry = {"source type": "paired directories", "input folders": [str(images.resolve())],
+                 "label folders": [str(labels.resolve())]}
+    else:
+        entry = {"source type": "paired files", "training images": [str(images.resolve())],
+                 "label images": [str(labels.resolve())]}
+    entry["labeller"] = model.get("labeller", "multiclass labels")
+    if "n labels" in model:
+        entry["n labels"] = model["n labels"]
+    if share:
+        entry["patch share"] = ADDED_SHARE
+    return entry
+
+
+def tuned_paths(cfg: Config) -> TrainingPaths:
+    """The files of a fine-tuning run: ``<name>-tuned-latest.h5``, ``-tuned-best.h5`` ..."""
+    plain = training_paths(cfg)
+    suffix = plain.model.suffix or ".h5"
+    return dataclasses.replace(
+        plain, latest=cfg.sibling(f"-tuned-latest{suffix}"),
+        best=cfg.sibling(f"-tuned-best{suffix}"),
+        batch_snapshot=cfg.sibling(f"-tuned-batch{suffix}"),
+        curves=cfg.sibling("-tuned-curves.png"))
+
+
+def tuning_start(paths: TrainingPaths, start_from: str | os.PathLike, resume: bool
+                 ) -> tuple[Path, TrainingState | None]:
+    """The model file a fine-tuning run starts from (MODEL, or with ``resume`` its latest
+    checkpoint) and the state saved with it."""
+    if resume and paths.latest.exists():
+        return paths.latest, read_state(paths.latest)
+    start = Path(start_from)
+    if not start.is_file():
+        raise UnetslError(f"--from: model file {start} does not exist")
+    return start, None
