@@ -203,11 +203,13 @@ def frame_reader(data: Any, n_t: int, t: int, channel: int, boundary_channel: in
 
 
 def file_regions(labels_path: str | os.PathLike, plan: BlockPlan,
-                 membrane: tuple[LazyImage, int] | None = None) -> Iterator[CellRegion]:
+                 membrane: tuple[LazyImage, int] | None = None, boundary: int | None = None
+                 ) -> Iterator[CellRegion]:
     """The cells of a label file written block by block, one region per block and frame:
     the cells whose first corner lies in the block's core, read whole with one voxel around
-    (and the membrane probability there: (image, channel)). Memory: a block's core plus the
-    parts of its cells that reach beyond it."""
+    (and the probability there: (image, channel), with the ``boundary`` channel of the same
+    image, if any). Memory: a block's core plus the parts of its cells that reach beyond
+    it."""
     labels = open_image(labels_path)
     for t in range(labels.shape[0]):
         ids, first, last = _cell_boxes(labels, plan, t)
@@ -221,11 +223,13 @@ def file_regions(labels_path: str | os.PathLike, plan: BlockPlan,
             stop = np.minimum(last[mine].max(axis=0) + 1, plan.shape)
             region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
             context = labels.data.read(t, *region)[0]
-            probability = None
+            probability = edge = None
             if membrane is not None:
-                probability = membrane[0].data.read(t, *region)[membrane[1]]
+                channels = membrane[0].data.read(t, *region)
+                probability = channels[membrane[1]]
+                edge = None if boundary is None else channels[boundary]
             yield CellRegion(t, tuple(int(a) for a in start), context,  # type: ignore[arg-type]
-                             ids[mine], probability)
+                             ids[mine], probability, edge)
 
 
 def _cell_boxes(labels: LazyImage, plan: BlockPlan, t: int

