@@ -7,7 +7,8 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 
-WIDGETS = ["New model", "Predict", "Segment cells", "Train", "Inspect training data"]
+WIDGETS = ["New model", "Predict", "Segment cells", "Train", "Inspect training data",
+           "Review cells"]
 
 
 def test_npe2_validate_passes_with_imports():
@@ -62,13 +63,14 @@ def test_a_real_viewer_docks_every_widget_and_opens_a_sample(qapp):
     from unetsl.napari.inspect_widget import InspectWidget
     from unetsl.napari.new_model_widget import NewModelWidget
     from unetsl.napari.predict_widget import PredictWidget
+    from unetsl.napari.review_widget import ReviewWidget
     from unetsl.napari.train_widget import TrainWidget
 
     viewer = napari.Viewer(show=False)
     try:
         docked = [viewer.window.add_plugin_dock_widget("unetsl", name)[1] for name in WIDGETS]
         assert [type(w) for w in docked] == [NewModelWidget, PredictWidget, CellsWidget,
-                                             TrainWidget, InspectWidget]
+                                             TrainWidget, InspectWidget, ReviewWidget]
         if not _opengl_works():
             pytest.skip("a full napari.Viewer needs OpenGL to show layers, which this "
                         "machine lacks (the widgets are tested on a ViewerModel)")
@@ -86,9 +88,11 @@ def test_every_field_has_hover_help(viewer):
     from unetsl.napari.inspect_widget import InspectWidget
     from unetsl.napari.new_model_widget import NewModelWidget
     from unetsl.napari.predict_widget import PredictWidget
+    from unetsl.napari.review_widget import ReviewWidget
     from unetsl.napari.train_widget import TrainWidget
 
-    for kind in (NewModelWidget, PredictWidget, CellsWidget, TrainWidget, InspectWidget):
+    for kind in (NewModelWidget, PredictWidget, CellsWidget, TrainWidget, InspectWidget,
+                 ReviewWidget):
         widget = kind(viewer)
         silent = [field.label or field.text for field in widget.form
                   if not isinstance(field, Label) and not field.tooltip]

@@ -93,7 +93,8 @@ def test_default_output_names(model, image, expected):
 
 def test_normalize_samples_comes_from_the_training_config(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"normalize samples": True}))
-    for name in ("m.h5", "m-best.h5", "m-latest.keras", "m-batch.h5"):
+    for name in ("m.h5", "m-best.h5", "m-latest.keras", "m-batch.h5", "m-tuned-latest.h5",
+                 "m-tuned-best.h5"):
         assert config_for_model(tmp_path / name) == tmp_path / "m.json"
         assert PredictionJob.create(tmp_path / name, tmp_path / "i.tif").values[
             "normalize samples"] is True

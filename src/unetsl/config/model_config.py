@@ -342,11 +342,13 @@ def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
 
 
 def config_for_model(model: str | os.PathLike) -> Path | None:
-    """The JSON config a model was made from: NAME.json beside NAME.h5 or
-    NAME-best/-latest/-batch.h5 (else the file's own stem .json), or None."""
+    """The JSON config a model was made from: NAME.json beside NAME.h5,
+    NAME-best/-latest/-batch.h5 or a fine-tuning run's NAME-tuned-best/-latest/-batch.h5
+    (else the file's own stem .json), or None."""
     model = Path(model)
     stem = model.name[: -len(model.suffix)] if model.suffix else model.name
-    names = [stem[: -len(s)] for s in ("-best", "-latest", "-batch") if stem.endswith(s)]
+    names = [stem[: -len(s)] for s in ("-tuned-best", "-tuned-latest", "-tuned-batch",
+                                       "-best", "-latest", "-batch") if stem.endswith(s)]
     for name in [*names, stem]:
         candidate = model.with_name(name + ".json")
         if candidate.is_file():

@@ -32,6 +32,7 @@ from unetsl.napari.layers import (
     layer_unit,
     like_layer,
     put_layer,
+    show_cell,
 )
 from unetsl.napari.tasks import ScrollingDock, add_tooltips, notify, run_task, status_label
 
@@ -199,25 +200,7 @@ class CellsWidget(ScrollingDock):
         layer = self.labels_layer
         if layer is None or layer not in self.viewer.layers or self.result is None:
             return
-        layer.selected_label = cell
-        layer.show_selected_label = True
-        axes = self.out_axes
-        if "t" in axes:
-            axis = self.viewer.dims.ndim - layer.ndim + axes.index("t")
-            self.viewer.dims.set_point(axis, t * layer.scale[axes.index("t")]
-                                       + layer.translate[axes.index("t")])
-        where = np.argwhere(self.result.labels[t] == cell)  # (z, y, x) pixels
-        if not len(where):
-            return
-        world = {a: (where[:, k] * layer.scale[axes.index(a)] + layer.translate[axes.index(a)])
-                 for k, a in enumerate("zyx") if a in axes}
-        shown = [world[a] for a in "yx" if a in world]
-        if len(shown) == 2:
-            self.viewer.camera.center = tuple(float(v.mean()) for v in shown)
-            extent = max(float(np.ptp(v)) + float(layer.scale[axes.index(a)])
-                         for v, a in zip(shown, "yx", strict=True))
-            canvas = min(getattr(self.viewer, "_canvas_size", (600, 600)))
-            self.viewer.camera.zoom = canvas / (3 * extent)
+        show_cell(self.viewer, layer, self.out_axes, self.result.labels, cell, t, alone=True)
 
     # --- files -----------------------------------------------------------------------
     def _folder(self) -> Path:

@@ -153,3 +153,29 @@ def follow_layers(viewer: Any, combos: list[Any], axes: Any) -> None:
     for event in ("inserted", "removed", "reordered"):
         getattr(viewer.layers.events, event).connect(layers_changed)
     layers_changed()
+
+
+def show_cell(viewer: Any, layer: Any, axes: str, labels: np.ndarray, cell: int, t: int, *,
+              alone: bool = False) -> None:
+    """Select ``cell`` in the Labels ``layer`` (laid out as ``axes``, its data ``labels`` as
+    (t, z, y, x)) so napari's paint, fill and erase tools edit it; move the sliders to time
+    point ``t`` and the cell's middle z plane, and centre and zoom the camera so that it
+    fills about a third of the canvas. ``alone``: show that cell only."""
+    layer.selected_label = cell
+    layer.show_selected_label = alone
+    where = np.argwhere(labels[t] == cell)  # (z, y, x) pixels
+    plane = {"t": t, "z": int(np.median(where[:, 0])) if len(where) else None}
+    for letter, index in plane.items():
+        if letter in axes and index is not None:
+            k = axes.index(letter)
+            viewer.dims.set_point(viewer.dims.ndim - layer.ndim + k,
+                                  index * layer.scale[k] + layer.translate[k])
+    world = {a: (where[:, n] * layer.scale[axes.index(a)] + layer.translate[axes.index(a)])
+             for n, a in enumerate("zyx") if a in axes}
+    shown = [world[a] for a in "yx" if a in world]
+    if len(where) and len(shown) == 2:
+        viewer.camera.center = tuple(float(v.mean()) for v in shown)
+        extent = max(float(np.ptp(v)) + float(layer.scale[axes.index(a)])
+                     for v, a in zip(shown, "yx", strict=True))
+        canvas = min(getattr(viewer, "_canvas_size", (600, 600)))
+        viewer.camera.zoom = canvas / (3 * extent)

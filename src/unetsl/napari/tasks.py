@@ -37,7 +37,7 @@ def notify(error: BaseException) -> str:
 
 
 class ScrollingDock(Container):
-    """A dock whose fields scroll (``self.form`` holds them): all five docked widgets fit a
+    """A dock whose fields scroll (``self.form`` holds them): all the docked widgets fit a
     1366x768 screen instead of pushing the time slider and status bar off it (napari docks
     a magicgui container's inner widget, so magicgui's own ``scrollable`` has no effect)."""
 

@@ -1,17 +1,20 @@
-"""What the plugin's worker process runs: predict, train, inspect, create (the console
-scripts' own library calls). Imported in the child only (:mod:`unetsl.napari.process`):
+"""What the plugin's worker process runs: predict, train, inspect, create, retrain (the
+console scripts' own library calls). Imported in the child only (:mod:`unetsl.napari.process`):
 TensorFlow loads here, never in napari's process. Arguments and results are plain values
 and arrays."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unetsl.config.model_config import Config
+from unetsl.config.model_config import Config, config_for_model
+from unetsl.data.corrections import correction_labels
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import write_image
 from unetsl.predict.in_memory import predict_array
 from unetsl.predict.job import PredictionJob
 
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     from unetsl.data.inspect import Page, Panel
     from unetsl.napari.process import TaskContext
     from unetsl.predict.in_memory import ArrayPrediction
+    from unetsl.training.train import TrainingResult
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 PATCH_AXES = ("patch", "z", "y", "x")
@@ -47,6 +51,60 @@ def predict(context: TaskContext, *, model: str, image_name: str, image: np.ndar
 def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
     """train_model -b on ``config``: epoch lines, losses and warnings sent as events; the
     parent's Stop saves -latest after the current batch. Returns what the dock shows."""
+    result = _train(context, Config.load(Path(config)), resume=resume)
+    return {"epochs_done": result.epochs_done, "epochs": result.epochs,
+            "monitor": result.monitor, "best": result.best, "best_epoch": result.best_epoch,
+            "interrupted": result.interrupted, "latest": str(result.paths.latest),
+            "best_model": str(result.paths.best)}
+
+
+def retrain(context: TaskContext, *, model: str, image: np.ndarray, image_name: str,
+            cells: np.ndarray, corrected: list[int], settings: dict[str, Any]
+            ) -> dict[str, Any]:
+    """Correct and retrain: the corrected cells of ``cells`` (t, z, y, x) become partial
+    labels beside ``image`` (t, c, z, y, x) in ``corrections/`` beside the model, the model
+    is fine-tuned on them (train_model --from MODEL --data, with the config NAME.json beside
+    it and ``settings`` as -D values) and the image predicted with the tuned model. Returns
+    the tuned model (-tuned-latest), whether Stop ended the tuning, and the prediction."""
+    from unetsl.training.fine_tune import with_added_data
+
+    config = config_for_model(model)
+    if config is None:
+        raise UnetslError(f"{model}: no config (NAME.json) beside the model; fine-tuning "
+                          "needs the config it was trained with")
+    cfg = Config.load(config)
+    cfg.update(dict(settings), source="napari")
+    sources = list(cfg["data sources"] or [])
+    if not sources:  # the labeller of the corrections is the first source's
+        raise UnetslError(f"{config}: no data sources to take the labeller from; add the "
+                          "training data in Train first")
+    labels = correction_labels(cells, corrected, sources[0].get("labeller",
+                                                                "multiclass labels"))
+    folder = _write_corrections(Path(model).parent / "corrections", image_name, image, labels)
+    tuned = with_added_data(cfg, [(str(folder / "images"), str(folder / "labels"))])
+    added = [*tuned["data sources"][:-1], {**tuned["data sources"][-1], "unknown label": "max"}]
+    tuned.update({"data sources": added}, source="napari")  # 65535 = unknown, whatever cfg says
+    result = _train(context, tuned, resume=False, start_from=model)
+    predicted = predict(context, model=str(result.paths.latest), image_name=image_name,
+                        image=image, settings={})
+    return {"model": str(result.paths.latest), "stopped": result.interrupted is not None,
+            "epochs_done": result.epochs_done, "prediction": predicted}
+
+
+def _write_corrections(folder: Path, image_name: str, image: np.ndarray, labels: np.ndarray
+                       ) -> Path:
+    """``folder``/images and /labels/<image name>.tif (a paired source by name): every
+    image corrected beside this model trains together."""
+    name = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
+    for sub, data in (("images", np.asarray(image)), ("labels", labels[:, None])):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        write_image(folder / sub / f"{name}.tif", data)
+    return folder
+
+
+def _train(context: TaskContext, cfg: Config, **kwargs: Any) -> TrainingResult:
+    """train() with the dock's feeds: batch/epoch losses and epoch lines as events, and the
+    parent's Stop as a StopRequest (saves -latest after the current batch)."""
     import keras
 
     from unetsl.training.checkpoints import InterruptCheck, StopRequest
@@ -80,16 +138,11 @@ def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
         def flush(self) -> None:
             pass
 
-    cfg = Config.load(Path(config))
     stop = context.stop_request = StopRequest()
     if context.stop_pending:  # Stop was pressed while TensorFlow was still loading
         stop.request()
-    result = train_model(cfg, resume=resume, progress="lines", stream=Lines(),  # type: ignore
-                         extra_callbacks=[InterruptCheck(stop), Feed()])
-    return {"epochs_done": result.epochs_done, "epochs": result.epochs,
-            "monitor": result.monitor, "best": result.best, "best_epoch": result.best_epoch,
-            "interrupted": result.interrupted, "latest": str(result.paths.latest),
-            "best_model": str(result.paths.best)}
+    return train_model(cfg, progress="lines", stream=Lines(),  # type: ignore[arg-type]
+                       extra_callbacks=[InterruptCheck(stop), Feed()], **kwargs)
 
 
 def inspect(context: TaskContext, *, config: str, source: int, count: int,
@@ -169,4 +222,5 @@ def patch_layers(page: Page, count: int, prefix: str) -> list[LayerData]:
     return layers
 
 
-TASKS = {"predict": predict, "train": train, "inspect": inspect, "create": create}
+TASKS = {"predict": predict, "train": train, "inspect": inspect, "create": create,
+         "retrain": retrain}
