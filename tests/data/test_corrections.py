@@ -104,3 +104,17 @@ def test_a_renumbered_cell_has_one_id_in_every_frame():
     with pytest.raises(UnetslError, match=r"the new cells \(1, 1, 5, 6\) and the corrected "
                                           r"ones \(2, 1, 5, 6\) differ in shape"):
         keep_corrections(NEW, old, [1])
+
+
+def test_deleted_cells_are_known_background_and_stay_deleted():
+    """A false cell the user erased: known background (with its ring) to learn from, and a
+    new cell found there again is dropped."""
+    cells = CELLS.copy()
+    erased = cells == 2
+    cells[erased] = 0
+    labels = correction_labels(cells, [], "instance labels", ring=1, erased=erased)
+    assert (labels[erased] == 0).all()
+    assert (labels[0, 0, :3, 1] == 1).all() and labels[0, 0, 4, 5] == U  # ring, not beyond
+    again = CELLS * 10  # the re-segmentation finds cell 2 again as 20
+    merged = keep_corrections(again, cells, [], erased=erased)
+    assert not (merged == 20).any() and (merged == 10).sum() == 6 and (merged == 30).sum() == 8

@@ -73,11 +73,21 @@ def test_cells_are_ranked_least_confident_first_and_next_shows_them(viewer):
     widget.done()  # marked, and on to the next cell
     assert widget.counter.value == "corrected: 1 cells" and widget.position == 1
     assert widget.corrected == {cell}
-    layer.selected_label = 999  # the user painted a split-off piece with a new label
+    piece = tuple(np.argwhere(layer.data == widget.ranking[1][0])[0])
+    layer.data[piece] = 999  # the user painted a split-off piece with a new label
+    layer.selected_label = 999
     widget.done()
     assert widget.corrected == {cell, widget.ranking[1][0], 999}
     assert widget.counter.value == "corrected: 3 cells"
-    widget.step(-1)
+    gone, t_gone = widget.ranking[2][:2]  # the user deletes a false cell and says Done
+    was = layer.data == gone
+    layer.data[was] = 0
+    widget.done()
+    assert widget.counter.value == "corrected: 3 cells, 1 deleted" and gone not in widget.corrected
+    np.testing.assert_array_equal(widget.erased[t_gone, 0], was[t_gone])  # (t, z, y, x)
+    widget.model_file.value = __file__  # any file: the job is only assembled here
+    assert widget._retrain_job()[0]["erased"] is widget.erased
+    widget.step(-2)
     assert widget.position == 1 and widget.status.value.endswith("(corrected)")
     widget.table.select_row(5)  # a click on a row goes to that cell
     assert widget.position == 5

@@ -163,8 +163,9 @@ def _region(region: CellRegion, spacing: tuple[float, float, float], flat: bool,
                                         for i, box in zip(ids, boxes)])
     if membrane is not None:
         border = find_boundaries(context, mode="inner")
-        means = ndi.mean(np.asarray(membrane, dtype=np.float64),
-                         labels=np.where(border, own, 0), index=ids)
+        with np.errstate(invalid="ignore"):  # a cell with no border (it fills the frame): NaN
+            means = ndi.mean(np.asarray(membrane, dtype=np.float64),
+                             labels=np.where(border, own, 0), index=ids)
         out["border_membrane"] = np.asarray(means, dtype=np.float64)
     return out
 

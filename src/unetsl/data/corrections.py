@@ -57,7 +57,7 @@ def cell_borders(cells: np.ndarray) -> np.ndarray:
 
 
 def correction_labels(cells: np.ndarray, corrected: Iterable[int], labeller: str,
-                      ring: int = 3) -> np.ndarray:
+                      ring: int = 3, erased: np.ndarray | None = None) -> np.ndarray:
     """The partial label image that teaches a model the ``corrected`` cells.
 
     Known are the corrected cells and a ring of ``ring`` voxels around them (in-plane,
@@ -67,9 +67,14 @@ def correction_labels(cells: np.ndarray, corrected: Iterable[int], labeller: str
     gets the ids (and 0) the known voxels have.
 
     cells : (t, z, y, x) integer ndarray of cell ids (0 = no cell), ids below 65535.
+    erased : (t, z, y, x) bool, where the user deleted false cells: known background (with
+        its ring), so the model learns there is no cell there.
     Returns a (t, z, y, x) uint16 ndarray.
     """
     cells = _check_cells(cells, "correction labels")
+    if erased is not None and np.shape(erased) != cells.shape:
+        raise UnetslError(f"correction labels: the erased mask {np.shape(erased)} and the "
+                          f"cells {cells.shape} differ in shape")
     name = get_labeller(labeller).name
     if name not in MEMBRANE_LABELLERS + ID_LABELLERS:
         raise UnetslError(f"correction labels: the labeller {name!r} does not read cells; "
@@ -80,6 +85,8 @@ def correction_labels(cells: np.ndarray, corrected: Iterable[int], labeller: str
         raise UnetslError(f"correction labels: cell ids must lie in 0..{UNKNOWN - 1}, got "
                           f"{cells.min()}..{cells.max()}")
     chosen = np.isin(cells, _ids(corrected))
+    if erased is not None:
+        chosen |= np.asarray(erased, dtype=bool) & (cells == 0)
     known = (ndi.binary_dilation(chosen, _PLANE_CROSS, iterations=ring) if ring and
              chosen.any() else chosen)
     out = np.full(cells.shape, UNKNOWN, dtype=np.uint16)
@@ -89,7 +96,8 @@ def correction_labels(cells: np.ndarray, corrected: Iterable[int], labeller: str
 
 
 def keep_corrections(new_cells: np.ndarray, old_cells: np.ndarray,
-                     corrected: Iterable[int]) -> np.ndarray:
+                     corrected: Iterable[int], erased: np.ndarray | None = None
+                     ) -> np.ndarray:
     """``new_cells`` with the ``corrected`` cells of ``old_cells`` pasted back.
 
     The corrected masks win over whatever the new segmentation drew there; a new cell more
@@ -99,6 +107,8 @@ def keep_corrections(new_cells: np.ndarray, old_cells: np.ndarray,
     (the same in every frame), so a re-segmentation never loses the user's work.
 
     new_cells, old_cells : (t, z, y, x) integer ndarrays of one shape.
+    erased : (t, z, y, x) bool where the user deleted false cells: a new cell more than half
+        inside it is removed too (deleted cells stay deleted).
     Returns the merged (t, z, y, x) labels (int32 or wider).
     """
     new_cells = _check_cells(new_cells, "keep corrections")
@@ -110,8 +120,9 @@ def keep_corrections(new_cells: np.ndarray, old_cells: np.ndarray,
     out = new_cells.astype(dtype, copy=True)
     ids = _ids(corrected)
     pasted = np.isin(old_cells, ids)
+    covering = pasted if erased is None else pasted | np.asarray(erased, dtype=bool)
     for t in range(out.shape[0]):
-        _drop_covered(out[t], pasted[t])
+        _drop_covered(out[t], covering[t])
     out[pasted] = 0
     taken = set(np.unique(out).tolist())
     free = max(taken | set(ids.tolist()) | {0}) + 1

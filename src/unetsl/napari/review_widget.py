@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton, SpinBox
+from scipy import ndimage as ndi
 from superqt.utils import ensure_main_thread
 
 from unetsl.cells.files import choose_boundary_channel, segment_array
@@ -60,7 +61,8 @@ TOOLTIPS = {
     "rank_button": "score every cell of the Labels layer as it is now; least confident first",
     "previous_button": "the cell before in the ranking",
     "next_button": "the next less-than-clear cell: centred, zoomed, selected for painting",
-    "done_button": "mark this cell (and the label painted last) corrected; go to the next",
+    "done_button": "mark this cell (and the label painted last) corrected, or deleted when "
+                   "you erased it (known background); go to the next",
     "retrain_button": "fine-tune on the corrected cells, predict, segment; they stay as drawn",
     "stop_button": "stop fine-tuning after this batch; predict with the model as it is then",
 }
@@ -78,6 +80,8 @@ class ReviewWidget(ScrollingDock):
         self.ranking: list[tuple[int, int, float]] = []  # (id, t, confidence), ascending
         self.position = -1
         self.corrected: set[int] = set()
+        self.ranked_cells: np.ndarray | None = None  # the labels as ranked (for deletions)
+        self.erased: np.ndarray | None = None  # where the user deleted false cells
         self.note = ""  # what the last retrain did, said before the new ranking
         self.image = ComboBox(label="image", choices=layer_names(self.viewer, "image"),
                               nullable=True)
@@ -142,6 +146,8 @@ class ReviewWidget(ScrollingDock):
             return
         key = str(self.mode.value)  # measure's membrane= or foreground=
 
+        self.ranked_cells = np.array(labels, copy=True)  # the layer may be edited in place
+
         def task() -> dict[str, np.ndarray]:
             return measure(labels, spacing, confidence=True, **{key: maps})
 
@@ -196,11 +202,31 @@ class ReviewWidget(ScrollingDock):
             self.status.value = "press Rank and Next first"
             return
         layers = self.viewer.layers
-        painted = int(layers[self.cells.value].selected_label) if self.cells.value in layers else 0
-        self.corrected.update({self.ranking[self.position][0], painted} - {0})
-        self.counter.value = f"corrected: {len(self.corrected)} cells"
+        if self.cells.value not in layers:
+            return
+        layer = layers[self.cells.value]
+        cell, t = self.ranking[self.position][:2]
+        now = self._tzyx(layer)
+        if self.ranked_cells is not None and not (now[t] == cell).any():
+            self._erased(t, cell, now.shape)  # deleted: a false cell, known background
+        else:
+            self.corrected.add(cell)
+        self.corrected.update({int(layer.selected_label)} - {0, cell} & set(
+            np.unique(now).tolist()))
+        self._count()
         if self.position + 1 < len(self.ranking):
             self.step(1)
+
+    def _erased(self, t: int, cell: int, shape: tuple[int, ...]) -> None:
+        """Remember where the deleted cell was (as ranked), in its frame."""
+        if self.erased is None or self.erased.shape != shape:
+            self.erased = np.zeros(shape, dtype=bool)
+        self.erased[t] |= self.ranked_cells[t] == cell  # type: ignore[index]
+
+    def _count(self) -> None:
+        deleted = 0 if self.erased is None else int(ndi.label(self.erased)[1])
+        self.counter.value = (f"corrected: {len(self.corrected)} cells"
+                              + (f", {deleted} deleted" if deleted else ""))
 
     # --- retraining ------------------------------------------------------------------
     def retrain(self) -> None:
@@ -237,13 +263,13 @@ class ReviewWidget(ScrollingDock):
         if model in ("", ".") or not Path(model).is_file():
             raise UnetslError(f"choose the model file that predicted the map ({model!r} is "
                               "not a file)")
-        if not self.corrected:
+        if not self.corrected and self.erased is None:
             raise UnetslError("no corrected cells: correct a cell and press Done first")
         image, cells = self._layer(self.image), self._layer(self.cells)
         steps = int(self.steps.value)
         return {"model": str(Path(model).resolve()), "image_name": image.name,
                 "image": layer_tczyx(image, self.axes.value), "cells": self._tzyx(cells),
-                "corrected": sorted(self.corrected),
+                "corrected": sorted(self.corrected), "erased": self.erased,
                 "settings": {"fine-tuning steps": steps} if steps else {},
                 "spacing": layer_spacing(cells, self._axes(cells))}, (image, cells)
 
@@ -280,9 +306,10 @@ class ReviewWidget(ScrollingDock):
         if layer not in self.viewer.layers or image not in self.viewer.layers:
             self.status.value = f"retrained {result['model']}; its layers were closed"
             return
-        merged = keep_corrections(cells.labels, job["cells"], job["corrected"])
+        merged = keep_corrections(cells.labels, job["cells"], job["corrected"],
+                                  erased=job["erased"])
         self.corrected = set(pasted_ids(merged, job["cells"], job["corrected"]).values())
-        self.counter.value = f"corrected: {len(self.corrected)} cells"
+        self._count()
         layer.data = from_tczyx(merged[:, None], self._axes(layer))
         axes = self.axes.value.strip().lower()
         out_axes, probs = axes.replace("c", ""), result["prediction"].probabilities[-1]

@@ -59,13 +59,14 @@ def train(context: TaskContext, *, config: str, resume: bool) -> dict[str, Any]:
 
 
 def retrain(context: TaskContext, *, model: str, image: np.ndarray, image_name: str,
-            cells: np.ndarray, corrected: list[int], settings: dict[str, Any]
-            ) -> dict[str, Any]:
+            cells: np.ndarray, corrected: list[int], settings: dict[str, Any],
+            erased: np.ndarray | None = None) -> dict[str, Any]:
     """Correct and retrain: the corrected cells of ``cells`` (t, z, y, x) become partial
     labels beside ``image`` (t, c, z, y, x) in ``corrections/`` beside the model, the model
     is fine-tuned on them (train_model --from MODEL --data, with the config NAME.json beside
     it and ``settings`` as -D values) and the image predicted with the tuned model. Returns
-    the tuned model (-tuned-latest), whether Stop ended the tuning, and the prediction."""
+    the tuned model (-tuned-latest), whether Stop ended the tuning, and the prediction.
+    ``erased``: where the user deleted false cells (known background)."""
     from unetsl.training.fine_tune import with_added_data
 
     config = config_for_model(model)
@@ -79,7 +80,8 @@ def retrain(context: TaskContext, *, model: str, image: np.ndarray, image_name: 
         raise UnetslError(f"{config}: no data sources to take the labeller from; add the "
                           "training data in Train first")
     labels = correction_labels(cells, corrected, sources[0].get("labeller",
-                                                                "multiclass labels"))
+                                                                "multiclass labels"),
+                               erased=erased)
     folder = _write_corrections(Path(model).parent / "corrections", image_name, image, labels)
     tuned = with_added_data(cfg, [(str(folder / "images"), str(folder / "labels"))])
     added = [*tuned["data sources"][:-1], {**tuned["data sources"][-1], "unknown label": "max"}]
