@@ -20,9 +20,11 @@ from unetsl.napari.cells_widget import CellsWidget
 from unetsl.napari.inspect_widget import InspectWidget
 from unetsl.napari.new_model_widget import NewModelWidget
 from unetsl.napari.predict_widget import PredictWidget
+from unetsl.napari.review_widget import ReviewWidget
 from unetsl.napari.train_widget import TrainWidget
 
-WIDGETS = ("New model", "Predict", "Segment cells", "Train", "Inspect training data")
+WIDGETS = ("New model", "Predict", "Segment cells", "Train", "Inspect training data",
+           "Review cells")
 
 
 def say(key: str, value: object) -> None:
@@ -79,6 +81,19 @@ def main(out: Path) -> None:
     say("cells", cells.status.value)
     say("csv", cells.save("table", out / "cells"))
     say("rois", cells.save("rois", out / "cells-rois"))
+    review: ReviewWidget = docked["Review cells"]  # correct and retrain
+    review.synchronous = True
+    review.image.value, review.cells.value = "epithelium movie", "epithelium movie prob 0 cells"
+    review.probabilities.value, review.model_file.value = ("epithelium movie prob 0",
+                                                           out / "movie-latest.h5")
+    review.steps.value = 2
+    review.rank()
+    review.step(1)
+    review.done()
+    say("review", review.counter.value)
+    review.retrain()
+    say("retrain", review.status.value)
+    viewer.reset_view()  # Next zoomed in on one cell
     axis_labels = tuple(viewer.dims.axis_labels)
     inspect: InspectWidget = docked["Inspect training data"]
     inspect.synchronous = True

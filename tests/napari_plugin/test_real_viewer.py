@@ -46,6 +46,9 @@ def test_the_workflow_runs_without_tensorflow_in_napari(session):
     assert found["train"].startswith("trained 1/1 epochs"), found
     assert found["predict"] == "predicted epithelium movie", found
     assert re.match(r"^[1-9]\d* cells in 5 time point\(s\)", found["cells"]), found
+    assert found["review"] == "corrected: 1 cells", found
+    assert re.match(r"^\d+ cells ranked", found["retrain"].split(": ", 1)[-1].split("; ")[-1]) \
+        or found["retrain"].startswith("retrained"), found
     assert found["loaded"] == "[]", "TensorFlow or Keras was imported into napari's process"
 
 
