@@ -162,3 +162,29 @@ def test_the_originals_model_fine_tunes(compat, tmp_path):
     result = train(cfg, progress="none", start_from=compat / "trained-2d-best.h5")
     assert result.paths.best.name == "t-tuned-best.h5" and result.epochs_done == 1
     assert optimizer_value(tmp_path / "t-tuned-latest.h5", "iteration") == 2
+
+
+def test_train_model_correct_turns_corrected_cells_into_partial_labels(tmp_path, run_script,
+                                                                       assert_one_line_error):
+    """--correct IMAGE CELLS IDS: the CLI side of correct and retrain."""
+    from scipy import ndimage as ndi
+
+    from unetsl.data.corrections import UNKNOWN, correction_labels
+
+    make_project(tmp_path)
+    name = sorted(p.name for p in (tmp_path / "images").glob("*.tif"))[0]
+    membrane = read_image(tmp_path / "labels" / name).data[:, 0]
+    cells = np.stack([ndi.label(frame == 0)[0] for frame in membrane]).astype(np.uint16)
+    write_image(tmp_path / "cells.tif", cells[:, None])
+    result = run_script("train_model", "-c", "m.json", "-b", "--from", "m.h5", "--correct",
+                        f"images/{name}", "cells.tif", "2,5", "-D", "fine-tuning steps=2",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = read_image(tmp_path / "corrections" / "labels" / name).data[:, 0]
+    np.testing.assert_array_equal(written, correction_labels(cells, [2, 5],
+                                                             "multiclass labels"))
+    assert (written == UNKNOWN).mean() > 0.5 and (written == 1).any()
+    assert optimizer_value(tmp_path / "m-tuned-latest.h5", "iteration") == 2
+    bad = run_script("train_model", "-c", "m.json", "-b", "--correct", f"images/{name}",
+                     "cells.tif", "2,999", cwd=tmp_path)
+    assert_one_line_error(bad, "--correct: cells.tif has no cell 999")

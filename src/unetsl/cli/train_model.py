@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from unetsl.cli.common import (
     batch_option,
@@ -18,6 +19,7 @@ from unetsl.cli.common import (
 )
 from unetsl.cli.tui import edit_values
 from unetsl.config.model_config import Config
+from unetsl.errors import UnetslError
 from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
 
@@ -49,6 +51,12 @@ def _explicit_gpus(gpus: int) -> int | None:
               help="Also train on these images and labels (folders or files) in this run, "
                    "e.g. corrected cells with the rest \"unknown label\"; with the config's "
                    "own data they get half of the training patches. Repeatable.")
+@click.option("--correct", "corrections", type=(click.Path(), click.Path(), str),
+              multiple=True, metavar="IMAGE CELLS IDS",
+              help="Also train on the cells IDS (e.g. 3,17,42) of the label image CELLS that "
+                   "you corrected on IMAGE: partial labels (the rest unknown) written to "
+                   "corrections/ beside the config. Repeatable; with --from, correct and "
+                   "retrain.")
 @click.option("--save-config", is_flag=True,
               help="Also write the -D values into NAME.json (backed up as NAME-json.bak first); "
                    "without it they apply to this run only (and are in its logs).")
@@ -56,7 +64,8 @@ def _explicit_gpus(gpus: int) -> int | None:
               help="Accepted for the original's scripts; TensorFlow grows GPU memory anyway.")
 @one_line_errors(tensorflow=False)  # TensorFlow starts below, after the cluster is known
 def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, resume: bool,
-         start_from: str | None, data: tuple[tuple[str, str], ...], save_config: bool,
+         start_from: str | None, data: tuple[tuple[str, str], ...],
+         corrections: tuple[tuple[str, str, str], ...], save_config: bool,
          allow_growth: bool) -> None:
     """Train NAME.h5 on the data sources of NAME.json.
 
@@ -116,9 +125,10 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
 
     notes = [f'-D "{text}"' + ("" if to_save is config else " (this run only)")
              for text in overrides]
-    config = with_added_data(config, data)  # this run only: never saved
+    config = with_corrections(with_added_data(config, data), corrections)  # never saved
     notes += [f"--from {start_from}"] * (start_from is not None)
     notes += [f"--data {images} {labels}" for images, labels in data]
+    notes += [f"--correct {image} {cells} {ids}" for image, cells, ids in corrections]
     result = train(config, resume=resume, gpus=_explicit_gpus(gpus), strategy=strategy,
                    notes=notes, start_from=start_from)
     if not chief:
@@ -126,6 +136,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     if result.interrupted is not None:
         again = f" --from {start_from}" if start_from is not None else ""
         again += "".join(f" --data {images} {labels}" for images, labels in data)
+        again += "".join(f" --correct {image} {cells} {ids}" for image, cells, ids in corrections)
         click.echo(f"interrupted after {result.epochs_done} epoch(s); saved "
                    f"{result.paths.latest}; continue with: train_model -c {config_file}"
                    f"{again} --resume -b", err=True)
@@ -137,6 +148,22 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     click.echo(f"trained {result.epochs_done}/{result.epochs} epochs: {result.paths.latest}")
     if result.curves is not None:
         click.echo(f"curves: {result.curves}")
+
+
+def with_corrections(config: Config, corrections: tuple[tuple[str, str, str], ...]) -> Config:
+    """--correct IMAGE CELLS IDS: each image's corrected cells as partial labels."""
+    from unetsl.io.tiff import read_image
+    from unetsl.training.fine_tune import corrections_source, parse_cell_ids
+
+    for image, cells, ids in corrections:
+        corrected = parse_cell_ids(ids)
+        labels = read_image(cells).data[:, 0]
+        missing = sorted(set(corrected) - set(np.unique(labels).tolist()))
+        if missing:
+            raise UnetslError(f"--correct: {cells} has no cell {missing[0]}")
+        config = corrections_source(config, config.folder / "corrections", Path(image).stem,
+                                    read_image(image).data, labels, corrected)
+    return config
 
 
 if __name__ == "__main__":

@@ -5,16 +5,13 @@ and arrays."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unetsl.config.model_config import Config, config_for_model
-from unetsl.data.corrections import correction_labels
 from unetsl.errors import UnetslError
-from unetsl.io.tiff import write_image
 from unetsl.predict.in_memory import predict_array
 from unetsl.predict.job import PredictionJob
 
@@ -67,7 +64,7 @@ def retrain(context: TaskContext, *, model: str, image: np.ndarray, image_name: 
     it and ``settings`` as -D values) and the image predicted with the tuned model. Returns
     the tuned model (-tuned-latest), whether Stop ended the tuning, and the prediction.
     ``erased``: where the user deleted false cells (known background)."""
-    from unetsl.training.fine_tune import with_added_data
+    from unetsl.training.fine_tune import corrections_source
 
     config = config_for_model(model)
     if config is None:
@@ -75,33 +72,13 @@ def retrain(context: TaskContext, *, model: str, image: np.ndarray, image_name: 
                           "needs the config it was trained with")
     cfg = Config.load(config)
     cfg.update(dict(settings), source="napari")
-    sources = list(cfg["data sources"] or [])
-    if not sources:  # the labeller of the corrections is the first source's
-        raise UnetslError(f"{config}: no data sources to take the labeller from; add the "
-                          "training data in Train first")
-    labels = correction_labels(cells, corrected, sources[0].get("labeller",
-                                                                "multiclass labels"),
-                               erased=erased)
-    folder = _write_corrections(Path(model).parent / "corrections", image_name, image, labels)
-    tuned = with_added_data(cfg, [(str(folder / "images"), str(folder / "labels"))])
-    added = [*tuned["data sources"][:-1], {**tuned["data sources"][-1], "unknown label": "max"}]
-    tuned.update({"data sources": added}, source="napari")  # 65535 = unknown, whatever cfg says
+    tuned = corrections_source(cfg, Path(model).parent / "corrections", image_name, image,
+                               cells, corrected, erased)
     result = _train(context, tuned, resume=False, start_from=model)
     predicted = predict(context, model=str(result.paths.latest), image_name=image_name,
                         image=image, settings={})
     return {"model": str(result.paths.latest), "stopped": result.interrupted is not None,
             "epochs_done": result.epochs_done, "prediction": predicted}
-
-
-def _write_corrections(folder: Path, image_name: str, image: np.ndarray, labels: np.ndarray
-                       ) -> Path:
-    """``folder``/images and /labels/<image name>.tif (a paired source by name): every
-    image corrected beside this model trains together."""
-    name = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
-    for sub, data in (("images", np.asarray(image)), ("labels", labels[:, None])):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        write_image(folder / sub / f"{name}.tif", data)
-    return folder
 
 
 def _train(context: TaskContext, cfg: Config, **kwargs: Any) -> TrainingResult:

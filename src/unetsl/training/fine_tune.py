@@ -16,12 +16,17 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unetsl.config.model_config import Config
+from unetsl.data.corrections import correction_labels
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import write_image
 from unetsl.training.checkpoints import TrainingState, read_state
 from unetsl.training.setup import TrainingPaths, training_paths
 
@@ -107,3 +112,43 @@ def tuning_start(paths: TrainingPaths, start_from: str | os.PathLike, resume: bo
     if not start.is_file():
         raise UnetslError(f"--from: model file {start} does not exist")
     return start, None
+
+
+def corrections_source(cfg: Config, folder: str | os.PathLike, name: str, image: np.ndarray,
+                       cells: np.ndarray, corrected: Sequence[int],
+                       erased: np.ndarray | None = None) -> Config:
+    """``cfg`` with one image's corrections added for a run: ``image`` (t, c, z, y, x) and
+    the partial labels of its ``corrected`` cells (``cells`` (t, z, y, x); ``erased``: where
+    false cells were deleted) written as ``folder``/images and /labels/<name>.tif, in the form
+    the config's first source's labeller reads (:func:`unetsl.data.corrections.
+    correction_labels`). Every image corrected into ``folder`` trains together."""
+    sources = list(cfg["data sources"] or [])
+    if not sources:
+        raise UnetslError(f"{cfg.path}: no data sources to take the labeller of the "
+                          "corrections from; attach the training data first")
+    labels = correction_labels(cells, corrected, sources[0].get("labeller",
+                                                                "multiclass labels"),
+                               erased=erased)
+    folder = Path(folder)
+    stem = re.sub(r"[^\w.-]+", "_", name).strip("._") or "image"
+    for sub, data in (("images", np.asarray(image)), ("labels", labels[:, None])):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        write_image(folder / sub / f"{stem}.tif", data)
+    tuned = with_added_data(cfg, [(str(folder / "images"), str(folder / "labels"))])
+    added = tuned["data sources"]
+    tuned.update({"data sources": [*added[:-1], {**added[-1], "unknown label": "max"}]},
+                 source="corrections")  # 65535 = unknown, whatever the config says
+    return tuned
+
+
+def parse_cell_ids(text: str) -> list[int]:
+    """ "3,17,42" -> [3, 17, 42] (the ids a user corrected), with a one-line error."""
+    try:
+        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UnetslError(f"--correct: cell ids must be integers like 3,17,42, got {text!r}"
+                          ) from None
+    if not ids or min(ids) < 1:
+        raise UnetslError(f"--correct: give the ids (>= 1) of the cells you corrected, got "
+                          f"{text!r}")
+    return ids
