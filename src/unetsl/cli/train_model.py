@@ -20,6 +20,7 @@ from unetsl.cli.common import (
 from unetsl.cli.tui import edit_values
 from unetsl.config.model_config import Config
 from unetsl.errors import UnetslError
+from unetsl.io.tiff import read_image
 from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
 
@@ -152,7 +153,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
 
 def with_corrections(config: Config, corrections: tuple[tuple[str, str, str], ...]) -> Config:
     """--correct IMAGE CELLS IDS: each image's corrected cells as partial labels."""
-    from unetsl.io.tiff import read_image
     from unetsl.training.fine_tune import corrections_source, parse_cell_ids
 
     for image, cells, ids in corrections:
