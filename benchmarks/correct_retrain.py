@@ -93,6 +93,8 @@ def train_base(work: Path, data: dict[str, np.ndarray], epochs: int) -> tuple[di
     cfg = Config.new(work / "base.json")
     cfg.update(values)
     cfg.save()
+    if (work / "base-latest.h5").exists():  # trained by an earlier run with this --work
+        return values, work / "base-latest.h5"
     result = train(cfg, progress="none")
     return values, result.paths.latest
 
@@ -135,9 +137,10 @@ def effort(predicted: np.ndarray, truth: np.ndarray, cell: int) -> int:
 
 
 def choose(predicted: np.ndarray, table: np.ndarray, partial: np.ndarray, truth: np.ndarray,
-           budget: int, how: str, rng: np.random.Generator) -> list[int]:
+           budget: int, how: str, rng: np.random.Generator) -> tuple[list[int], int]:
     """Cells not corrected yet, the least confident first or in random order, until fixing
-    them costs ``budget`` cells of the user's drawing: both choices get the same effort."""
+    them costs ``budget`` cells of the user's drawing (both choices get the same effort);
+    the cells and the effort spent."""
     ids, confidence = table[0].astype(int), table[1]
     fresh = [i for i in range(len(ids))
              if (partial[predicted == ids[i]] == UNKNOWN).mean() > 0.5]
@@ -149,7 +152,7 @@ def choose(predicted: np.ndarray, table: np.ndarray, partial: np.ndarray, truth:
             break
         chosen.append(int(ids[i]))
         spent += effort(predicted, truth, int(ids[i]))
-    return chosen
+    return chosen, spent
 
 
 def fine_tune(values: dict, start: Path, folder: Path, partial: np.ndarray, image: np.ndarray,
@@ -172,10 +175,12 @@ def run_strategy(how: str, args, values: dict, base: Path, data: dict, work: Pat
     truth_left, truth_right = data["dsb_mask"][:, :half], data["dsb_mask"][:, half:]
     partial = np.full(left.shape, UNKNOWN, np.uint16)
     rng = np.random.default_rng(args.seed)
-    model, rows = base, []
+    model, rows, drawn = base, [], 0
     for number in range(1, args.rounds + 1):
         predicted, table = cells_of(model, left)
-        for cell in choose(predicted, table, partial, truth_left, args.k, how, rng):
+        chosen, spent = choose(predicted, table, partial, truth_left, args.k, how, rng)
+        drawn += spent
+        for cell in chosen:
             correct(partial, predicted, truth_left, cell)
         start = time.perf_counter()
         model = fine_tune(values, model, work / f"{how}-{number}", partial, left, args.steps)
@@ -183,7 +188,8 @@ def run_strategy(how: str, args, values: dict, base: Path, data: dict, work: Pat
         labels, _ = cells_of(model, data["dsb"])  # the whole 512 x 512 image, as a user would
         round_s = time.perf_counter() - start
         corrected = len(np.unique(truth_left[partial != UNKNOWN])) - 1
-        rows.append({"round": number, "true cells corrected": int(corrected),
+        rows.append({"round": number, "cells drawn or erased": drawn,
+                     "true cells corrected": int(corrected),
                      "f1 held out": cell_f1(labels[:, half:], truth_right),
                      "fine-tune s": round(tuned, 1), "round s": round(round_s, 1)})
         print(how, rows[-1], flush=True)
@@ -199,12 +205,12 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     total = result["cells in the user's half"]
     for run in result["runs"]:
-        x = [0] + [100 * r["true cells corrected"] / total for r in run["rounds"]]
+        x = [0] + [100 * r["cells drawn or erased"] / total for r in run["rounds"]]
         y = [result["base f1"]] + [r["f1 held out"] for r in run["rounds"]]
         ax.plot(x, y, marker="o", label=f"{run['strategy']} choice")
     ax.axhline(result["all labels f1"], color="k", ls="--", label="all labels")
     ax.axvline(10, color="grey", lw=0.5)
-    ax.set_xlabel("cells corrected (% of the cells in the image)")
+    ax.set_xlabel("cells corrected: drawn or erased (% of the true cells in the image)")
     ax.set_ylabel("cell F1, held-out half (IoU >= 0.5)")
     ax.set_title("HeLa model fine-tuned on corrected DSB 2018 nuclei")
     ax.legend()
