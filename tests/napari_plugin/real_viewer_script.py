@@ -14,6 +14,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
+from scipy import ndimage as ndi
 
 from unetsl.config.model_config import Config
 from unetsl.napari.cells_widget import CellsWidget
@@ -47,7 +48,7 @@ def main(out: Path) -> None:
     new: NewModelWidget = docked["New model"]
     new.synchronous = True
     new.config_file.value = out / "movie.json"
-    epochs = int(os.environ.get("REAL_VIEWER_EPOCHS", "1"))  # more for a look at real cells
+    epochs = int(os.environ.get("REAL_VIEWER_EPOCHS", "3"))  # 1 epoch can leave a flat map
     new.patch.value, new.epochs.value, new.filters.value, new.depth.value = (
         "1, 3, 32, 32", epochs, 4, 2)
     new.run()
@@ -83,7 +84,11 @@ def main(out: Path) -> None:
     say("rois", cells.save("rois", out / "cells-rois"))
     review: ReviewWidget = docked["Review cells"]  # correct and retrain
     review.synchronous = True
-    review.image.value, review.cells.value = "epithelium movie", "epithelium movie prob 0 cells"
+    # the true cells as the layer to review: a 1-epoch model's own cells may be none at all
+    viewer.add_labels(np.stack([ndi.label(frame == 0)[0] for frame in truth]),
+                      name="cells to review", axis_labels=("t", "y", "x"))
+    settle()
+    review.image.value, review.cells.value = "epithelium movie", "cells to review"
     review.probabilities.value, review.model_file.value = ("epithelium movie prob 0",
                                                            out / "movie-latest.h5")
     review.steps.value = 2
