@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from unetsl.cli.common import (
     batch_option,
@@ -19,8 +18,6 @@ from unetsl.cli.common import (
 )
 from unetsl.cli.tui import edit_values
 from unetsl.config.model_config import Config
-from unetsl.errors import UnetslError
-from unetsl.io.tiff import read_image
 from unetsl.training.multiworker import cluster_strategy, in_cluster, is_chief
 
 
@@ -89,7 +86,7 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     # TensorFlow needs that strategy before anything else starts it
     strategy = cluster_strategy() if in_cluster() else None
     import_tensorflow_quietly()
-    from unetsl.training.fine_tune import with_added_data
+    from unetsl.training.fine_tune import with_added_data, with_corrections
     from unetsl.training.setup import check_training_config
     from unetsl.training.train import train
 
@@ -149,21 +146,6 @@ def main(config_file: str, overrides: tuple[str, ...], batch: bool, gpus: int, r
     click.echo(f"trained {result.epochs_done}/{result.epochs} epochs: {result.paths.latest}")
     if result.curves is not None:
         click.echo(f"curves: {result.curves}")
-
-
-def with_corrections(config: Config, corrections: tuple[tuple[str, str, str], ...]) -> Config:
-    """--correct IMAGE CELLS IDS: each image's corrected cells as partial labels."""
-    from unetsl.training.fine_tune import corrections_source, parse_cell_ids
-
-    for image, cells, ids in corrections:
-        corrected = parse_cell_ids(ids)
-        labels = read_image(cells).data[:, 0]
-        missing = sorted(set(corrected) - set(np.unique(labels).tolist()))
-        if missing:
-            raise UnetslError(f"--correct: {cells} has no cell {missing[0]}")
-        config = corrections_source(config, config.folder / "corrections", Path(image).stem,
-                                    read_image(image).data, labels, corrected)
-    return config
 
 
 if __name__ == "__main__":

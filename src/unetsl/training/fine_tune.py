@@ -26,7 +26,7 @@ import numpy as np
 from unetsl.config.model_config import Config
 from unetsl.data.corrections import correction_labels
 from unetsl.errors import UnetslError
-from unetsl.io.tiff import write_image
+from unetsl.io.tiff import read_image, write_image
 from unetsl.training.checkpoints import TrainingState, read_state
 from unetsl.training.setup import TrainingPaths, training_paths
 
@@ -152,3 +152,17 @@ def parse_cell_ids(text: str) -> list[int]:
         raise UnetslError(f"--correct: give the ids (>= 1) of the cells you corrected, got "
                           f"{text!r}")
     return ids
+
+
+def with_corrections(cfg: Config, corrections: Sequence[tuple[str, str, str]]) -> Config:
+    """``--correct IMAGE CELLS IDS``: each image's corrected cells (ids such as "3,17,42" of
+    the label image CELLS) added as partial labels in ``corrections/`` beside the config."""
+    for image, cells, ids in corrections:
+        corrected = parse_cell_ids(ids)
+        labels = read_image(cells).data[:, 0]
+        missing = sorted(set(corrected) - set(np.unique(labels).tolist()))
+        if missing:
+            raise UnetslError(f"--correct: {cells} has no cell {missing[0]}")
+        cfg = corrections_source(cfg, cfg.folder / "corrections", Path(image).stem,
+                                 read_image(image).data, labels, corrected)
+    return cfg
