@@ -99,17 +99,38 @@ def train_base(work: Path, data: dict[str, np.ndarray], epochs: int) -> tuple[di
     return values, result.paths.latest
 
 
-def cells_of(model_path: Path, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (y, x) and {id: confidence} table columns of the model's cells in ``image``."""
+def cells_of(model_path: Path, image: np.ndarray, views: bool = False
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels (y, x) and table columns (id, confidence, area; with ``views``, also
+    agreement: one minus twice the mean spread of the 8 flipped and turned views' foreground
+    over the cell) of the model's cells in ``image``."""
+    from unetsl.cells.confidence import view_agreement
     from unetsl.cells.files import segment_array
     from unetsl.nets import load_model
     from unetsl.predict import predict
+    from unetsl.predict.engine import predict_outputs
 
     model = load_model(model_path)
     prob = predict(model, image[None, None, None], batch_size=8)  # (t, c, z, y, x)
     result = segment_array(prob[:, 0], mode="foreground", boundary=prob[:, 1], tracking=False,
                            confidence=True)
-    return result.labels[0, 0], np.stack([result.table["id"], result.table["confidence"]])
+    labels = result.labels[0, 0]
+    ids = np.asarray(result.table["id"]).astype(int)
+    columns = {"id": ids, "confidence": np.asarray(result.table["confidence"]),
+               "area": np.bincount(labels.ravel(), minlength=ids.max(initial=0) + 1)[ids]}
+    if views:
+        _, spread = predict_outputs(model, image[None, None, None], batch_size=8,
+                                    augment=True, view_spread=True)
+        columns["agreement"] = view_agreement(labels, spread[0, 0, 0], ids)
+    return labels, columns
+
+
+#: the order in which each strategy reviews cells: lowest priority first
+PRIORITY = {
+    "confidence": lambda c: c["confidence"],
+    "confidence x views": lambda c: c["confidence"] * c["agreement"],
+    "uncertain area": lambda c: -(1.0 - c["confidence"]) * c["area"],
+}
 
 
 def cell_f1(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -136,16 +157,20 @@ def effort(predicted: np.ndarray, truth: np.ndarray, cell: int) -> int:
     return max(1, int(np.count_nonzero(under)))
 
 
-def choose(predicted: np.ndarray, table: np.ndarray, partial: np.ndarray, truth: np.ndarray,
-           budget: int, how: str, rng: np.random.Generator) -> tuple[list[int], int]:
-    """Cells not corrected yet, the least confident first or in random order, until fixing
-    them costs ``budget`` cells of the user's drawing (both choices get the same effort);
-    the cells and the effort spent."""
-    ids, confidence = table[0].astype(int), table[1]
+def choose(predicted: np.ndarray, table: dict[str, np.ndarray], partial: np.ndarray,
+           truth: np.ndarray, budget: int, how: str, rng: np.random.Generator
+           ) -> tuple[list[int], int]:
+    """Cells not corrected yet, in the strategy's order (``PRIORITY``, or random), until
+    fixing them costs ``budget`` cells of the user's drawing (every strategy gets the same
+    effort); the cells and the effort spent."""
+    ids = table["id"]
     fresh = [i for i in range(len(ids))
              if (partial[predicted == ids[i]] == UNKNOWN).mean() > 0.5]
-    order = (sorted(fresh, key=lambda i: confidence[i]) if how == "confidence"
-             else list(rng.permutation(fresh)))
+    if how == "random":
+        order = list(rng.permutation(fresh))
+    else:
+        priority = PRIORITY[how](table)
+        order = sorted(fresh, key=lambda i: priority[i])
     chosen, spent = [], 0
     for i in order:
         if spent >= budget:
@@ -169,21 +194,25 @@ def fine_tune(values: dict, start: Path, folder: Path, partial: np.ndarray, imag
     return train(cfg, progress="none", start_from=start).paths.latest
 
 
-def run_strategy(how: str, args, values: dict, base: Path, data: dict, work: Path) -> dict:
+def run_strategy(how: str, seed: int, args, values: dict, base: Path, data: dict,
+                 work: Path) -> dict:
+    """Rounds of choosing, correcting and fine-tuning; the held-out F1 after each."""
     half = data["dsb"].shape[1] // 2
     left = data["dsb"][:, :half]
     truth_left, truth_right = data["dsb_mask"][:, :half], data["dsb_mask"][:, half:]
     partial = np.full(left.shape, UNKNOWN, np.uint16)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
+    tuning = {**values, "seed": seed + 1}
     model, rows, drawn = base, [], 0
     for number in range(1, args.rounds + 1):
-        predicted, table = cells_of(model, left)
+        predicted, table = cells_of(model, left, views=how == "confidence x views")
         chosen, spent = choose(predicted, table, partial, truth_left, args.k, how, rng)
         drawn += spent
         for cell in chosen:
             correct(partial, predicted, truth_left, cell)
         start = time.perf_counter()
-        model = fine_tune(values, model, work / f"{how}-{number}", partial, left, args.steps)
+        model = fine_tune(tuning, model, work / f"{how}-{seed}-{number}", partial, left,
+                          args.steps)
         tuned = time.perf_counter() - start
         labels, _ = cells_of(model, data["dsb"])  # the whole 512 x 512 image, as a user would
         round_s = time.perf_counter() - start
@@ -192,8 +221,29 @@ def run_strategy(how: str, args, values: dict, base: Path, data: dict, work: Pat
                      "true cells corrected": int(corrected),
                      "f1 held out": cell_f1(labels[:, half:], truth_right),
                      "fine-tune s": round(tuned, 1), "round s": round(round_s, 1)})
-        print(how, rows[-1], flush=True)
-    return {"strategy": how, "rounds": rows}
+        print(how, seed, rows[-1], flush=True)
+    return {"strategy": how, "seed": seed, "rounds": rows}
+
+
+def all_labels_f1(seed: int, args, values: dict, base: Path, data: dict, work: Path) -> float:
+    """The reference: fine-tuned once on every label of the user's half (as many steps as
+    all rounds together)."""
+    half = data["dsb"].shape[1] // 2
+    model = fine_tune({**values, "seed": seed + 1}, base, work / f"all-labels-{seed}",
+                      data["dsb_mask"][:, :half], data["dsb"][:, :half],
+                      args.steps * args.rounds)
+    return cell_f1(cells_of(model, data["dsb"][:, half:])[0], data["dsb_mask"][:, half:])
+
+
+def summary(runs: list[dict], rounds: int) -> dict[str, list[dict]]:
+    """Per strategy and round: median and range over seeds of the effort and the F1."""
+    table: dict[str, list[dict]] = {}
+    for how in dict.fromkeys(r["strategy"] for r in runs):
+        mine = [r["rounds"] for r in runs if r["strategy"] == how]
+        table[how] = [{key: [float(np.median(v)), float(min(v)), float(max(v))]
+                       for key in ("cells drawn or erased", "f1 held out")
+                       for v in [[m[n][key] for m in mine]]} for n in range(rounds)]
+    return table
 
 
 def plot(result: dict, path: Path) -> None:
@@ -202,18 +252,24 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     total = result["cells in the user's half"]
-    for run in result["runs"]:
-        x = [0] + [100 * r["cells drawn or erased"] / total for r in run["rounds"]]
-        y = [result["base f1"]] + [r["f1 held out"] for r in run["rounds"]]
-        ax.plot(x, y, marker="o", label=f"{run['strategy']} choice")
-    ax.axhline(result["all labels f1"], color="k", ls="--", label="all labels")
+    for how, rows in result["summary"].items():
+        x = [0] + [100 * r["cells drawn or erased"][0] / total for r in rows]
+        y = [result["base f1"]] + [r["f1 held out"][0] for r in rows]
+        low = [result["base f1"]] + [r["f1 held out"][1] for r in rows]
+        high = [result["base f1"]] + [r["f1 held out"][2] for r in rows]
+        line, = ax.plot(x, y, marker="o", label=f"{how} choice")
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
+    f1s = result["all labels f1"]
+    ax.axhline(float(np.median(f1s)), color="k", ls="--",
+               label=f"all labels ({min(f1s):.2f}-{max(f1s):.2f})")
     ax.axvline(10, color="grey", lw=0.5)
     ax.set_xlabel("cells corrected: drawn or erased (% of the true cells in the image)")
     ax.set_ylabel("cell F1, held-out half (IoU >= 0.5)")
-    ax.set_title("HeLa model fine-tuned on corrected DSB 2018 nuclei")
-    ax.legend()
+    ax.set_title(f"HeLa model fine-tuned on corrected DSB 2018 nuclei\n"
+                 f"median and range of {len(result['settings']['seeds'])} seed(s)", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -224,14 +280,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="cells drawn per round")
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps per round")
     parser.add_argument("--base-epochs", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0, help="of the random choice")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="of the random choice and the fine-tuning")
+    parser.add_argument("--strategies", nargs="+", default=[*PRIORITY, "random"],
+                        choices=[*PRIORITY, "random"])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 40 steps (a check)")
     parser.add_argument("--work", default="correct-retrain-work")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE))
     parser.add_argument("--json", default=str(RESULTS / "correct_retrain.json"))
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.steps, args.base_epochs = 2, 40, 2
+        args.rounds, args.steps, args.base_epochs, args.seeds = 2, 40, 2, args.seeds[:1]
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     data = load_data(Path(args.cache))
@@ -245,13 +304,12 @@ def main() -> None:
         "cells in the user's half": int(len(np.unique(data["dsb_mask"][:, :half])) - 1),
         "base training s": round(base_s, 1),
         "base f1": cell_f1(base_labels, data["dsb_mask"][:, half:])}
-    left = data["dsb"][:, :half]
-    everything = fine_tune(values, base, work / "all-labels", data["dsb_mask"][:, :half], left,
-                           args.steps * args.rounds)
-    result["all labels f1"] = cell_f1(cells_of(everything, data["dsb"][:, half:])[0],
-                                      data["dsb_mask"][:, half:])
-    result["runs"] = [run_strategy(how, args, values, base, data, work)
-                      for how in ("confidence", "random")]
+    result["all labels f1"] = [all_labels_f1(seed, args, values, base, data, work)
+                               for seed in args.seeds]
+    print("all labels", result["all labels f1"], flush=True)
+    result["runs"] = [run_strategy(how, seed, args, values, base, data, work)
+                      for seed in args.seeds for how in args.strategies]
+    result["summary"] = summary(result["runs"], args.rounds)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     plot(result, Path(args.json).with_suffix(".png"))

@@ -173,3 +173,18 @@ def test_segment_cells_confidence_column(drawings, tmp_path, run_script,
                          cwd=tmp_path)
     assert_one_line_error(refused, "--confidence", "--table")
     assert not (tmp_path / "other.tif").exists()
+
+
+def test_view_agreement_is_one_where_the_views_agree():
+    """One minus twice the mean spread over each cell: a cell whose views split evenly
+    (spread 0.5) scores 0, one they agree on 1, and the other cells are untouched."""
+    from unetsl.cells.confidence import view_agreement
+
+    labels = np.zeros((8, 8), np.int32)
+    labels[:4, :4], labels[4:, 4:], labels[:2, 6:] = 3, 5, 9
+    spread = np.zeros((8, 8), np.float32)
+    spread[labels == 5] = 0.5
+    spread[0, 6] = 0.2  # one of cell 9's four pixels
+    np.testing.assert_allclose(view_agreement(labels, spread, np.array([3, 5, 9])),
+                               [1.0, 0.0, 0.9])
+    assert view_agreement(labels, spread, np.array([], int)).shape == (0,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from unetsl.errors import UnetslError
 from unetsl.predict.augment import AveragedViews, views
 
 
@@ -43,6 +44,22 @@ def test_the_mean_of_the_views_turned_back(shape):
     assert not np.allclose(out, inner(tiles)[0])  # it is not the plain prediction
 
 
+def test_the_spread_is_the_views_standard_deviation():
+    """With spread, the means come first and then, per output, the standard deviation of
+    the views turned back (what view_agreement scores)."""
+    shape = (2, 1, 1, 6, 6)
+    tiles = np.random.default_rng(3).random(shape, dtype=np.float32)
+    inner = Weighted(shape[1:])
+    wrapped = AveragedViews(inner, spread=True)
+    assert wrapped.channels == [1, 1]
+    mean, spread = wrapped(tiles)
+    seen = [tiles[:, :1] * np.rot90(inner.pattern[:, ::-1] if mirrored else inner.pattern,
+                                    -turns) for turns, mirrored in views(shape)]
+    np.testing.assert_allclose(mean, np.mean(seen, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(spread, np.std(seen, axis=0), rtol=1e-4, atol=1e-3)
+    assert spread.dtype == np.float32 and spread.max() > 1.0  # the pattern is lopsided
+
+
 def test_an_invariant_model_is_unchanged():
     class Same:
         patch, channels, indices = (1, 1, 8, 8), [1], [0]
@@ -52,6 +69,8 @@ def test_an_invariant_model_is_unchanged():
 
     tiles = np.random.default_rng(1).random((2, 1, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(AveragedViews(Same())(tiles)[0], tiles * 2.0, rtol=1e-6)
+    _, spread = AveragedViews(Same(), spread=True)(tiles)
+    assert np.abs(spread).max() < 1e-3  # every view agrees
 
 
 def test_predict_averages_the_views_of_a_real_network():
@@ -61,6 +80,7 @@ def test_predict_averages_the_views_of_a_real_network():
 
     from unetsl.nets.unet import build_unet
     from unetsl.predict import predict
+    from unetsl.predict.engine import predict_outputs
 
     keras.utils.set_random_seed(4)
     model = build_unet((1, 1, 16, 16), n_labels=1, depth=2, n_filters=2,
@@ -77,3 +97,8 @@ def test_predict_averages_the_views_of_a_real_network():
         expected += np.rot90(out, -turns, axes=(-2, -1)) / 8
     np.testing.assert_allclose(averaged, expected, rtol=1e-4, atol=1e-6)
     assert not np.allclose(averaged, predict(model, image, **kwargs), atol=1e-4)
+    mean, spread = predict_outputs(model, image, augment=True, view_spread=True, **kwargs)
+    np.testing.assert_allclose(mean, averaged, rtol=1e-5, atol=1e-7)
+    assert spread.shape == mean.shape and 0 < spread.max() <= 0.5
+    with pytest.raises(UnetslError, match="view_spread needs augment"):
+        predict_outputs(model, image, view_spread=True, **kwargs)

@@ -98,3 +98,18 @@ def enclosure(probability: np.ndarray, mask: np.ndarray, border: np.ndarray,
     contrast = on_border.mean() - np.quantile(probability[interior], INTERIOR_QUANTILE)
     support = np.mean(on_border >= SUPPORTED)
     return float(support * np.clip(contrast, 0.0, 1.0))
+
+
+def view_agreement(labels: np.ndarray, spread: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """How much the flipped and turned views of test-time augmentation agree over each cell
+    of ``ids``: one minus twice the mean standard deviation of the views' probability over
+    the cell's voxels (``predict_outputs(..., augment=True, view_spread=True)``), in [0, 1].
+
+    A probability's standard deviation is at most 0.5 (views split between 0 and 1), so 1
+    means every view drew the cell alike and 0 that they split evenly; a network that only
+    learned one orientation of a pattern, or an object near its decision threshold, scores low.
+    """
+    if not len(ids):
+        return np.zeros(0)
+    mean = ndi.mean(np.asarray(spread, dtype=np.float64), labels, np.asarray(ids))
+    return np.clip(1.0 - 2.0 * np.asarray(mean, dtype=np.float64), 0.0, 1.0)

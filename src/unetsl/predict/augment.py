@@ -35,19 +35,35 @@ def _undone(output: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
 
 class AveragedViews:
     """A ``TileModel`` (``unetsl.predict.adapter``) whose outputs are the mean of ``model``'s
-    over every view of the tile (:func:`views`)."""
+    over every view of the tile (:func:`views`).
 
-    def __init__(self, model: Any):
+    spread : also give, after the means, each output's standard deviation over the views:
+        where the views disagree the network is unsure (a per-voxel uncertainty for
+        :mod:`unetsl.cells.confidence`).
+    """
+
+    def __init__(self, model: Any, spread: bool = False):
         self.model = model
         self.patch = model.patch
-        self.channels = model.channels
+        self.spread = spread
+        self.channels = list(model.channels) * (2 if spread else 1)
         self.indices = getattr(model, "indices", None)
 
     def __call__(self, tiles: np.ndarray) -> list[np.ndarray]:
         total: list[np.ndarray] | None = None
+        squares: list[np.ndarray] | None = None
         chosen = views(tiles.shape)
         for turns, mirrored in chosen:
             outputs = self.model(_seen(tiles, turns, mirrored))
             back = [_undone(o, turns, mirrored) for o in outputs]
             total = back if total is None else [t + b for t, b in zip(total, back)]
-        return [(t / len(chosen)).astype(np.float32) for t in total]
+            if self.spread:
+                squared = [np.square(b, dtype=np.float64) for b in back]
+                squares = squared if squares is None else [
+                    s + q for s, q in zip(squares, squared)]
+        means = [(t / len(chosen)).astype(np.float32) for t in total]
+        if not self.spread:
+            return means
+        return means + [np.sqrt(np.maximum(s / len(chosen) - np.square(m, dtype=np.float64),
+                                           0.0)).astype(np.float32)
+                        for s, m in zip(squares, means)]

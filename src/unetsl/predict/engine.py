@@ -303,12 +303,15 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
                     tile: Sequence[int] | None = None, normalize: bool | None = None,
                     normalization: InputNormalization | None = None,
                     progress: Progress | None = None,
-                    info: ModelInfo | None = None, augment: bool = False) -> list[np.ndarray]:
+                    info: ModelInfo | None = None, augment: bool = False,
+                    view_spread: bool = False) -> list[np.ndarray]:
     """Like ``predict`` for several outputs of a multi-output (cascade) model at once.
 
     output_indices : which outputs (default: all). Returns one float32 array per output.
     info : the model's :class:`~unetsl.predict.model_info.ModelInfo` when already read.
     augment : average every tile's flipped and turned views (``unetsl.predict.augment``).
+    view_spread : with ``augment``, also return each output's standard deviation over the
+        views, after the means (twice as many arrays): how much the views disagree.
     """
     if info is None:
         info = ModelInfo.of(model)
@@ -328,8 +331,10 @@ def predict_outputs(model, image: np.ndarray, *, output_indices: Sequence[int] |
     model, per_batch = model_for_tiles(model, (z, y, x), batch_size=batch_size,
                                        overlap=overlap, tile=tile, reach=reach)
     tile_model = info.resized(model).tiles(model, output_indices)
+    if view_spread and not augment:
+        raise UnetslError("predict: view_spread needs augment (the views to compare)")
     if augment:
-        tile_model = AveragedViews(tile_model)
+        tile_model = AveragedViews(tile_model, spread=view_spread)
     sinks = [ArraySink((t, n, z, y, x)) for n in tile_model.channels]
     predict_to_sinks(tile_model, source, sinks, reach=reach, batch_size=per_batch,
                      overlap=overlap, normalize=chosen.zscore_tiles, progress=progress)
