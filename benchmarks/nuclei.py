@@ -125,15 +125,16 @@ def run(name: str, data: tuple, setting: str, seed: int, epochs: int, work: Path
     from unetsl.training.train import train
 
     train_image, train_mask, test_image, test_mask = (frames(a) for a in data)
+    foreground = setting.startswith("foreground")  # a 1-channel model of mask > 0
     folder = work / f"{name}-{setting.replace(', ', '-').replace(' ', '-')}-{seed}"
     for role, array in (("images", train_image), ("labels", train_mask)):
         (folder / role).mkdir(parents=True)
-        labels = array if role == "images" or setting != "foreground" else array > 0
+        labels = array if role == "images" or not foreground else array > 0
         write_image(folder / role / "train.tif", np.asarray(labels, np.uint16)[:, None, None])
     cfg = Config.load(EXAMPLE)
     cfg.path = folder / "nuclei.json"
     cfg.update({**SETTINGS[setting], "seed": seed, "epochs": epochs})
-    labeller = "multiclass labels" if setting == "foreground" else "instance labels"
+    labeller = "multiclass labels" if foreground else "instance labels"
     cfg.update({"data sources": [{"source type": "paired directories",
                                   "input folders": [str(folder / "images")],
                                   "label folders": [str(folder / "labels")],
