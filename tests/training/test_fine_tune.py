@@ -188,3 +188,33 @@ def test_train_model_correct_turns_corrected_cells_into_partial_labels(tmp_path,
     bad = run_script("train_model", "-c", "m.json", "-b", "--correct", f"images/{name}",
                      "cells.tif", "2,999", cwd=tmp_path)
     assert_one_line_error(bad, "--correct: cells.tif has no cell 999")
+    bad = run_script("train_model", "-c", "m.json", "-b", "--correct", f"images/{name}",
+                     "cells.tif", "2,0", cwd=tmp_path)
+    assert_one_line_error(bad, "--correct: give the ids (>= 1)")
+
+
+def test_correct_minus_id_erases_a_false_cell(tmp_path):
+    """--correct ... 2,-5: cell 5 is a false cell, its pixels (and ring) known background,
+    as the Review widget's Done on a deleted cell."""
+    from scipy import ndimage as ndi
+
+    from unetsl.config.model_config import Config
+    from unetsl.data.corrections import UNKNOWN, correction_labels
+    from unetsl.training.fine_tune import parse_cell_ids, with_corrections
+
+    assert parse_cell_ids("3, 17,-42") == ([3, 17], [42])
+    make_project(tmp_path)
+    name = sorted(p.name for p in (tmp_path / "images").glob("*.tif"))[0]
+    membrane = read_image(tmp_path / "labels" / name).data[:, 0]
+    cells = np.stack([ndi.label(frame == 0)[0] for frame in membrane]).astype(np.uint16)
+    write_image(tmp_path / "cells.tif", cells[:, None])
+    cfg = with_corrections(Config.load(tmp_path / "m.json"),
+                           [(str(tmp_path / "images" / name), str(tmp_path / "cells.tif"),
+                             "2,-5")])
+    written = read_image(tmp_path / "corrections" / "labels" / name).data[:, 0]
+    expected = correction_labels(np.where(cells == 5, 0, cells), [2], "multiclass labels",
+                                 erased=cells == 5)
+    np.testing.assert_array_equal(written, expected)
+    assert (written[cells == 5] == 0).all()  # known: no membrane, no cell
+    assert (written[cells == 7] == UNKNOWN).all()  # a cell nobody looked at
+    assert cfg["data sources"][-1]["unknown label"] == "max"

@@ -52,7 +52,8 @@ def _explicit_gpus(gpus: int) -> int | None:
 @click.option("--correct", "corrections", type=(click.Path(), click.Path(), str),
               multiple=True, metavar="IMAGE CELLS IDS",
               help="Also train on the cells IDS (e.g. 3,17,42) of the label image CELLS that "
-                   "you corrected on IMAGE: partial labels (the rest unknown) written to "
+                   "you corrected on IMAGE, and -ID for false cells left in CELLS to be "
+                   "erased (3,17,-42): partial labels (the rest unknown) written to "
                    "corrections/ beside the config. Repeatable; with --from, correct and "
                    "retrain.")
 @click.option("--save-config", is_flag=True,

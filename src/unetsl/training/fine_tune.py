@@ -141,28 +141,33 @@ def corrections_source(cfg: Config, folder: str | os.PathLike, name: str, image:
     return tuned
 
 
-def parse_cell_ids(text: str) -> list[int]:
-    """ "3,17,42" -> [3, 17, 42] (the ids a user corrected), with a one-line error."""
+def parse_cell_ids(text: str) -> tuple[list[int], list[int]]:
+    """ "3,17,-42" -> ([3, 17], [42]): the ids of the cells a user corrected, and (with a
+    minus) of false cells to erase, with a one-line error."""
     try:
         ids = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UnetslError(f"--correct: cell ids must be integers like 3,17,42, got {text!r}"
+        raise UnetslError(f"--correct: cell ids must be integers like 3,17,-42, got {text!r}"
                           ) from None
-    if not ids or min(ids) < 1:
-        raise UnetslError(f"--correct: give the ids (>= 1) of the cells you corrected, got "
-                          f"{text!r}")
-    return ids
+    if not ids or 0 in ids:
+        raise UnetslError(f"--correct: give the ids (>= 1) of the cells you corrected, and "
+                          f"-ID for false cells, got {text!r}")
+    return [i for i in ids if i > 0], [-i for i in ids if i < 0]
 
 
 def with_corrections(cfg: Config, corrections: Sequence[tuple[str, str, str]]) -> Config:
-    """``--correct IMAGE CELLS IDS``: each image's corrected cells (ids such as "3,17,42" of
-    the label image CELLS) added as partial labels in ``corrections/`` beside the config."""
+    """``--correct IMAGE CELLS IDS``: each image's corrected cells (ids such as "3,17" of the
+    label image CELLS) and false cells ("-42": that cell's voxels are background) added as
+    partial labels in ``corrections/`` beside the config."""
     for image, cells, ids in corrections:
-        corrected = parse_cell_ids(ids)
+        corrected, false = parse_cell_ids(ids)
         labels = read_image(cells).data[:, 0]
-        missing = sorted(set(corrected) - set(np.unique(labels).tolist()))
+        missing = sorted(set(corrected + false) - set(np.unique(labels).tolist()))
         if missing:
             raise UnetslError(f"--correct: {cells} has no cell {missing[0]}")
+        erased = np.isin(labels, false)
+        kept = np.where(erased, 0, labels)  # a false cell is background, with its ring
         cfg = corrections_source(cfg, cfg.folder / "corrections", Path(image).stem,
-                                 read_image(image).data, labels, corrected)
+                                 read_image(image).data, kept, corrected,
+                                 erased=erased if false else None)
     return cfg
