@@ -191,6 +191,9 @@ def test_train_model_correct_turns_corrected_cells_into_partial_labels(tmp_path,
     bad = run_script("train_model", "-c", "m.json", "-b", "--correct", f"images/{name}",
                      "cells.tif", "2,0", cwd=tmp_path)
     assert_one_line_error(bad, "--correct: give the ids (>= 1)")
+    bad = run_script("train_model", "-c", "m.json", "-b", "--correct", f"images/{name}",
+                     "cells.tif", "-999", cwd=tmp_path)  # a leading minus is a value here
+    assert_one_line_error(bad, "--correct: cells.tif has no cell 999")
 
 
 def test_correct_minus_id_erases_a_false_cell(tmp_path):
