@@ -81,6 +81,7 @@ SCREEN: dict[str, dict[str, Any]] = {
     "foreground, reduce lr": {"reduce lr patience": 3, "reduce lr factor": 0.3},
     "foreground, 32 filters": {"n filters": 32},
     "foreground, bce": {"loss function": "keras.losses.binary_crossentropy"},
+    "foreground, sampling foreground": {"sampling": "foreground"},
 }
 SETTINGS.update({name: {"n labels": 1, **change} for name, change in SCREEN.items()})
 DEFAULT_SETTINGS = ["foreground", "instance", "instance, sweep epochs"]
@@ -183,8 +184,11 @@ def score(probs: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
 
     foreground, truth = probs[:, 0, 0] >= 0.5, mask > 0
     boundary = probs[:, 1] if probs.shape[1] == 2 else None
-    cells = segment_array(probs[:, 0], mode="foreground", boundary=boundary,
-                          tracking=False).labels
+    if np.ptp(probs[:, 0]) == 0:  # a collapsed model: no cells (segment_array refuses it)
+        cells = np.zeros(mask.shape[:1] + (1,) + mask.shape[1:], np.int32)
+    else:
+        cells = segment_array(probs[:, 0], mode="foreground", boundary=boundary,
+                              tracking=False).labels
     scores = instance_scores(mask[:, None], cells)  # frame by frame, pooled
     inter, union = (foreground & truth).sum(), (foreground | truth).sum()
     return {"foreground iou": float(inter / union),
@@ -228,6 +232,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], started: float
+                 ) -> dict[str, Any]:
+    """The JSON of the runs so far (median and range per setting), written to ``args.out``."""
+    report = {"benchmark": "touching nuclei: foreground vs instance labels (issue 27)",
+              "cpu": cpu_model(), "cores": os.cpu_count(), "epochs": args.epochs,
+              "config": str(EXAMPLE.relative_to(REPO)), "settings": SETTINGS,
+              "load average at end": [round(x, 2) for x in os.getloadavg()],
+              "runs": runs, "summary": summary(runs),
+              "total s": round(time.perf_counter() - started)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for quiet in ("absl", "tensorflow"):
         logging.getLogger(quiet).setLevel(logging.ERROR)
-    runs = []
+    runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="unetsl-nuclei-") as tmp:
         for name in args.datasets:
@@ -252,17 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} / {setting} / seed {seed}: fg IoU {r['foreground iou']:.3f}"
                           f"  F1 {r['instance f1']:.3f}  ARand {r['adapted rand error']:.3f}"
                           f"  ({r['train s']:.0f} s)", flush=True)
-    rows = summary(runs)
-    report = {"benchmark": "touching nuclei: foreground vs instance labels (issue 27)",
-              "cpu": cpu_model(), "cores": os.cpu_count(), "epochs": args.epochs,
-              "config": str(EXAMPLE.relative_to(REPO)), "settings": SETTINGS,
-              "load average at end": [round(x, 2) for x in os.getloadavg()],
-              "runs": runs, "summary": rows, "total s": round(time.perf_counter() - started)}
+                    report = write_report(args, runs, started)  # each run kept at once
     print(f"\nCPU: {report['cpu']} ({report['cores']} cores), {args.epochs} epochs, load "
           f"average at end {report['load average at end']}\n")
-    print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(report["summary"]))
     return 0
 
 
