@@ -16,6 +16,7 @@ from unetsl.config.model_config import Config
 from unetsl.data.dataset import make_datasets
 from unetsl.data.dataset_options import DatasetOptions
 from unetsl.data.volumes import load_volumes
+from unetsl.errors import UnetslError
 from unetsl.io.tiff import read_image, write_image
 from unetsl.nets.losses import get_loss
 from unetsl.nets.model_files import load_model
@@ -206,6 +207,8 @@ def test_correct_minus_id_erases_a_false_cell(tmp_path):
     from unetsl.training.fine_tune import parse_cell_ids, with_corrections
 
     assert parse_cell_ids("3, 17,-42") == ([3, 17], [42])
+    with pytest.raises(UnetslError, match="cell 5 is given as corrected and as false"):
+        parse_cell_ids("5,2,-5")
     make_project(tmp_path)
     name = sorted(p.name for p in (tmp_path / "images").glob("*.tif"))[0]
     membrane = read_image(tmp_path / "labels" / name).data[:, 0]

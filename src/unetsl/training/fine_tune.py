@@ -152,7 +152,12 @@ def parse_cell_ids(text: str) -> tuple[list[int], list[int]]:
     if not ids or 0 in ids:
         raise UnetslError(f"--correct: give the ids (>= 1) of the cells you corrected, and "
                           f"-ID for false cells, got {text!r}")
-    return [i for i in ids if i > 0], [-i for i in ids if i < 0]
+    corrected, false = [i for i in ids if i > 0], [-i for i in ids if i < 0]
+    both = sorted(set(corrected) & set(false))
+    if both:
+        raise UnetslError(f"--correct: cell {both[0]} is given as corrected and as false "
+                          f"(-{both[0]}) in {text!r}")
+    return corrected, false
 
 
 def with_corrections(cfg: Config, corrections: Sequence[tuple[str, str, str]]) -> Config:
