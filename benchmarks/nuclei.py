@@ -82,7 +82,10 @@ SCREEN: dict[str, dict[str, Any]] = {
     "foreground, 32 filters": {"n filters": 32},
     "foreground, bce": {"loss function": "keras.losses.binary_crossentropy"},
     "foreground, sampling foreground": {"sampling": "foreground"},
+    "foreground, batch dice": {"loss function": "unetsl.batchDiceBceLoss"},
 }
+#: the batch Dice (nnU-Net's) against the per-patch Dice that collapsed on sparse PSC cells
+SETTINGS["instance, batch dice"] = {"loss function": "unetsl.batchDiceBceLoss"}
 SETTINGS.update({name: {"n labels": 1, **change} for name, change in SCREEN.items()})
 DEFAULT_SETTINGS = ["foreground", "instance", "instance, sweep epochs"]
 

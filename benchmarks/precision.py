@@ -10,7 +10,8 @@ run repeats the first bit for bit.
 
 Then, for the demo's model (``examples/epithelium-2d.json``, batch 8 of [1, 3, 64, 64]):
 seconds per training step and per prediction batch in both precisions, and what unetsl's
-start-up check (``unetsl.nets.precision_check``) decides here for training and prediction.
+start-up check (``unetsl.nets.precision_check``) decides here for training (on the reference
+network and on the demo's own model, as training does) and prediction.
 
 Everything runs once per oneDNN ISA setting in a fresh process, since oneDNN reads
 ``ONEDNN_MAX_CPU_ISA`` when TensorFlow loads: the default, and ``AVX512_CORE_BF16`` (bfloat16
@@ -95,6 +96,27 @@ def demo_speed(policy: str, repeats: int) -> dict:
     return timings
 
 
+def demo_model_check():
+    """What training's check of its own model (``model_training_check``) says of the demo's
+    model: the reference network passed on an AMX Xeon whose kernels broke this one."""
+    import keras
+
+    from unetsl.config.model_config import Config
+    from unetsl.nets.precision_check import model_training_check
+    from unetsl.nets.unet import build_model
+    from unetsl.training.setup import compile_model
+
+    cfg = Config.load(DEMO_CONFIG)
+    keras.utils.set_random_seed(1)
+    model = build_model(cfg)
+
+    def compile_copy(copy: keras.Model) -> None:
+        compile_model(copy, cfg, optimizer=keras.optimizers.Adam(1e-3))
+
+    return model_training_check(model, compile_copy, int(cfg["batch size"]))(
+        "mixed_bfloat16", "training")
+
+
 def child(steps: int, filters: list[int], repeats: int) -> dict:
     """Everything measured under the ISA this process was started with."""
     from unetsl.nets.precision_check import check_precision
@@ -108,6 +130,7 @@ def child(steps: int, filters: list[int], repeats: int) -> dict:
                      "bfloat16 repeats bit for bit": again == runs["mixed_bfloat16"]})
     checks = {purpose: check_precision("mixed_bfloat16", purpose)
               for purpose in ("training", "prediction")}
+    checks["training (demo model)"] = demo_model_check()
     return {"repro": rows,
             "demo model": {p: demo_speed(p, repeats) for p in POLICIES},
             "check": {k: {"passed": c.passed, "summary": c.summary} for k, c in checks.items()}}

@@ -11,6 +11,7 @@ import pytest
 
 import unetsl.nets.precision as precision
 import unetsl.nets.precision_check as check
+import unetsl.training.prepare as prepare
 from unetsl.config.model_config import Config
 from unetsl.data.synthetic import write_dataset
 from unetsl.nets.model_files import load_model
@@ -178,8 +179,12 @@ def _on_an_amx_machine(monkeypatch, passed: bool) -> None:
     monkeypatch.setattr(precision, "cpu_flags", lambda: ("Test Xeon", {"amx_bf16"}))
     monkeypatch.setattr(precision, "_gpu_capabilities", lambda: [])
     monkeypatch.setattr(check, "_results", {})
-    monkeypatch.setattr(check, "_run", lambda policy, purpose: PrecisionCheck(
-        policy, purpose, passed, "loss 0.65 vs float32 0.18"))
+
+    def run(policy: str, purpose: str) -> PrecisionCheck:
+        return PrecisionCheck(policy, purpose, passed, "loss 0.65 vs float32 0.18")
+
+    monkeypatch.setattr(check, "_run", run)  # prediction: the reference network
+    monkeypatch.setattr(prepare, "model_training_check", lambda *args, **kw: run)  # training
 
 
 def test_training_under_auto_falls_back_and_says_why(project, monkeypatch, caplog):

@@ -179,7 +179,35 @@ class ChannelDiceBceLoss(keras.losses.Loss):
         return {**super().get_config(), "smooth": self.smooth, "epsilon": self.epsilon}
 
 
+@keras.saving.register_keras_serializable(package="unetsl")
+class BatchDiceBceLoss(ChannelDiceBceLoss):
+    """Binary cross-entropy + (1 - soft Dice), the Dice of each channel taken over the whole
+    batch (nnU-Net's "batch Dice"), then averaged over channels.
+
+    Why: with a Dice per patch, a patch without any object (most patches of an image with
+    sparse nuclei) scores Dice ~0 for any output above 0 and pushes every output to 0; on
+    a real time-lapse whose cells cover 2.7% of the pixels the model collapsed to 0
+    everywhere in 5 of 6 runs (issue 27). Over the batch, an empty patch only adds its false
+    positives to one shared Dice.
+    """
+
+    def __init__(self, smooth: float = 1.0, epsilon: float = 1e-6,
+                 name: str = "batch_dice_bce_loss", **kwargs):
+        super().__init__(smooth=smooth, epsilon=epsilon, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = _cast_like(y_true, y_pred)
+        p = ops.clip(y_pred, self.epsilon, 1.0 - self.epsilon)
+        bce = -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+        shared = tuple(range(len(y_pred.shape) - 1))  # batch, z, y, x: one Dice per channel
+        intersection = ops.sum(y_true * y_pred, axis=shared)
+        total = ops.sum(y_true, axis=shared) + ops.sum(y_pred, axis=shared)
+        dice = (2.0 * intersection + self.smooth) / (total + self.smooth)
+        return ops.mean(bce, axis=_non_batch_axes(bce)) + ops.mean(1.0 - dice)
+
+
 LOSSES: dict[str, Callable[[], keras.losses.Loss]] = {
+    "unetsl.batchDiceBceLoss": BatchDiceBceLoss,
     "unetsl.channelDiceBceLoss": ChannelDiceBceLoss,
     "unetsl.model.sorensenDiceCoefLoss": SorensenDiceCoefLoss,
     "unetsl.model.jaccardIndexLoss": JaccardIndexLoss,
