@@ -32,12 +32,13 @@ float32 and in the candidate, which must stay finite and end near float32's loss
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, zoom
 
 from unetsl.nets.precision import PrecisionChoice, choose_precision, with_precision
 
@@ -244,8 +245,6 @@ def model_batch(model, batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
     learnable target of that output's shape: the smoothed input cut into as many equal bands
     as the output has channels, one-hot (one channel: the upper half; valid for sigmoid,
     softmax and linear heads)."""
-    from scipy.ndimage import zoom
-
     rng = np.random.default_rng(24)
     shape = tuple(int(n) for n in model.inputs[0].shape[1:])
     sigma = (0,) + tuple(min(1.0, (n - 1) / 4) for n in shape[:-1]) + (0,)
@@ -298,8 +297,6 @@ def model_training_check(model, compile_model: Callable, batch_size: int,
     """The check ``decide_precision`` runs for training ``model``: copies of it trained on one
     synthetic batch in float32 and in the candidate (``compile_model(copy)`` compiles a copy
     with the training's losses). Python's and NumPy's global random states are restored."""
-    import random
-
     def run(policy: str, purpose: str) -> PrecisionCheck:
         started = time.perf_counter()
         python_state, numpy_state = random.getstate(), np.random.get_state()
