@@ -82,6 +82,7 @@ def test_collapse_and_silent_channel_are_said_once(collapsed, caplog):
     assert len(collapse) == 1 and "\n" not in collapse[0], warnings
     assert "output " in collapse[0] and "initial learning rate" in collapse[0]
     assert '"sampling": "foreground"' in collapse[0]  # the config samples a grid
+    assert '"loss function": "unetsl.batchDiceBceLoss"' in collapse[0]  # a Dice per patch
     silent = [w for w in warnings if "never matches its target" in w]
     assert silent and all(w.startswith("val_f1_") for w in silent), warnings
     keys, rows = read_log(result.epoch_log)

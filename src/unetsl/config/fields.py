@@ -131,9 +131,11 @@ FIELDS: tuple[Field, ...] = (
           "Training loss, by the original's names (unetsl.model.sorensenDiceCoefLoss, "
           "unetsl.model.weightedDiceLoss, unetsl.model.jaccardIndexLoss, "
           "unetsl.model.weightedError, unetsl.model.logMse, "
-          "keras.losses.binary_crossentropy, ...), or unetsl.channelDiceBceLoss (binary "
-          "cross-entropy + Dice per channel: sparse channels are learned too).",
-          new_config="unetsl.channelDiceBceLoss"),
+          "keras.losses.binary_crossentropy, ...), unetsl.batchDiceBceLoss (binary "
+          "cross-entropy + a Dice per channel over the whole batch: sparse channels are "
+          "learned too, and patches without objects do not collapse the model) or "
+          "unetsl.channelDiceBceLoss (the same with a Dice per patch, the default before).",
+          new_config="unetsl.batchDiceBceLoss"),
     Field("stride", [0, 3, 32, 32], "4 integers (c, z, y, x)", _ints(4, 0),
           "Step between training patches; element 0 is unused."),
     Field("batch size", 1, "integer >= 1", _int(1),
@@ -349,7 +351,7 @@ LABELLER_OUTPUTS = {
     "categorical labels": ("softmax", "keras.losses.categorical_crossentropy"),
     "double membrane labels": ("sigmoid", "keras.losses.binary_crossentropy"),
     "linear labels": ("relu", "keras.losses.mean_squared_error"),
-    "instance labels": ("sigmoid", "unetsl.channelDiceBceLoss"),
+    "instance labels": ("sigmoid", "unetsl.batchDiceBceLoss"),
 }
 
 

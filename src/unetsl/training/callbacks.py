@@ -205,8 +205,8 @@ class LearningWatch(keras.callbacks.Callback):
                 f"output {name} channel {channel} is on (>= 0.5) at {100 * on[channel]:.1f}% "
                 f"of the probe patches after epoch {epoch + 1}: it marks everything as "
                 "foreground" + self._try(
-                    ("loss function", "unetsl.channelDiceBceLoss",
-                     '"loss function": "unetsl.channelDiceBceLoss"'),
+                    ("loss function", "unetsl.batchDiceBceLoss",
+                     '"loss function": "unetsl.batchDiceBceLoss"'),
                     ("normalization percentiles", [1, 99.8],
                      '"normalization percentiles": [1, 99.8]'), head=name)))
 
@@ -227,8 +227,11 @@ class LearningWatch(keras.callbacks.Callback):
                         ("", 0, 'a lower "initial learning rate"'),
                         ("normalization percentiles", [1, 99.8],
                          '"normalization percentiles": [1, 99.8]'),
-                        # sparse objects: patches without any drive the output to 0 (a real
-                        # phase-contrast movie collapsed in 5 of 6 runs of nuclei.py without)
+                        # sparse objects: a Dice per patch drives the output to 0 on patches
+                        # without any (a real phase-contrast movie collapsed in 5 of 6 runs
+                        # of nuclei.py; the batch Dice or foreground sampling learned)
+                        ("loss function", "unetsl.batchDiceBceLoss",
+                         '"loss function": "unetsl.batchDiceBceLoss"'),
                         ("sampling", "foreground", '"sampling": "foreground"'))))
         if epoch + 1 < self.patience:
             return
@@ -242,6 +245,6 @@ class LearningWatch(keras.callbacks.Callback):
                     f"{key} is {float(value):.3f} after {epoch + 1} epochs: that channel never "
                     "matches its target" + self._try(
                         ("sampling", "foreground", '"sampling": "foreground"'),
-                        ("loss function", "unetsl.channelDiceBceLoss",
-                         '"loss function": "unetsl.channelDiceBceLoss"'),
+                        ("loss function", "unetsl.batchDiceBceLoss",
+                         '"loss function": "unetsl.batchDiceBceLoss"'),
                         ("", 0, "more epochs"), head=_head_of(key[len(self.prefix):]))))
