@@ -84,8 +84,11 @@ SCREEN: dict[str, dict[str, Any]] = {
     "foreground, sampling foreground": {"sampling": "foreground"},
     "foreground, batch dice": {"loss function": "unetsl.batchDiceBceLoss"},
 }
-#: the batch Dice (nnU-Net's) against the per-patch Dice that collapsed on sparse PSC cells
+#: the per-patch Dice of earlier defaults, which collapsed on sparse PSC cells, against the
+#: batch Dice (nnU-Net's) that new configs use (named, so the arms stay what they say)
 SETTINGS["instance, batch dice"] = {"loss function": "unetsl.batchDiceBceLoss"}
+SETTINGS["foreground, patch dice"] = {"n labels": 1, "loss function": "unetsl.channelDiceBceLoss"}
+SETTINGS["instance, patch dice"] = {"loss function": "unetsl.channelDiceBceLoss"}
 SETTINGS.update({name: {"n labels": 1, **change} for name, change in SCREEN.items()})
 DEFAULT_SETTINGS = ["foreground", "instance", "instance, sweep epochs"]
 

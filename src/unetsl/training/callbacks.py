@@ -148,6 +148,9 @@ def _head_of(score: str) -> str | None:
     return head or None
 
 
+#: the Dice + BCE losses: a config with either already learns sparse channels
+DICE_BCE = ("unetsl.batchDiceBceLoss", "unetsl.channelDiceBceLoss")
+
 class LearningWatch(keras.callbacks.Callback):
     """Say in one line when training has gone wrong, instead of letting it run on silently.
 
@@ -177,11 +180,12 @@ class LearningWatch(keras.callbacks.Callback):
         a per-head value (a cerberus config's {head: loss}) is that of ``head``, or of
         every head when the warning names none."""
         def holds(key: str, value: Any) -> bool:
+            accepted = value if isinstance(value, tuple) else (value,)  # any of a tuple
             found = self.settings.get(key)
             if isinstance(found, dict):
                 chosen = [found[head]] if head in found else list(found.values())
-                return bool(chosen) and all(v == value for v in chosen)
-            return found == value
+                return bool(chosen) and all(v in accepted for v in chosen)
+            return found in accepted
 
         chosen = [text for key, value, text in advice if not holds(key, value)]
         return "; try " + " and ".join(chosen) if chosen else ""
@@ -205,8 +209,7 @@ class LearningWatch(keras.callbacks.Callback):
                 f"output {name} channel {channel} is on (>= 0.5) at {100 * on[channel]:.1f}% "
                 f"of the probe patches after epoch {epoch + 1}: it marks everything as "
                 "foreground" + self._try(
-                    ("loss function", "unetsl.batchDiceBceLoss",
-                     '"loss function": "unetsl.batchDiceBceLoss"'),
+                    ("loss function", DICE_BCE, '"loss function": "unetsl.batchDiceBceLoss"'),
                     ("normalization percentiles", [1, 99.8],
                      '"normalization percentiles": [1, 99.8]'), head=name)))
 
@@ -245,6 +248,5 @@ class LearningWatch(keras.callbacks.Callback):
                     f"{key} is {float(value):.3f} after {epoch + 1} epochs: that channel never "
                     "matches its target" + self._try(
                         ("sampling", "foreground", '"sampling": "foreground"'),
-                        ("loss function", "unetsl.batchDiceBceLoss",
-                         '"loss function": "unetsl.batchDiceBceLoss"'),
+                        ("loss function", DICE_BCE, '"loss function": "unetsl.batchDiceBceLoss"'),
                         ("", 0, "more epochs"), head=_head_of(key[len(self.prefix):]))))
