@@ -12,8 +12,6 @@ import pytest
 import unetsl.nets.precision as precision
 import unetsl.nets.precision_check as check
 import unetsl.training.prepare as prepare
-from unetsl.config.model_config import Config
-from unetsl.data.synthetic import write_dataset
 from unetsl.nets.model_files import load_model
 from unetsl.nets.precision import PRECISION_ENV, PrecisionChoice, cpu_flags
 from unetsl.nets.precision_check import (
@@ -157,20 +155,6 @@ def test_on_amx_auto_trains_in_a_precision_that_learns(monkeypatch):
     got, _, changes = train_reference(chosen.policy, steps=check.STEPS * 3)
     ok, said = judge_training(full, got, full_changes, changes)
     assert ok, f"auto chose {chosen.policy} ({chosen.reason}), which trains differently: {said}"
-
-
-@pytest.fixture
-def project(tmp_path):
-    write_dataset(tmp_path, "2d", n_images=1, shape=(3, 32, 32), seed=2, distance=False)
-    cfg = Config.new(tmp_path / "m.json")
-    cfg.update({"input shape": [1, 1, 16, 16], "depth": 2, "n filters": 2, "n labels": 2,
-                "pooling": [1, 2, 2], "stride": [0, 1, 16, 16], "batch size": 4, "epochs": 1,
-                "seed": 5, "validation fraction": 0.25, "spatial dropout rate": 0.0,
-                "data sources": [{"source type": "paired directories",
-                                  "input folders": ["images"], "label folders": ["labels"],
-                                  "labeller": "multiclass labels"}]})
-    cfg.save()
-    return cfg
 
 
 def _on_an_amx_machine(monkeypatch, passed: bool) -> None:

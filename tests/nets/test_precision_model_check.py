@@ -8,21 +8,22 @@ import logging
 
 import keras
 import numpy as np
-import pytest
 
 import unetsl.nets.precision as precision
 from unetsl.config.model_config import Config
-from unetsl.data.synthetic import write_dataset
 from unetsl.nets.precision import PRECISION_ENV, PrecisionChoice, cpu_flags
 from unetsl.nets.precision_check import (
     MODEL_STEPS,
     decide_precision,
+    has_depth_convolutions,
     judge_model_training,
     model_batch,
     model_training_check,
     train_copy,
+    without_amx_3d_training,
 )
 from unetsl.nets.unet import build_model
+from unetsl.training.prepare import training_precision
 from unetsl.training.setup import compile_model
 from unetsl.training.train import train
 
@@ -91,44 +92,69 @@ BROKE_ON_AMX = {"input shape": [1, 3, 64, 64], "kernel shape": [3, 3, 3], "pooli
                 "depth": 2, "n filters": 8, "n labels": 2, "batch size": 2,
                 "activation": "sigmoid", "loss function": "keras.losses.binary_crossentropy",
                 "spatial dropout rate": 0.0625, "seed": 1}
+#: the same U-Net in 2D (one plane, 1x3x3 kernels)
+TWO_D = {**BROKE_ON_AMX, "input shape": [1, 1, 64, 64], "kernel shape": [1, 3, 3]}
 
 
-def test_bfloat16_is_kept_for_training_only_where_this_model_learns_in_it(tmp_path):
-    """The real check on this CPU's kernels, with bfloat16 proposed on every machine: the
-    policy it keeps must train this model like float32 for three times the check's steps.
-    On the AMX Xeon the reference-network check kept bfloat16 here and this failed (0.69 vs
-    0.16, NaN weights); healthy kernels keep bfloat16 and follow float32."""
+def _model(tmp_path, settings: dict) -> tuple[keras.Model, Config]:
     cfg = Config.new(tmp_path / "m.json")
-    cfg.update(BROKE_ON_AMX)
+    cfg.update(settings)
     keras.utils.set_random_seed(1)
-    model = build_model(cfg)
+    return build_model(cfg), cfg
+
+
+def _follows_float32(model: keras.Model, cfg: Config, policy: str) -> tuple[bool, str]:
+    """Whether ``policy`` trains ``model`` like float32 for three times the check's steps."""
+
+    def compile_copy(copy: keras.Model) -> None:
+        compile_model(copy, cfg, optimizer=keras.optimizers.Adam(1e-3))
+
+    x, targets = model_batch(model, int(cfg["batch size"]))
+    longer = 3 * MODEL_STEPS
+    full, _ = train_copy(model, "float32", compile_copy, x, targets, longer)
+    got, finite = train_copy(model, policy, compile_copy, x, targets, longer)
+    return judge_model_training(full, got, finite)
+
+
+def test_auto_trains_a_3d_model_in_a_precision_that_learns_on_this_machine(tmp_path,
+                                                                           monkeypatch):
+    """This machine's own hardware and kernels. On the AMX Xeon the reference-network check
+    kept bfloat16 for this model and it went NaN (0.69 vs 0.29); the model check alone also
+    kept it in one run of three (the fault comes at a random step). Elsewhere "auto" takes
+    float32 on CPUs and checks bfloat16 on GPUs."""
+    monkeypatch.delenv(PRECISION_ENV)
+    model, cfg = _model(tmp_path, BROKE_ON_AMX)
+    chosen = training_precision("auto", None, model, cfg)
+    ok, said = _follows_float32(model, cfg, chosen.policy)
+    assert ok, f"auto chose {chosen.policy} ({chosen.reason}), which trains otherwise: {said}"
+
+
+def test_the_model_check_keeps_bfloat16_for_a_2d_model_only_where_it_learns(tmp_path):
+    """The model check on this CPU's kernels, bfloat16 proposed on every machine: what it keeps
+    must train the 2D model like float32 for three times the check's steps."""
+    model, cfg = _model(tmp_path, TWO_D)
 
     def compile_copy(copy: keras.Model) -> None:
         compile_model(copy, cfg, optimizer=keras.optimizers.Adam(1e-3))
 
     chosen = decide_precision("auto", "training", choice=PROPOSAL,
                               run=model_training_check(model, compile_copy, 2))
-    assert chosen.policy in ("float32", "mixed_bfloat16")
-    x, targets = model_batch(model, 2)
-    longer = 3 * MODEL_STEPS
-    full, _ = train_copy(model, "float32", compile_copy, x, targets, longer)
-    got, finite = train_copy(model, chosen.policy, compile_copy, x, targets, longer)
-    ok, said = judge_model_training(full, got, finite)
-    assert ok, f"the check kept {chosen.policy} ({chosen.reason}) but {longer} steps: {said}"
+    ok, said = _follows_float32(model, cfg, chosen.policy)
+    assert ok, f"the check kept {chosen.policy} ({chosen.reason}) but: {said}"
 
 
-@pytest.fixture
-def project(tmp_path):
-    write_dataset(tmp_path, "2d", n_images=1, shape=(3, 32, 32), seed=2, distance=False)
-    cfg = Config.new(tmp_path / "m.json")
-    cfg.update({"input shape": [1, 1, 16, 16], "depth": 2, "n filters": 2, "n labels": 2,
-                "pooling": [1, 2, 2], "stride": [0, 1, 16, 16], "batch size": 4, "epochs": 1,
-                "seed": 5, "validation fraction": 0.25, "spatial dropout rate": 0.0,
-                "data sources": [{"source type": "paired directories",
-                                  "input folders": ["images"], "label folders": ["labels"],
-                                  "labeller": "multiclass labels"}]})
-    cfg.save()
-    return cfg
+def test_amx_bfloat16_is_not_proposed_for_training_3d_convolutions(tmp_path):
+    three_d, _ = _model(tmp_path, BROKE_ON_AMX)
+    two_d, _ = _model(tmp_path, TWO_D)
+    assert has_depth_convolutions(three_d) and not has_depth_convolutions(two_d)
+    amx = PrecisionChoice("mixed_bfloat16", "Xeon has AMX", automatic=True, amx=True)
+    chosen = without_amx_3d_training(amx, three_d)
+    assert chosen.policy == "float32" and chosen.automatic
+    assert chosen.reason.startswith("Xeon has AMX, but AMX's bfloat16 kernels break the "
+                                    "training of 3D convolutions")
+    assert without_amx_3d_training(amx, two_d) is amx  # checked as usual
+    gpu = PrecisionChoice("mixed_bfloat16", "H100 has bfloat16 tensor cores", automatic=True)
+    assert without_amx_3d_training(gpu, three_d) is gpu
 
 
 def test_training_checks_the_model_it_trains(project, monkeypatch, caplog):

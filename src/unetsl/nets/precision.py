@@ -51,6 +51,8 @@ class PrecisionChoice:
     reason: str
     #: True when "auto" chose it from the hardware (then a failed check falls back to float32)
     automatic: bool = False
+    #: True when it is bfloat16 proposed for a CPU's AMX units (see ``precision_check``)
+    amx: bool = False
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
@@ -122,7 +124,7 @@ def _hardware_choice(gpus: list[tuple[str, float]], cpu: tuple[str, set[str]]) -
     model, flags = cpu
     if "amx_bf16" in flags:
         return PrecisionChoice("mixed_bfloat16", f"{model} has AMX (bfloat16 measured 3.5x "
-                               "faster for prediction)", True)
+                               "faster for prediction)", True, amx=True)
     return PrecisionChoice("float32", f"{model} has no AMX (bfloat16 would not be faster)", True)
 
 

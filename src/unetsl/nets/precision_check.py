@@ -26,7 +26,9 @@ demo's own U-Net (3x3x3 kernels on 3 x 64 x 64 patches, 32-96 channels at full r
 got NaN weights within 10 steps and learned nothing (validation F1 0.00). Training therefore
 checks the model it is about to train (:func:`model_training_check`): copies of it, with its
 own losses, are trained ``MODEL_STEPS`` steps on one synthetic batch of its input shape in
-float32 and in the candidate, which must stay finite and end near float32's loss.
+float32 and in the candidate, which must stay finite and end near float32's loss. The fault
+comes at a random step, so an AMX CPU's bfloat16 is not even proposed for training 3D
+convolutions (:func:`without_amx_3d_training`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ log = logging.getLogger("unetsl")
 
 __all__ = ["CHANGE_COSINE", "LABEL_AGREEMENT", "LOSS_MARGIN", "MODEL_LOSS_MARGIN", "MODEL_STEPS",
            "STEPS", "PrecisionCheck", "check_precision", "decide_precision", "judge_model_training",
-           "judge_prediction", "judge_training", "model_batch", "model_training_check",
-           "reference_batch", "train_copy", "train_reference"]
+           "has_depth_convolutions", "judge_prediction", "judge_training", "model_batch",
+           "model_training_check", "reference_batch", "train_copy", "train_reference",
+           "without_amx_3d_training"]
 
 #: Adam steps of the reference training (float32 and the candidate each).
 STEPS = 40
@@ -59,9 +62,10 @@ CHANGE_COSINE = 0.9
 #: Share of voxels whose label must agree for prediction (the README's promise: 99.5%).
 LABEL_AGREEMENT = 0.995
 
-#: Adam steps of the check on the model to be trained (float32 and the candidate each): on
-#: the AMX Xeon the weights of a small 3D U-Net went NaN within 12 steps in one run and only
-#: after 12 in another (the kernels' fault is not the same from run to run).
+#: Adam steps of the check on the model to be trained (float32 and the candidate each). On
+#: the AMX Xeon a small 3D U-Net's weights went NaN at step 1-5 in most runs, but in one run
+#: only after 36: a check of a few steps cannot clear 3D convolutions there, so "auto" does
+#: not propose AMX's bfloat16 for them (:func:`without_amx_3d_training`).
 MODEL_STEPS = 36
 #: Its candidate may end this share of float32's loss decrease above float32's loss (healthy
 #: bfloat16 on the demo's model: 0.3530 vs 0.3647 from 0.6921 after 10 steps, 4%; AMX's
@@ -240,6 +244,27 @@ def decide_precision(setting: str, purpose: str, *, choice: PrecisionChoice | No
 
 
 # -------------------------------------------------------------- the model about to be trained
+
+
+def has_depth_convolutions(model) -> bool:
+    """Whether ``model`` convolves across z (a Conv3D kernel deeper than 1): the layers whose
+    training AMX's bfloat16 kernels break."""
+    import keras
+
+    return any(isinstance(layer, (keras.layers.Conv3D, keras.layers.Conv3DTranspose))
+               and int(layer.kernel_size[0]) > 1 for layer in model.layers)
+
+
+def without_amx_3d_training(choice: PrecisionChoice, model) -> PrecisionChoice:
+    """float32 instead of an AMX CPU's bfloat16 proposal for training a model with 3D
+    convolutions. On the AMX Xeon their weights went NaN after 1 to more than 36 steps, at
+    random from run to run, so no check of a few steps can clear them; 2D models trained
+    correctly there and are checked as usual."""
+    if not (choice.amx and choice.policy != "float32" and has_depth_convolutions(model)):
+        return choice
+    return PrecisionChoice("float32", f"{choice.reason}, but AMX's bfloat16 kernels break the "
+                           "training of 3D convolutions (weights NaN after 1 to more than 36 "
+                           "steps, at random)", True)
 
 
 def model_batch(model, batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -151,6 +151,7 @@ def _head_of(score: str) -> str | None:
 #: the Dice + BCE losses: a config with either already learns sparse channels
 DICE_BCE = ("unetsl.batchDiceBceLoss", "unetsl.channelDiceBceLoss")
 
+
 class LearningWatch(keras.callbacks.Callback):
     """Say in one line when training has gone wrong, instead of letting it run on silently.
 

@@ -21,7 +21,11 @@ from unetsl.errors import UnetslError
 from unetsl.nets.devices import distribution_strategy, gpus_wanted, set_deterministic
 from unetsl.nets.heads import check_model_heads
 from unetsl.nets.precision import PrecisionChoice, choose_precision, with_precision
-from unetsl.nets.precision_check import decide_precision, model_training_check
+from unetsl.nets.precision_check import (
+    decide_precision,
+    model_training_check,
+    without_amx_3d_training,
+)
 from unetsl.nets.shapes import model_patch_shape
 from unetsl.training import multiworker
 from unetsl.training.callbacks import EpochLine, LearningWatch, SamplePredictor
@@ -52,25 +56,24 @@ log = logging.getLogger("unetsl")
 __all__ = ["prepare_training", "training_precision"]
 
 
-def training_precision(setting: str, strategy: Any = None, *, model: keras.Model | None = None,
-                       cfg: Config | None = None) -> PrecisionChoice:
+def training_precision(setting: str, strategy: Any, model: keras.Model,
+                       cfg: Config) -> PrecisionChoice:
     """The dtype policy training computes in: a reduced one only after the start-up check
-    shows that it trains like float32 on this machine (``unetsl.nets.precision_check``):
-    copies of ``model`` itself, compiled with ``cfg``'s losses, when both are given (the
-    kernels its layer shapes select are the ones that matter), else the reference network.
-    Several workers take float32 under "auto": a check per node could choose differently,
-    and every worker must compute the same steps."""
+    shows that copies of ``model`` itself, compiled with ``cfg``'s losses, train like float32
+    on this machine (``unetsl.nets.precision_check``: the kernels its layer shapes select are
+    the ones that matter). Several workers take float32 under "auto": a check per node could
+    choose differently, and every worker must compute the same steps."""
     choice = choose_precision(setting)
     if choice.automatic and choice.policy != "float32" and multiworker.is_multiworker(strategy):
         choice = PrecisionChoice("float32", f"{choice.policy} proposed ({choice.reason}), but "
                                  "several workers train in float32 so that all compute alike; "
                                  'set "precision" to choose', True)
-    run = None
-    if model is not None and cfg is not None:
-        def compile_copy(copy: keras.Model) -> None:  # the run's losses, the check's own rate
-            compile_model(copy, cfg, optimizer=keras.optimizers.Adam(1e-3))
+    choice = without_amx_3d_training(choice, model)
 
-        run = model_training_check(model, compile_copy, int(cfg["batch size"]))
+    def compile_copy(copy: keras.Model) -> None:  # the run's losses, the check's own rate
+        compile_model(copy, cfg, optimizer=keras.optimizers.Adam(1e-3))
+
+    run = model_training_check(model, compile_copy, int(cfg["batch size"]))
     return decide_precision(setting, "training", choice=choice, run=run)
 
 
@@ -187,7 +190,7 @@ def _starting_model(cfg: Config, source: Any, strategy: Any, chief: bool) -> _St
 
     with strategy.scope():
         built = load_or_build(cfg, source, save=chief)
-    precision = training_precision(cfg["precision"], strategy, model=built, cfg=cfg)
+    precision = training_precision(cfg["precision"], strategy, built, cfg)
     log.info(f"precision: {precision.policy} ({precision.reason})")
     with strategy.scope():
         model = with_precision(built, precision.policy)
